@@ -1,0 +1,167 @@
+"""Model adapters: turn a diffusers UNet plus its conditioning into a view denoiser.
+
+Each adapter is a `ViewDenoiser` (see fusion.py): `adapter(x, t, views) -> prediction`
+in the model's own parameterisation (epsilon, v or sample). Fusion is a convex
+combination of predictions at pixels where every view sees the same x, and every
+parameterisation is an affine function of the others given x and t, so fusing in the
+native parameterisation is exact for all of them; no conversion is needed.
+
+Classifier-free guidance (and guidance_rescale) is applied per view, before fusion: each
+view's guided prediction is the denoiser output MultiDiffusion averages.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .plan import View
+
+
+def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_text: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
+    """Guidance rescale, Lin et al. 2023 ("Common diffusion noise schedules ...") Sec. 3.4:
+    rescale the guided prediction to the per-sample std of the text prediction, then mix."""
+    dims = list(range(1, noise_cfg.ndim))
+    rescaled = noise_cfg * (noise_text.std(dim=dims, keepdim=True) / noise_cfg.std(dim=dims, keepdim=True))
+    return guidance_rescale * rescaled + (1.0 - guidance_rescale) * noise_cfg
+
+
+class _GuidedAdapter:
+    """Shared CFG logic: batch [uncond; cond] for the views, run the model, combine."""
+
+    def __init__(self, unet: torch.nn.Module, *, guidance_scale: float, guidance_rescale: float = 0.0):
+        self.unet = unet
+        self.guidance_scale = guidance_scale
+        self.guidance_rescale = guidance_rescale
+        self.cfg = guidance_scale > 1.0  # as diffusers: scale <= 1 means a single conditional pass
+        self.evaluations_per_sample = 2 if self.cfg else 1
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cfg_half: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
+        if not self.cfg:
+            return self._forward(x, t, views, cfg_half=-1)
+        out = self._forward(torch.cat([x, x]), t, views, cfg_half=x.shape[0])
+        uncond, text = out.chunk(2)
+        guided = uncond + self.guidance_scale * (text - uncond)
+        if self.guidance_rescale > 0.0:
+            guided = rescale_noise_cfg(guided, text, self.guidance_rescale)
+        return guided
+
+
+def _tile_cond(cond: torch.Tensor, n_views: int) -> torch.Tensor:
+    """(B, ...) -> (n_views * B, ...), view-major like the crops."""
+    return cond.repeat(n_views, *([1] * (cond.ndim - 1)))
+
+
+class SDAdapter(_GuidedAdapter):
+    """SD 1.x / 2.x UNet2DConditionModel (epsilon or v-prediction)."""
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        *,
+        guidance_scale: float,
+        guidance_rescale: float = 0.0,
+        timestep_cond: torch.Tensor | None = None,
+    ):
+        super().__init__(unet, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
+        self.pos = prompt_embeds
+        self.neg = negative_prompt_embeds
+        self.timestep_cond = timestep_cond
+
+    def _embeds(self, n_views: int, cfg_half: int) -> torch.Tensor:
+        pos = _tile_cond(self.pos, n_views)
+        if cfg_half < 0:
+            return pos
+        assert self.neg is not None
+        return torch.cat([_tile_cond(self.neg, n_views), pos])
+
+    def _added(self, views: Sequence[View], cfg_half: int) -> dict | None:
+        return None
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cfg_half: int) -> torch.Tensor:
+        n = len(views)
+        tc = self.timestep_cond
+        if tc is not None:
+            tc = _tile_cond(tc, x.shape[0] // tc.shape[0])
+        return self.unet(
+            x,
+            t,
+            encoder_hidden_states=self._embeds(n, cfg_half),
+            timestep_cond=tc,
+            added_cond_kwargs=self._added(views, cfg_half),
+            return_dict=False,
+        )[0]
+
+
+class SDXLAdapter(SDAdapter):
+    """SDXL: two text encoders' embeddings, pooled text embeddings and add_time_ids.
+
+    `view_crops=False` (default) conditions every view as a whole native image:
+    original = target = window size, crop (0, 0). `view_crops=True` tells the model each
+    view is a crop of the canvas: original = canvas size, crop = the view's pixel offset,
+    target = window size (SDXL micro-conditioning, Podell et al. 2023 Sec. 2.2).
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        pooled: torch.Tensor,
+        negative_pooled: torch.Tensor | None,
+        *,
+        guidance_scale: float,
+        guidance_rescale: float = 0.0,
+        canvas_px: tuple[int, int],
+        window_px: tuple[int, int],
+        scale: int,
+        view_crops: bool = False,
+    ):
+        super().__init__(unet, prompt_embeds, negative_prompt_embeds, guidance_scale=guidance_scale,
+                         guidance_rescale=guidance_rescale)
+        self.pooled = pooled
+        self.neg_pooled = negative_pooled
+        self.canvas_px = canvas_px
+        self.window_px = window_px
+        self.scale = scale
+        self.view_crops = view_crops
+
+    def _time_ids(self, views: Sequence[View], batch: int) -> torch.Tensor:
+        rows = []
+        for v in views:
+            if self.view_crops:
+                ids = [*self.canvas_px, v.top * self.scale, v.left * self.scale, *self.window_px]
+            else:
+                ids = [*self.window_px, 0, 0, *self.window_px]
+            rows.extend([ids] * batch)
+        return torch.tensor(rows, dtype=self.pos.dtype, device=self.pos.device)
+
+    def _added(self, views: Sequence[View], cfg_half: int) -> dict:
+        n, b = len(views), self.pos.shape[0]
+        ids = self._time_ids(views, b)
+        text = _tile_cond(self.pooled, n)
+        if cfg_half >= 0:
+            assert self.neg_pooled is not None
+            text = torch.cat([_tile_cond(self.neg_pooled, n), text])
+            ids = torch.cat([ids, ids])
+        return {"text_embeds": text, "time_ids": ids}
+
+
+class PixelAdapter:
+    """Pixel-space UNet2DModel (unconditional or class-conditional); no VAE, no CFG."""
+
+    evaluations_per_sample = 1
+
+    def __init__(self, unet: torch.nn.Module, class_labels: torch.Tensor | None = None):
+        self.unet = unet
+        self.class_labels = class_labels
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
+        labels = None if self.class_labels is None else _tile_cond(self.class_labels, len(views))
+        return self.unet(x, t, class_labels=labels, return_dict=False)[0]

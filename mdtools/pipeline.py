@@ -1,0 +1,430 @@
+"""`MultiDiffusionPipeline`: MultiDiffusion sampling on the components of a diffusers pipeline.
+
+It holds a diffusers pipeline (SD 1.x/2.x, SDXL, or a pixel-space UNet2DModel pipeline)
+and reuses its components without copying: prompt encoding is the pipeline's own
+`encode_prompt`, so conditioning is bit-identical to diffusers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from .adapters import PixelAdapter, SDAdapter, SDXLAdapter
+from .errors import ConfigError, check_choice, check_positive_int
+from .fusion import MultiDiffusion
+from .instrument import PhaseStats, Record, Recorder
+from .kernels import Kernel, get_kernel
+from .plan import CIRCULAR_MODES, TilePlan, plan_views
+from .schedulers import make_scheduler
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+ModelKind = Literal["sd", "sdxl", "pixel"]
+
+
+@dataclass
+class MultiDiffusionOutput:
+    """Result of a generation: decoded `images` (None for output_type="latent"), the final
+    `latents`, the view `plan` used and the measurement `record`."""
+
+    images: Any
+    latents: torch.Tensor
+    plan: TilePlan
+    record: Record | None = None
+
+
+def check_generation_args(
+    *,
+    prompt: str | list[str] | None,
+    negative_prompt: str | list[str] | None = None,
+    height: int,
+    width: int,
+    window: int | tuple[int, int],
+    overlap: int | tuple[int, int],
+    kernel: str | Kernel,
+    kernel_params: dict | None = None,
+    num_inference_steps: int,
+    guidance_scale: float,
+    view_batch_size: int,
+    circular: Any,
+    output_type: str,
+    scale: int,
+    guidance_rescale: float = 0.0,
+    latents_shape: Sequence[int] | None = None,
+    latent_channels: int | None = None,
+) -> tuple[TilePlan, Kernel, int]:
+    """Validate every generation argument; return (plan, kernel, batch size).
+
+    Raises ConfigError naming the field and a valid value. Needs no model: the CLI and the
+    experiment runner call it before loading anything.
+    """
+    if prompt is not None and not isinstance(prompt, (str, list)):
+        raise ConfigError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+    if isinstance(prompt, list) and (not prompt or not all(isinstance(p, str) for p in prompt)):
+        raise ConfigError("prompt list must be a non-empty list of strings, e.g. ['a photo of a beach']")
+    batch = len(prompt) if isinstance(prompt, list) else 1
+    if isinstance(negative_prompt, list) and len(negative_prompt) != batch:
+        raise ConfigError(
+            f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch}; "
+            f"give one negative prompt per prompt, or a single string"
+        )
+    check_positive_int("num_inference_steps", num_inference_steps)
+    check_positive_int("view_batch_size", view_batch_size)
+    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 0:
+        raise ConfigError(f"guidance_scale must be a number >= 0 (e.g. 7.5), got {guidance_scale!r}")
+    if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
+        raise ConfigError(f"guidance_rescale must be in [0, 1] (e.g. 0.7), got {guidance_rescale!r}")
+    check_choice("output_type", output_type, OUTPUT_TYPES)
+    if circular not in CIRCULAR_MODES and circular is not True:
+        raise ConfigError(f"circular={circular!r} is not valid; choose one of {list(CIRCULAR_MODES)}")
+    k = get_kernel(kernel, **(kernel_params or {}))
+    plan = plan_views(height, width, window=window, overlap=overlap, scale=scale, circular=circular)
+    if latents_shape is not None:
+        want = (batch, latent_channels, height // scale, width // scale)
+        if tuple(latents_shape) != want and latent_channels is not None:
+            raise ConfigError(f"latents has shape {tuple(latents_shape)}; for this canvas and batch it must be {want}")
+    return plan, k, batch
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_model_path(id_or_path: str | os.PathLike) -> str:
+    """'toy' -> the embedded model's folder; an existing path -> itself; a hub-style id
+    ('org/name') -> itself; anything else -> ConfigError (path that does not exist)."""
+    s = str(id_or_path)
+    if s == "toy":
+        from .toy import toy_model_dir
+
+        return str(toy_model_dir())
+    p = Path(s).expanduser()
+    if p.exists():
+        if p.is_dir() and not (p / "model_index.json").exists():
+            raise ConfigError(f"model={s!r} is a folder without model_index.json; give a diffusers pipeline folder")
+        if p.is_file():
+            raise ConfigError(
+                f"model={s!r} is a single file; give a diffusers pipeline folder (save_pretrained) or a hub id"
+            )
+        return str(p)
+    if _HUB_ID.match(s) and not s.startswith((".", "~")):
+        return s
+    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a hub id, or 'toy'")
+
+
+def read_scale_factor(path: str) -> int:
+    """VAE scale factor of a local pipeline folder from its config, without loading weights.
+    8 (SD's) when the config cannot be read (e.g. a hub id)."""
+    import json
+
+    cfg = Path(path) / "vae" / "config.json"
+    if cfg.exists():
+        blocks = json.loads(cfg.read_text()).get("block_out_channels", [0] * 4)
+        return 2 ** (len(blocks) - 1)
+    if Path(path).is_dir() and not (Path(path) / "vae").exists():
+        return 1  # pixel-space pipeline
+    return 8
+
+
+def _detect_kind(pipe: Any) -> ModelKind:
+    from diffusers import UNet2DConditionModel
+
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        raise ConfigError(f"{type(pipe).__name__} has no `unet`; mdtools supports UNet-based SD/SDXL/pixel pipelines")
+    if getattr(pipe, "text_encoder_2", None) is not None or getattr(unet.config, "addition_embed_type", None) == "text_time":
+        return "sdxl"
+    if isinstance(unet, UNet2DConditionModel):
+        if getattr(pipe, "vae", None) is None:
+            raise ConfigError(f"{type(pipe).__name__} has a conditional UNet but no VAE")
+        return "sd"
+    return "pixel"
+
+
+class MultiDiffusionPipeline:
+    """MultiDiffusion over a canvas larger than the model's window.
+
+    Build with `from_pipe(pipe)` (shares the components of a loaded diffusers pipeline)
+    or `from_pretrained(id_or_path)` ('toy' loads the embedded model). Call it like a
+    diffusers pipeline.
+    """
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self.kind: ModelKind = _detect_kind(pipe)
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_pipe(cls, pipe: Any) -> "MultiDiffusionPipeline":
+        """Wrap an existing diffusers pipeline object; its modules are shared, not copied."""
+        return cls(pipe)
+
+    @classmethod
+    def from_pretrained(cls, id_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
+                        **kwargs: Any) -> "MultiDiffusionPipeline":
+        """Load a diffusers pipeline ('toy', a local folder or a hub id) and wrap it.
+
+        `kwargs` go to `diffusers.DiffusionPipeline.from_pretrained` (e.g. torch_dtype).
+        """
+        from diffusers import DiffusionPipeline
+
+        path = resolve_model_path(id_or_path)
+        if str(id_or_path) == "toy":
+            from .toy import load_toy_pipeline
+
+            pipe = load_toy_pipeline(path, dtype=kwargs.pop("torch_dtype", torch.float32))
+        else:
+            if _is_sd_folder(path):
+                kwargs.setdefault("safety_checker", None)  # a research tool: no NSFW filter on outputs
+            pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+        if device is not None:
+            pipe = pipe.to(device)
+        return cls(pipe)
+
+    def to(self, *args: Any, **kwargs: Any) -> "MultiDiffusionPipeline":
+        """Move/cast the wrapped pipeline (as diffusers' `.to`)."""
+        self.pipe = self.pipe.to(*args, **kwargs)
+        return self
+
+    # ---- properties -----------------------------------------------------------------
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    @property
+    def scheduler(self) -> Any:
+        return self.pipe.scheduler
+
+    @property
+    def vae(self) -> Any:
+        return getattr(self.pipe, "vae", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel: 2 ** (VAE down blocks - 1); 1 for pixel-space models."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_window(self) -> int:
+        """The model's training resolution in pixels (e.g. 512 for SD 1.5, 1024 for SDXL)."""
+        s = self.unet.config.sample_size
+        s = s[0] if isinstance(s, (tuple, list)) else s
+        return int(s) * self.vae_scale_factor
+
+    def set_scheduler(self, name: str, **overrides: Any) -> None:
+        """Swap the scheduler for `name` (alias like 'dpmpp_2m' or a diffusers class name)."""
+        self.pipe.scheduler = make_scheduler(name, self.pipe.scheduler.config, **overrides)
+
+    # ---- generation -------------------------------------------------------------------
+    def _adapter(self, prompt, negative_prompt, guidance_scale, guidance_rescale, plan, batch, sdxl_view_crops,
+                 class_labels):
+        dev = self.device
+        cfg = guidance_scale > 1.0
+        if self.kind == "pixel":
+            labels = None if class_labels is None else torch.as_tensor(class_labels, device=dev).reshape(-1)
+            return PixelAdapter(self.unet, labels)
+        if self.kind == "sd":
+            pos, neg = self.pipe.encode_prompt(prompt, dev, 1, cfg, negative_prompt)
+            tc = None
+            if getattr(self.unet.config, "time_cond_proj_dim", None) is not None:
+                g = torch.tensor(guidance_scale - 1).repeat(batch)
+                tc = self.pipe.get_guidance_scale_embedding(g, embedding_dim=self.unet.config.time_cond_proj_dim)
+                tc = tc.to(device=dev, dtype=pos.dtype)
+            return SDAdapter(self.unet, pos, neg, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                             timestep_cond=tc)
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=prompt, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt,
+        )
+        vh, vw = plan.view_size
+        return SDXLAdapter(
+            self.unet, pos, neg, pooled, neg_pooled, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+            canvas_px=(plan.height, plan.width), window_px=(vh * plan.scale, vw * plan.scale), scale=plan.scale,
+            view_crops=sdxl_view_crops,
+        )
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> image tensor in [-1, 1] with the full-canvas VAE decode.
+
+        An fp16 VAE whose config asks for it (`force_upcast`, SDXL) decodes in float32,
+        as diffusers does, to avoid overflow to NaN.
+        """
+        if self.vae is None:
+            return latents
+        vae = self.vae
+        cfg = vae.config
+        x = latents / cfg.scaling_factor
+        if getattr(cfg, "shift_factor", None) is not None:
+            x = x + cfg.shift_factor
+        dtype = vae.dtype
+        if dtype == torch.float16 and getattr(cfg, "force_upcast", False):
+            vae.to(torch.float32)
+            try:
+                return vae.decode(x.float(), return_dict=False)[0]
+            finally:
+                vae.to(dtype)
+        return vae.decode(x.to(dtype), return_dict=False)[0]
+
+    def _postprocess(self, image: torch.Tensor, output_type: str) -> Any:
+        proc = getattr(self.pipe, "image_processor", None)
+        if proc is None:
+            from diffusers.image_processor import VaeImageProcessor
+
+            proc = VaeImageProcessor(vae_scale_factor=1)
+        return proc.postprocess(image, output_type=output_type)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        negative_prompt: str | list[str] | None = None,
+        height: int = 512,
+        width: int = 2048,
+        window: int | tuple[int, int] | None = None,
+        overlap: int | tuple[int, int] = 64,
+        kernel: str | Kernel = "gaussian",
+        kernel_params: dict | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        guidance_rescale: float = 0.0,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | int | None = None,
+        latents: torch.Tensor | None = None,
+        circular: Any = False,
+        view_batch_size: int = 4,
+        output_type: str = "pil",
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        sdxl_view_crops: bool = False,
+        class_labels: Sequence[int] | None = None,
+        record: bool = True,
+        diagnostics: bool = False,
+        diagnostics_map: bool = False,
+        progress: bool = True,
+    ) -> MultiDiffusionOutput:
+        """Generate a `height` x `width` canvas with MultiDiffusion.
+
+        Sizes are pixels. `window` defaults to the model's native size (`native_window`);
+        `overlap` is the minimum overlap between neighbouring windows. `kernel` is a name in
+        `mdtools.KERNELS` (parameters in `kernel_params`) or a `Kernel`. `callback`
+        receives a dict per step: step, timestep, latents, prediction (the fused model
+        output), step_seconds and, with `diagnostics`, the views' disagreement (weighted
+        variance of overlapping predictions) and with `diagnostics_map` its (H, W) map.
+        `generator` may be an int seed. Returns MultiDiffusionOutput(images, latents, plan, record).
+        """
+        scale = self.vae_scale_factor
+        window = self.native_window if window is None else window
+        plan, kern, batch = check_generation_args(
+            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, window=window,
+            overlap=overlap, kernel=kernel, kernel_params=kernel_params, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, view_batch_size=view_batch_size, circular=circular,
+            output_type=output_type, scale=scale, guidance_rescale=guidance_rescale,
+            latents_shape=None if latents is None else latents.shape, latent_channels=self.unet.config.in_channels,
+        )
+        if self.kind != "pixel" and prompt is None:
+            raise ConfigError("prompt is required for a text-conditioned model, e.g. prompt='a photo of a beach'")
+        if isinstance(generator, int):
+            generator = torch.Generator("cpu").manual_seed(generator)
+        device = self.device
+        rec = Recorder(device, dtype=self.dtype, enabled=record)
+        with rec.phase("total"):
+            with rec.phase("encode_prompt"):
+                adapter = self._adapter(prompt, negative_prompt, guidance_scale, guidance_rescale, plan, batch,
+                                        sdxl_view_crops, class_labels)
+            scheduler = self.scheduler
+            scheduler.set_timesteps(num_inference_steps, device=device)
+            timesteps = scheduler.timesteps
+            shape = (batch, self.unet.config.in_channels, plan.latent_height, plan.latent_width)
+            dtype = adapter.pos.dtype if hasattr(adapter, "pos") else self.dtype  # as diffusers: embeds' dtype
+            if latents is None:
+                from diffusers.utils.torch_utils import randn_tensor
+
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            else:
+                latents = latents.to(device=device, dtype=dtype)
+            latents = latents * scheduler.init_noise_sigma
+            fuse = MultiDiffusion(adapter, plan, kern, view_batch_size=view_batch_size, device=device,
+                                  diagnostics=diagnostics, diagnostics_map=diagnostics_map,
+                                  sync_timing=record and device.type == "cuda")
+            step_kwargs = _step_kwargs(scheduler, generator, eta)
+            iterator = _progress(timesteps, progress)
+            with rec.phase("denoise"):
+                for i, t in enumerate(iterator):
+                    t0 = time.perf_counter()
+                    x_in = scheduler.scale_model_input(latents, t)
+                    pred = fuse(x_in, t)
+                    latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
+                    if record:
+                        rec.sync()
+                    info = {
+                        "step": i, "timestep": t, "latents": latents, "prediction": pred,
+                        "step_seconds": time.perf_counter() - t0,
+                        "disagreement": fuse.last_disagreement,
+                        "disagreement_map": fuse.last_disagreement_map,
+                    }
+                    rec(info)
+                    if callback is not None:
+                        callback(info)
+            images = None
+            if output_type != "latent":
+                with rec.phase("decode"):
+                    images = self._postprocess(self.decode(latents), output_type)
+        rec.count("views", plan.n_views)
+        rec.count("steps", len(timesteps))
+        rec.count("model_forward_calls", fuse.forward_calls)
+        rec.count("model_evaluations", fuse.model_evaluations)
+        if record:
+            # sub-phases of the denoising loop, timed inside MultiDiffusion (time only)
+            rec.record.phases["model_forward"] = PhaseStats("model_forward", fuse.forward_seconds, fuse.forward_calls)
+            rec.record.phases["fusion"] = PhaseStats("fusion", fuse.fusion_seconds, fuse.forward_calls)
+            rec.record.extra["plan"] = plan.summary()
+            rec.record.extra["kernel"] = kern.describe()
+            rec.record.extra["scheduler"] = type(scheduler).__name__
+            rec.record.extra["finite"] = bool(torch.isfinite(latents).all())
+        return MultiDiffusionOutput(images=images, latents=latents, plan=plan, record=rec.record if record else None)
+
+
+def _is_sd_folder(path: str) -> bool:
+    idx = Path(path) / "model_index.json"
+    return idx.exists() and "safety_checker" in idx.read_text()
+
+
+def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
+    """eta / generator for schedulers whose step() takes them (as diffusers pipelines do)."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    out: dict[str, Any] = {}
+    if "eta" in params:
+        out["eta"] = eta
+    if "generator" in params:
+        out["generator"] = generator
+    return out
+
+
+def _progress(it: Any, enabled: bool) -> Any:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc="denoise", unit="step", leave=False)
+
+
+__all__ = [
+    "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "resolve_model_path",
+    "read_scale_factor", "OUTPUT_TYPES",
+]
