@@ -96,6 +96,40 @@ def cmd_train_toy(args: argparse.Namespace, rest: list[str]) -> int:
     return train_main(rest)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_experiment
+    from .runner import execute
+
+    exp = load_experiment(args.experiment)  # every run validated before anything loads
+    out = Path(args.out) if args.out else Path("results") / exp.name
+    df = execute(exp, out, max_runs=args.max_runs, dry_run=args.dry_run, retry_failed=args.retry_failed)
+    if not args.dry_run:
+        n_ok = int((df["status"] == "ok").sum()) if len(df) else 0
+        print(f"{n_ok}/{len(df)} runs ok; table: {out / 'runs.parquet'}; records: {out / 'runs'}/; "
+              f"next: mdtools report {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .report import report
+
+    summary, plots = report(args.results, make_plots=not args.no_plots)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print(summary.to_string(index=False))
+    print(f"summary: {Path(args.results) / 'summary.csv'}")
+    for p in plots:
+        print(f"plot: {p}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(experiment=args.experiment, out=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mdtools", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -120,6 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     g.add_argument("--out", required=True, help="image path (.png/.jpg/.webp); the record goes next to it as .json")
     g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("run", help="run an experiment file (resumable; finished runs are skipped)")
+    r.add_argument("experiment", help="experiments/NAME.yaml")
+    r.add_argument("--out", default=None, help="output folder (default results/NAME)")
+    r.add_argument("--max-runs", type=int, default=None, help="run at most N unfinished runs")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and time estimate, run nothing")
+    r.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    r.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="summary table and plots of an experiment's results")
+    p.add_argument("results", help="results/NAME")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the quickstart: naive tiles vs uniform vs gaussian overlap on the toy model")
+    d.add_argument("--experiment", default="experiments/quickstart.yaml")
+    d.add_argument("--out", default="results/quickstart")
+    d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train-toy", help="train the embedded toy model (see mdtools/assets/toy-sd/MODEL_CARD.md)",
                        add_help=False)

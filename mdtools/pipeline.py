@@ -26,6 +26,7 @@ from .plan import CIRCULAR_MODES, TilePlan, plan_views
 from .schedulers import make_scheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+AUTO_TILE_PIXELS = 2048 * 2048  # "auto" VAE tiling above this canvas size
 ModelKind = Literal["sd", "sdxl", "pixel"]
 
 
@@ -259,8 +260,35 @@ class MultiDiffusionPipeline:
             view_crops=sdxl_view_crops,
         )
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> image tensor in [-1, 1] with the full-canvas VAE decode.
+    def vae_tiling_options(self, vae_tiling: Any, plan: TilePlan) -> dict[str, Any] | None:
+        """Resolve `vae_tiling` (False, True, "auto" or a dict with keys tiling, tile, overlap,
+        sync_groupnorm, auto_pixels) into tiled-decode options, or None for a full decode.
+
+        "auto" tiles when the canvas has more than `auto_pixels` pixels (default 2048^2, where
+        a full SD decode needs several GB of activations)."""
+        if self.vae is None:
+            return None
+        opts: dict[str, Any] = {"tiling": vae_tiling} if not isinstance(vae_tiling, dict) else dict(vae_tiling)
+        unknown = set(opts) - {"tiling", "tile", "overlap", "sync_groupnorm", "auto_pixels"}
+        if unknown:
+            raise ConfigError(f"vae_tiling has unknown key(s) {sorted(unknown)}; valid keys: tiling, tile, overlap, "
+                              "sync_groupnorm, auto_pixels")
+        mode = opts.get("tiling", "auto")
+        check_choice("vae_tiling", mode, [True, False, "auto"])
+        if mode == "auto":
+            mode = plan.height * plan.width > (opts.get("auto_pixels") or AUTO_TILE_PIXELS)
+        if not mode:
+            return None
+        return {
+            "tile": opts.get("tile") or self.native_window,
+            "overlap": 64 if opts.get("overlap") is None else opts["overlap"],
+            "sync_groupnorm": opts.get("sync_groupnorm", True),
+            "circular": plan.circular,
+        }
+
+    def decode(self, latents: torch.Tensor, *, tiling: dict[str, Any] | None = None) -> torch.Tensor:
+        """Latents -> image tensor in [-1, 1]: the full-canvas VAE decode, or with `tiling`
+        (options from `vae_tiling_options`) mdtools' tiled decode with GroupNorm sync.
 
         An fp16 VAE whose config asks for it (`force_upcast`, SDXL) decodes in float32,
         as diffusers does, to avoid overflow to NaN.
@@ -272,6 +300,10 @@ class MultiDiffusionPipeline:
         x = latents / cfg.scaling_factor
         if getattr(cfg, "shift_factor", None) is not None:
             x = x + cfg.shift_factor
+        if tiling is not None:
+            from .vae import tiled_decode
+
+            return tiled_decode(vae, x, **tiling)
         dtype = vae.dtype
         if dtype == torch.float16 and getattr(cfg, "force_upcast", False):
             vae.to(torch.float32)
@@ -316,6 +348,7 @@ class MultiDiffusionPipeline:
         record: bool = True,
         diagnostics: bool = False,
         diagnostics_map: bool = False,
+        vae_tiling: bool | str | dict = "auto",
         progress: bool = True,
     ) -> MultiDiffusionOutput:
         """Generate a `height` x `width` canvas with MultiDiffusion.
@@ -326,7 +359,8 @@ class MultiDiffusionPipeline:
         receives a dict per step: step, timestep, latents, prediction (the fused model
         output), step_seconds and, with `diagnostics`, the views' disagreement (weighted
         variance of overlapping predictions) and with `diagnostics_map` its (H, W) map.
-        `generator` may be an int seed. Returns MultiDiffusionOutput(images, latents, plan, record).
+        `generator` may be an int seed. `vae_tiling`: False, True, "auto" (tiled decode above
+        2048^2 pixels) or a dict (see `vae_tiling_options`). Returns MultiDiffusionOutput(images, latents, plan, record).
         """
         scale = self.vae_scale_factor
         window = self.native_window if window is None else window
@@ -337,6 +371,7 @@ class MultiDiffusionPipeline:
             output_type=output_type, scale=scale, guidance_rescale=guidance_rescale,
             latents_shape=None if latents is None else latents.shape, latent_channels=self.unet.config.in_channels,
         )
+        vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
         if self.kind != "pixel" and prompt is None:
             raise ConfigError("prompt is required for a text-conditioned model, e.g. prompt='a photo of a beach'")
         if isinstance(generator, int):
@@ -384,7 +419,7 @@ class MultiDiffusionPipeline:
             images = None
             if output_type != "latent":
                 with rec.phase("decode"):
-                    images = self._postprocess(self.decode(latents), output_type)
+                    images = self._postprocess(self.decode(latents, tiling=vae_opts), output_type)
         rec.count("views", plan.n_views)
         rec.count("steps", len(timesteps))
         rec.count("model_forward_calls", fuse.forward_calls)
@@ -397,6 +432,7 @@ class MultiDiffusionPipeline:
             rec.record.extra["kernel"] = kern.describe()
             rec.record.extra["scheduler"] = type(scheduler).__name__
             rec.record.extra["finite"] = bool(torch.isfinite(latents).all())
+            rec.record.extra["vae_tiling"] = vae_opts if vae_opts is None else {**vae_opts, "circular": str(plan.circular)}
         return MultiDiffusionOutput(images=images, latents=latents, plan=plan, record=rec.record if record else None)
 
 

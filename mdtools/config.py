@@ -1,0 +1,322 @@
+"""Run configs and experiment files: validated, expanded, hashed.
+
+An experiment file (experiments/*.yaml, read with yaml.safe_load) has:
+
+    name: overlap_kernel
+    description: ...
+    base: {model: toy, prompt: ..., canvas: {height: 256, width: 1024}, ...}   # a RunConfig
+    sweep: {tiling.overlap: [0, 32, 64], tiling.kernel: [uniform, gaussian]}   # cartesian
+    zip: [{canvas.height: [256, 512], canvas.width: [1024, 512]}]              # move together
+    seeds: [0, 1, 2]
+
+Every run is `base` with the swept values set at their dotted key paths. All runs are
+validated before any runs: unknown keys and bad values are reported together, each with
+its key path and a valid value.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CanvasConfig(_Strict):
+    """Canvas size in pixels, or an aspect ratio (width / height) and megapixels."""
+
+    height: Optional[int] = None
+    width: Optional[int] = None
+    aspect: Optional[float] = Field(default=None, gt=0)
+    megapixels: Optional[float] = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "CanvasConfig":
+        sized = self.height is not None or self.width is not None
+        ratio = self.aspect is not None or self.megapixels is not None
+        if sized and ratio:
+            raise ValueError("give either height/width or aspect/megapixels, not both")
+        if ratio and (self.aspect is None or self.megapixels is None):
+            raise ValueError("aspect and megapixels go together, e.g. aspect: 4.0, megapixels: 0.5")
+        if not ratio and (self.height is None or self.width is None):
+            raise ValueError("give both height and width in pixels, e.g. height: 512, width: 2048")
+        return self
+
+    def resolve(self, scale: int) -> tuple[int, int]:
+        """(height, width) in pixels; aspect/megapixels rounded to multiples of `scale`."""
+        if self.height is not None and self.width is not None:
+            return self.height, self.width
+        assert self.aspect is not None and self.megapixels is not None
+        area = self.megapixels * 1e6
+        h = math.sqrt(area / self.aspect)
+        w = h * self.aspect
+        return max(scale, round(h / scale) * scale), max(scale, round(w / scale) * scale)
+
+
+class TilingConfig(_Strict):
+    window: Optional[int] = None  # pixels; None: the model's native size
+    overlap: int = 64
+    kernel: str = "gaussian"
+    kernel_params: dict[str, Any] = Field(default_factory=dict)
+    circular: Union[Literal[False], Literal["x", "y", "both"]] = False
+    view_batch_size: int = 4
+
+
+class SamplerConfig(_Strict):
+    scheduler: Optional[str] = None  # None: the model's own
+    steps: int = 25
+    guidance: float = 7.5
+    guidance_rescale: float = 0.0
+    eta: float = 0.0
+
+
+class VaeConfig(_Strict):
+    """How latents become pixels. tiling: 'auto' (tiled above `auto_pixels`), true, false."""
+
+    tiling: Union[bool, Literal["auto"]] = "auto"
+    tile: Optional[int] = None  # pixels; None: the model's native size
+    overlap: int = 64
+    sync_groupnorm: bool = True
+    auto_pixels: int = 2048 * 2048
+
+
+class OutputConfig(_Strict):
+    preview_max_side: int = Field(default=1024, gt=0)
+    save_full: bool = False
+
+
+DEFAULT_METRICS = ("seam_score", "seam_score_lab", "tv")
+
+
+class RunConfig(_Strict):
+    """One generation, fully specified."""
+
+    model: str = "toy"
+    prompt: str
+    negative_prompt: Optional[str] = None
+    canvas: CanvasConfig = CanvasConfig(height=512, width=2048)
+    tiling: TilingConfig = TilingConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    vae: VaeConfig = VaeConfig()
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    diagnostics: bool = True
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError("device must be 'auto', 'cpu' or 'cuda[:N]'")
+        return v
+
+    def run_id(self) -> str:
+        """Stable id: a hash of the resolved config (key order and formatting do not matter)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key dict of the config, for table columns."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k != "kernel_params":
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (dict, list)):
+            out[key] = json.dumps(v, sort_keys=True)
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _fmt_pydantic(e: ValidationError, where: str) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = _model_at(err["loc"][:-1])
+            if parent is not None:
+                msg += f"; valid keys here: {sorted(parent.model_fields)}"
+        elif err["type"] == "literal_error":
+            msg = f"{msg}, got {err.get('input')!r}"
+        out.append(f"{where}{loc or '(top level)'}: {msg}")
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+class Experiment(BaseModel):
+    """A parsed experiment file: `runs` is the expanded, validated list of RunConfigs."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    description: str = ""
+    path: Optional[str] = None
+    runs: list[RunConfig]
+    swept_keys: list[str]
+
+
+_TOP_KEYS = {"name", "description", "base", "sweep", "zip", "seeds"}
+
+
+def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any]], list[str]]:
+    """Expand base x sweep x zip x seeds into raw run dicts; returns (runs, swept keys)."""
+    base = spec.get("base") or {}
+    sweep = spec.get("sweep") or {}
+    zips = spec.get("zip") or []
+    seeds = spec.get("seeds")
+    errors = []
+    if not isinstance(base, dict):
+        errors.append(f"{where}base: must be a mapping of run settings, e.g. base: {{prompt: grass}}")
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+        errors.append(f"{where}sweep: must map dotted keys to non-empty lists, e.g. tiling.overlap: [0, 64]")
+        sweep = {}
+    if not isinstance(zips, list):
+        errors.append(f"{where}zip: must be a list of groups, e.g. [{{canvas.height: [256, 512], canvas.width: [1024, 512]}}]")
+        zips = []
+    groups: list[list[dict[str, Any]]] = []
+    for gi, g in enumerate(zips):
+        if not isinstance(g, dict) or not g or not all(isinstance(v, list) for v in g.values()):
+            errors.append(f"{where}zip[{gi}]: must map dotted keys to lists of equal length")
+            continue
+        lens = {k: len(v) for k, v in g.items()}
+        if len(set(lens.values())) != 1:
+            errors.append(f"{where}zip[{gi}]: lists must have equal length, got {lens}")
+            continue
+        n = next(iter(lens.values()))
+        groups.append([{k: g[k][i] for k in g} for i in range(n)])
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds):
+        errors.append(f"{where}seeds: must be a non-empty list of integers, e.g. [0, 1, 2]")
+        seeds = None
+    if errors:
+        raise ConfigError("\n".join(errors))
+    keys = list(sweep)
+    swept = keys + [k for g in groups for k in g[0]] + (["seed"] if seeds else [])
+    runs = []
+    for combo in itertools.product(*(sweep[k] for k in keys), *groups, (seeds or [None])):
+        d = copy.deepcopy(base)
+        for k, v in zip(keys, combo[: len(keys)]):
+            set_dotted(d, k, v)
+        for g in combo[len(keys): len(keys) + len(groups)]:
+            for k, v in g.items():
+                set_dotted(d, k, v)
+        if combo[-1] is not None:
+            d["seed"] = combo[-1]
+        runs.append(d)
+    return runs, swept
+
+
+def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
+    """Pydantic + engine checks for every run; all problems are reported together."""
+    from .pipeline import check_generation_args, read_scale_factor, resolve_model_path
+    from .schedulers import check_scheduler_name
+
+    errors: list[str] = []
+    runs: list[RunConfig] = []
+    scale_cache: dict[str, tuple[int, int | None]] = {}
+    for i, d in enumerate(raw):
+        tag = f"{where}run {i}: "
+        try:
+            cfg = RunConfig.model_validate(d)
+        except ValidationError as e:
+            errors.extend(_fmt_pydantic(e, tag))
+            continue
+        try:
+            if cfg.model not in scale_cache:
+                path = resolve_model_path(cfg.model)
+                scale = read_scale_factor(path)
+                from .cli import read_native_window
+
+                scale_cache[cfg.model] = (scale, read_native_window(path, scale))
+            scale, native = scale_cache[cfg.model]
+            h, w = cfg.canvas.resolve(scale)
+            if cfg.sampler.scheduler:
+                check_scheduler_name(cfg.sampler.scheduler)
+            from .metrics import METRICS
+
+            bad = [m for m in cfg.metrics if m not in METRICS]
+            if bad:
+                raise ConfigError(f"metrics: unknown {bad}; choose from {sorted(METRICS)}")
+            check_generation_args(
+                prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, height=h, width=w,
+                window=cfg.tiling.window or native or 512, overlap=cfg.tiling.overlap, kernel=cfg.tiling.kernel,
+                kernel_params=cfg.tiling.kernel_params, num_inference_steps=cfg.sampler.steps,
+                guidance_scale=cfg.sampler.guidance, view_batch_size=cfg.tiling.view_batch_size,
+                circular=cfg.tiling.circular, output_type="pil", scale=scale,
+                guidance_rescale=cfg.sampler.guidance_rescale,
+            )
+        except ConfigError as e:
+            errors.append(f"{tag}{e}")
+            continue
+        runs.append(cfg)
+    if errors:
+        shown = errors[:40]
+        more = f"\n... and {len(errors) - 40} more" if len(errors) > 40 else ""
+        raise ConfigError(f"{len(errors)} problem(s) found before any run started:\n" + "\n".join(shown) + more)
+    return runs
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read, expand and validate an experiment YAML file (safe loader; nothing executed)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"experiment file {str(p)!r} does not exist; see experiments/ for examples")
+    try:
+        spec = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{p}: must be a mapping with keys {sorted(_TOP_KEYS)}")
+    unknown = set(spec) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{p}: unknown top-level key(s) {sorted(unknown)}; valid keys: {sorted(_TOP_KEYS)}")
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise ConfigError(f"{p}: name: required, a short identifier such as 'overlap_kernel'")
+    raw, swept = expand(spec, where=f"{p.name}: ")
+    runs = validate_runs(raw, where=f"{p.name}: ")
+    return Experiment(name=spec["name"], description=spec.get("description", ""), path=str(p), runs=runs,
+                      swept_keys=swept)

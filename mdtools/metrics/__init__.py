@@ -1,0 +1,46 @@
+"""Seam, coherence and reference metrics for tiled generation (see docs/metrics.md).
+
+Functions return `Score`: a float with `.reason` (why it is NaN) and `.details`.
+The torchmetrics classes (SeamScore, SeamScoreLab, WrapSeamScore, IntraLPIPS,
+IntraStyle) load lazily, because importing torchmetrics takes seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._common import MetricUnavailable, Score, to_image_tensor
+from .color import rgb_to_lab
+from .evaluate import METRICS, MetricSpec, evaluate
+from .functional import (
+    crop_grid,
+    gram_matrix,
+    intra_lpips,
+    intra_style,
+    lines_from_boxes,
+    psnr,
+    seam_score,
+    seam_score_lab,
+    ssim,
+    step_profiles,
+    total_variation,
+    vae_seam,
+    wrap_seam_score,
+)
+
+_LAZY_CLASSES = ("SeamScore", "SeamScoreLab", "WrapSeamScore", "IntraLPIPS", "IntraStyle")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_CLASSES:
+        from . import classes
+
+        return getattr(classes, name)
+    raise AttributeError(f"module 'mdtools.metrics' has no attribute {name!r}")
+
+
+__all__ = [
+    "METRICS", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "evaluate", "gram_matrix", "intra_lpips",
+    "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "ssim",
+    "step_profiles", "to_image_tensor", "total_variation", "vae_seam", "wrap_seam_score", *_LAZY_CLASSES,
+]

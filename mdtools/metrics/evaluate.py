@@ -1,0 +1,129 @@
+"""One call for a table row: `evaluate(image, plan, metrics=[...])` and the METRICS registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from ..errors import ConfigError
+from ..plan import TilePlan
+from . import functional as F
+from ._common import Score, to_image_tensor
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: how to call it and how to read it."""
+
+    name: str
+    fn: Callable[..., Any]
+    higher_is_better: bool | None  # None: closest to 1 (seam scores are 1 when seamless)
+    unit: str
+    needs_reference: bool = False
+    description: str = ""
+
+
+def _seam(img, plan, ref, opts):
+    return F.seam_score(img, plan, band=opts.get("band", F.DEFAULT_BAND))
+
+
+def _seam_lab(img, plan, ref, opts):
+    return F.seam_score_lab(img, plan, band=opts.get("band", F.DEFAULT_BAND))
+
+
+def _wrap(img, plan, ref, opts):
+    return F.wrap_seam_score(img, plan, band=opts.get("band", F.DEFAULT_BAND))
+
+
+def _lpips(img, plan, ref, opts):
+    return F.intra_lpips(img, crop=opts.get("crop") or plan, net=opts.get("lpips_net"))
+
+
+def _style(img, plan, ref, opts):
+    return F.intra_style(img, crop=opts.get("crop") or plan, features=opts.get("style_features"))
+
+
+def _vae(img, plan, ref, opts):
+    out = F.vae_seam(img, ref, opts.get("tiles") or plan)
+    # headline: mean |tile mean drift|; the whole report rides along in .details
+    return Score(out["mean_drift"], details=out)
+
+
+METRICS: dict[str, MetricSpec] = {
+    s.name: s for s in (
+        MetricSpec("seam_score", _seam, False, "ratio (1 = seamless)",
+                   description="steps across seam lines vs control lines, locally normalised"),
+        MetricSpec("seam_score_lab", _seam_lab, False, "ratio (1 = seamless)",
+                   description="seam_score with CIELAB Delta E steps"),
+        MetricSpec("wrap_seam_score", _wrap, False, "ratio (1 = seamless)",
+                   description="seam_score of the 360-degree wrap line"),
+        MetricSpec("intra_lpips", _lpips, False, "LPIPS distance",
+                   description="mean LPIPS(VGG) over pairs of non-overlapping crops (SyncDiffusion)"),
+        MetricSpec("intra_style", _style, False, "Gram MSE (summed over pairs)",
+                   description="VGG19 conv1..5 Gram-matrix MSE summed over crop pairs (SyncDiffusion)"),
+        MetricSpec("psnr", lambda i, p, r, o: F.psnr(i, r), True, "dB", needs_reference=True,
+                   description="PSNR against reference"),
+        MetricSpec("ssim", lambda i, p, r, o: F.ssim(i, r), True, "similarity (1 = identical)", needs_reference=True,
+                   description="SSIM against reference"),
+        MetricSpec("tv", lambda i, p, r, o: F.total_variation(i), None, "intensity per pixel",
+                   description="mean absolute neighbour difference (x + y)"),
+        MetricSpec("vae_seam", _vae, False, "intensity (0-1)", needs_reference=True,
+                   description="tiled vs one-piece decode (reference = the one-piece decode): "
+                               "mean |per-tile mean drift|; details hold PSNR, SSIM, std drift"),
+    )
+}
+
+DEFAULT_METRICS = ("seam_score", "seam_score_lab", "wrap_seam_score", "tv")
+
+
+def evaluate(
+    image: Any,
+    plan: TilePlan | None = None,
+    metrics: Iterable[str] | None = None,
+    reference: Any = None,
+    **options: Any,
+) -> dict[str, Score]:
+    """Compute `metrics` (names from METRICS) on one image; {name: Score}.
+
+    `image`: PIL image, HxWx3 uint8/float array or (1,)3xHxW tensor in [0, 1]. `plan`: the
+    TilePlan that made it (seam lines, crop size). `reference`: the image to compare with
+    for psnr/ssim, or the one-piece decode for vae_seam. Default metrics: seam_score,
+    seam_score_lab, wrap_seam_score (only for circular plans), tv, plus psnr and ssim when
+    a reference is given. `options`: band, crop, lpips_net, style_features, tiles.
+    A metric that cannot run here (no weights, no seams) gives NaN with `.reason`.
+    """
+    if plan is not None and not isinstance(plan, TilePlan):
+        raise ConfigError(f"plan must be a TilePlan (from mdtools.plan_views) or None; got {type(plan).__name__}")
+    allowed_opts = {"band", "crop", "lpips_net", "style_features", "tiles"}
+    bad = set(options) - allowed_opts
+    if bad:
+        raise ConfigError(f"unknown option(s) {sorted(bad)}; valid options: {sorted(allowed_opts)}")
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if metrics is None:
+        names = [m for m in DEFAULT_METRICS if m != "wrap_seam_score" or (plan is not None and plan.circular)]
+        if reference is not None:
+            names += ["psnr", "ssim"]
+    else:
+        names = list(metrics)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown metric(s) {unknown}; valid names: {sorted(METRICS)}")
+    img = to_image_tensor(image)
+    ref = None
+    if reference is not None:
+        ref = to_image_tensor(reference, name="reference")
+    for m in names:
+        if METRICS[m].needs_reference and ref is None:
+            raise ConfigError(f"metric {m!r} needs reference= (an image of the same size)")
+    if plan is not None and (plan.height, plan.width) != tuple(img.shape[-2:]):
+        raise ConfigError(
+            f"plan is for {plan.height}x{plan.width} px but image is {img.shape[-2]}x{img.shape[-1]} px"
+        )
+    out: dict[str, Score] = {}
+    for m in names:
+        if plan is None and m in ("seam_score", "seam_score_lab") and "tiles" not in options:
+            out[m] = Score.nan("no plan given: no seam lines to measure")
+            continue
+        out[m] = METRICS[m].fn(img, plan, ref, options)
+    return out

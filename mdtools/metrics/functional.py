@@ -1,0 +1,621 @@
+"""Seam, coherence and reference metrics as pure functions.
+
+Each metric is split like torchmetrics: a private `_*_update` turns one batch into
+additive sufficient statistics and a `_*_compute` turns summed statistics into the value.
+The functions here call both on one input; the `torchmetrics.Metric` classes in
+`classes.py` sum the statistics over many `update` calls. See docs/metrics.md for the
+definitions, units and blind spots.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
+
+import torch
+
+from ..errors import ConfigError, check_choice, check_positive_int
+from ..plan import TilePlan
+from ._common import MetricUnavailable, Score, to_image_tensor, to_rgb
+from .color import rgb_to_lab
+
+Lines = dict[str, tuple[int, ...]]
+Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
+LinesLike = Union[TilePlan, Mapping[str, Iterable[int]], Sequence[Box], None]
+Mode = Literal["rgb", "lab"]
+
+# Steps below these floors are treated as invisible; they keep ratios finite on flat
+# regions (a constant sky has reference 0). Half a uint8 level / a fifth of a JND.
+_STEP_FLOOR = {"rgb": 0.5 / 255.0, "lab": 0.2}
+DEFAULT_BAND = 16  # px each side of a line used for its local reference
+DEFAULT_GRID = 8  # px; SD VAEs (and JPEG) have an 8-px phase, seam lines sit on it
+DEFAULT_SEGMENT = 8  # px along a line over which signed steps are averaged
+
+
+# ----------------------------------------------------------------------------- lines
+
+
+def lines_from_boxes(boxes: Sequence[Box], height: int, width: int) -> Lines:
+    """Tile edges strictly inside the image, from (top, left, height, width) pixel boxes."""
+    xs, ys = set(), set()
+    for i, box in enumerate(boxes):
+        if len(box) != 4:
+            raise ConfigError(f"tiles[{i}] must be a (top, left, height, width) pixel box; got {box!r}")
+        t, l, h, w = (int(v) for v in box)
+        if h <= 0 or w <= 0:
+            raise ConfigError(f"tiles[{i}]={box!r} must have positive height and width")
+        ys.update(e for e in (t, t + h) if 0 < e < height)
+        xs.update(e for e in (l, l + w) if 0 < e < width)
+    return {"x": tuple(sorted(xs)), "y": tuple(sorted(ys))}
+
+
+def resolve_lines(
+    plan_or_lines: LinesLike, height: int, width: int, *, name: str = "plan_or_lines"
+) -> tuple[Lines, int | None]:
+    """Seam lines (and the plan's pixel grid, if known) from a plan, a line dict or boxes."""
+    if plan_or_lines is None:
+        return {"x": (), "y": ()}, None
+    if isinstance(plan_or_lines, TilePlan):
+        plan = plan_or_lines
+        if (plan.height, plan.width) != (height, width):
+            raise ConfigError(
+                f"{name} is a plan for {plan.height}x{plan.width} px but the image is {height}x{width} px; "
+                "plan the same size as the image"
+            )
+        return dict(plan.seam_lines), plan.scale
+    if isinstance(plan_or_lines, Mapping):
+        bad = set(plan_or_lines) - {"x", "y"}
+        if bad:
+            raise ConfigError(f"{name} keys must be 'x' (column lines) and/or 'y' (row lines); got {sorted(bad)}")
+        out: Lines = {}
+        for axis, length in (("x", width), ("y", height)):
+            vals = tuple(sorted({int(p) for p in plan_or_lines.get(axis, ())}))
+            for p in vals:
+                if not 0 < p < length:
+                    raise ConfigError(
+                        f"{name}[{axis!r}] line {p} must lie in 1..{length - 1} (a line at p separates p-1 and p)"
+                    )
+            out[axis] = vals
+        return out, None
+    if isinstance(plan_or_lines, Sequence) and not isinstance(plan_or_lines, str):
+        return lines_from_boxes(plan_or_lines, height, width), None
+    raise ConfigError(
+        f"{name} must be a TilePlan, a dict {{'x': [...], 'y': [...]}} of pixel lines, a list of "
+        f"(top, left, height, width) boxes, or None; got {type(plan_or_lines).__name__}"
+    )
+
+
+# ------------------------------------------------------------------ step profiles
+
+
+def step_profiles(img: torch.Tensor, *, mode: Mode = "rgb", segment: int = DEFAULT_SEGMENT) -> dict[str, torch.Tensor]:
+    """Mean step across every line: {"x": (N, W-1), "y": (N, H-1)}; entry p-1 is the line at p.
+
+    The signed difference I_p - I_{p-1} is first averaged over runs of `segment` pixels
+    along the line, then its magnitude is averaged over the runs. Texture differences
+    change sign from pixel to pixel and shrink in the run average; a seam (an offset
+    between two tiles) keeps its sign along the line and does not: this is why the eye
+    sees a faint straight seam through busy texture. `segment=1` is the plain mean
+    absolute step. "rgb": mean over channels of |run mean| (intensity, 0-1); "lab":
+    Euclidean norm of the run-mean CIELAB difference (Delta E 1976).
+    """
+    x = rgb_to_lab(to_rgb(img)) if mode == "lab" else img
+    dx = x[..., :, 1:] - x[..., :, :-1]  # (N, C, H, W-1)
+    dy = x[..., 1:, :] - x[..., :-1, :]  # (N, C, H-1, W)
+    if segment > 1:
+        # ceil_mode keeps a short last run instead of dropping the image's last rows
+        dx = torch.nn.functional.avg_pool2d(dx, (segment, 1), ceil_mode=True)
+        dy = torch.nn.functional.avg_pool2d(dy, (1, segment), ceil_mode=True)
+    if mode == "lab":
+        mx, my = dx.pow(2).sum(1).sqrt(), dy.pow(2).sum(1).sqrt()
+    else:
+        mx, my = dx.abs().mean(1), dy.abs().mean(1)
+    return {"x": mx.mean(1), "y": my.mean(2)}
+
+
+def _banned_mask(n_lines: int, banned: Iterable[int]) -> torch.Tensor:
+    """(n_lines + 2,) bool over line positions 0..n_lines+1: True within 1 px of a banned line."""
+    mask = torch.zeros(n_lines + 2, dtype=torch.bool)
+    for s in banned:
+        mask[max(0, s - 1):s + 2] = True
+    return mask
+
+
+def _references(
+    prof: torch.Tensor, positions: Sequence[int], *, band: int, banned: Iterable[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local reference of each line: mean step at lines p±2..p±band (N, n) and a validity mask (n,).
+
+    Reference lines must be inside the image and not within 1 px of a seam. ±1 is skipped
+    because a decoder or resampler spreads a real step over two pixels. A line needs at
+    least 2 reference lines to be valid.
+    """
+    n_lines = prof.shape[1]
+    offs = torch.tensor([o for o in range(-band, band + 1) if abs(o) >= 2])
+    q = torch.tensor(list(positions), dtype=torch.long)[:, None] + offs[None, :]
+    inside = (q >= 1) & (q <= n_lines)
+    ok = inside & ~_banned_mask(n_lines, banned)[q.clamp(0, n_lines + 1)]
+    vals = prof[:, (q.clamp(1, n_lines) - 1)]  # (N, n, 2*band-2)
+    count = ok.sum(1)
+    ref = (vals * ok).sum(2) / count.clamp_min(1)
+    return ref, count >= 2
+
+
+def control_lines(length: int, seams: Iterable[int], *, grid: int, band: int) -> tuple[int, ...]:
+    """Lines on the `grid` phase (the seams' phase) more than band // 2 + 1 px from any seam.
+
+    Same phase: an 8-px decoder or JPEG block pattern then affects seams and controls alike.
+    The gap keeps controls out of a seam's own blur/step zone; their reference bands may
+    still reach towards a seam, but the lines next to it are excluded there as well.
+    """
+    seams = tuple(seams)
+    gap = band // 2 + 1
+    return tuple(p for p in range(grid, length, grid) if all(abs(p - s) > gap for s in seams))
+
+
+# --------------------------------------------------------------------- seam score
+
+
+@dataclass
+class SeamStats:
+    """Additive statistics of `seam_score` over a batch (sums over lines and images)."""
+
+    seam_sum: torch.Tensor
+    seam_count: torch.Tensor
+    control_sum: torch.Tensor
+    control_count: torch.Tensor
+    per_seam: list[dict[str, Any]] = field(default_factory=list)
+    baseline: float = float("nan")
+    reason: str | None = None
+
+
+def _seam_update(
+    img: torch.Tensor,
+    lines: Lines,
+    *,
+    mode: Mode = "rgb",
+    band: int = DEFAULT_BAND,
+    grid: int = DEFAULT_GRID,
+    segment: int = DEFAULT_SEGMENT,
+    local: bool = True,
+    avoid: Lines | None = None,
+) -> SeamStats:
+    """Per-line anomalies of `img` (N, C, H, W) at `lines` and at control lines.
+
+    local=True (default): ratio R = step at the line / mean step at lines p±2..p±band;
+    baseline b = median log R over the control lines of that image (cancels grid-phase
+    artefacts common to all lines, e.g. JPEG or VAE 8-px blocks); anomaly
+    A = exp(|log R - b|) (two-sided: a hard step and a blurred band both raise it).
+    local=False: A = the raw mean step at the line (the naive statistic; see docs).
+    """
+    floor = _STEP_FLOOR[mode]
+    profs = step_profiles(img, mode=mode, segment=segment)
+    avoid = avoid or {}
+    zeros = torch.zeros((), dtype=torch.float64)
+    S_parts, C_parts, meta = [], [], []
+    dropped = []
+    for axis, length in (("x", img.shape[-1]), ("y", img.shape[-2])):
+        prof = profs[axis]
+        seams = tuple(lines.get(axis, ()))
+        banned = tuple(sorted(set(seams) | set(avoid.get(axis, ()))))
+        ctrls = control_lines(length, banned, grid=grid, band=band)
+        for kind, group in (("seam", seams), ("control", ctrls)):
+            if not group:
+                continue
+            step = prof[:, [p - 1 for p in group]]
+            if local:
+                ref, valid = _references(prof, group, band=band, banned=banned)
+                val = torch.log((step + floor) / (ref + floor))
+            else:
+                ref, valid = torch.full_like(step, float("nan")), torch.ones(len(group), dtype=torch.bool)
+                val = step
+            dropped += [f"{axis}={p}" for p, v in zip(group, valid.tolist()) if not v]
+            (S_parts if kind == "seam" else C_parts).append(val[:, valid])
+            if kind == "seam":
+                meta += [(axis, p, step[:, j], ref[:, j]) for j, p in enumerate(group) if valid[j]]
+    S = torch.cat(S_parts, 1) if S_parts else None
+    C = torch.cat(C_parts, 1) if C_parts else None
+    if S is None or S.shape[1] == 0 or C is None or C.shape[1] == 0:
+        no_seams = S is None or S.shape[1] == 0
+        why = "no seam lines" if no_seams else "no control lines (image too small for the reference band?)"
+        if dropped:
+            why += f"; lines without room for a reference band: {dropped[:4]}"
+        return SeamStats(zeros, zeros, zeros, zeros, reason=why)
+    if local:
+        base = C.median(1, keepdim=True).values
+        S_a, C_a = torch.exp((S - base).abs()), torch.exp((C - base).abs())
+    else:
+        base = torch.zeros((S.shape[0], 1), dtype=S.dtype)
+        S_a, C_a = S, C
+    c_mean = C_a.mean()
+    per_seam = []
+    for j, (axis, p, step, ref) in enumerate(meta):
+        per_seam.append({
+            "axis": axis, "position": p,
+            "step": float(step.mean()), "reference": float(ref.mean()),
+            # >1: a harder step than its surroundings; <1: smoother (a blurred band)
+            "ratio": float(torch.exp(S[:, j] - base[:, 0]).mean()) if local else float("nan"),
+            "score": float(S_a[:, j].mean() / c_mean),
+        })
+    return SeamStats(
+        S_a.sum(), torch.tensor(float(S_a.numel()), dtype=torch.float64),
+        C_a.sum(), torch.tensor(float(C_a.numel()), dtype=torch.float64),
+        per_seam=per_seam, baseline=float(torch.exp(base).mean()),
+    )
+
+
+def _seam_compute(seam_sum: torch.Tensor, seam_count: torch.Tensor, control_sum: torch.Tensor,
+                  control_count: torch.Tensor) -> torch.Tensor:
+    """Mean seam anomaly / mean control anomaly (NaN when either side is empty)."""
+    if float(seam_count) == 0 or float(control_count) == 0:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    return (seam_sum / seam_count) / (control_sum / control_count)
+
+
+def _stats_to_score(stats: SeamStats, **extra: Any) -> Score:
+    value = _seam_compute(stats.seam_sum, stats.seam_count, stats.control_sum, stats.control_count)
+    if stats.reason is not None:
+        return Score.nan(stats.reason, **extra)
+    details = {
+        "per_seam": stats.per_seam,
+        "n_seams": int(stats.seam_count), "n_controls": int(stats.control_count),
+        "baseline_ratio": stats.baseline, **extra,
+    }
+    return Score(float(value), details=details)
+
+
+def _check_seam_options(mode: str, band: int, grid: int | None, segment: int = DEFAULT_SEGMENT) -> None:
+    check_choice("mode", mode, ("rgb", "lab"))
+    check_positive_int("segment", segment)
+    check_positive_int("band", band)
+    if band < 3:
+        raise ConfigError(f"band={band} must be >= 3 px (the reference skips p±1; e.g. 16)")
+    if grid is not None:
+        check_positive_int("grid", grid)
+
+
+def seam_score(
+    image: Any,
+    plan_or_lines: LinesLike,
+    *,
+    mode: Mode = "rgb",
+    band: int = DEFAULT_BAND,
+    grid: int | None = None,
+    segment: int = DEFAULT_SEGMENT,
+    local: bool = True,
+) -> Score:
+    """How much the steps across the plan's seam lines stand out; 1 = no seam, > 1 = seam.
+
+    `plan_or_lines`: a TilePlan (its `seam_lines`), a dict {"x": cols, "y": rows} of pixel
+    lines, or a list of (top, left, height, width) tile boxes. `mode="lab"` measures steps
+    as CIELAB Delta E. `band`: px each side used as the local reference. `grid`: spacing of
+    the control lines (default: the plan's scale, else 8). `segment`: px along the line
+    over which signed steps are averaged (1 = plain |step|). `local=False` gives the naive
+    unnormalised ratio. A batch (N, 3, H, W) pools all images. NaN with `.reason` when the
+    image has no seam lines. `.details["per_seam"]` lists every line.
+    """
+    _check_seam_options(mode, band, grid, segment)
+    img = to_image_tensor(image, batch=True)
+    lines, plan_grid = resolve_lines(plan_or_lines, img.shape[-2], img.shape[-1])
+    g = grid or plan_grid or DEFAULT_GRID
+    stats = _seam_update(img, lines, mode=mode, band=band, grid=g, segment=segment, local=local)
+    return _stats_to_score(stats, mode=mode, band=band, grid=g, segment=segment, local=local)
+
+
+def seam_score_lab(image: Any, plan_or_lines: LinesLike, **kwargs: Any) -> Score:
+    """`seam_score` with steps measured in CIELAB (Delta E 1976): sees pure colour shifts."""
+    return seam_score(image, plan_or_lines, mode="lab", **kwargs)
+
+
+def _wrap_setup(
+    img: torch.Tensor, plan_or_lines: LinesLike, axes: str | None, grid: int
+) -> tuple[torch.Tensor, Lines, Lines, str | None]:
+    """Roll the image so each wrap line sits mid-image; return (img, wrap lines, avoid, reason)."""
+    H, W = img.shape[-2:]
+    if axes is None:
+        if isinstance(plan_or_lines, TilePlan):
+            axes = {"x": "x", "y": "y", "both": "both"}.get(plan_or_lines.circular or "", None)
+            if axes is None:
+                return img, {}, {}, "plan is not circular: it has no wrap line (pass axes='x' to measure anyway)"
+        else:
+            axes = "x"
+    check_choice("axes", axes, ("x", "y", "both"))
+    lines, _ = resolve_lines(plan_or_lines, H, W)
+    # shift by a multiple of the grid so rolled lines keep the control lines' phase
+    sx = max(grid, (W // 2) // grid * grid) if axes in ("x", "both") else 0
+    sy = max(grid, (H // 2) // grid * grid) if axes in ("y", "both") else 0
+    rolled = torch.roll(img, shifts=(sy, sx), dims=(-2, -1))
+    avoid = {"x": tuple((p + sx) % W for p in lines.get("x", ())), "y": tuple((p + sy) % H for p in lines.get("y", ()))}
+    wrap = {"x": (sx,) if sx else (), "y": (sy,) if sy else ()}
+    return rolled, wrap, avoid, None
+
+
+def wrap_seam_score(
+    image: Any,
+    plan_or_lines: LinesLike = None,
+    *,
+    axes: Literal["x", "y", "both"] | None = None,
+    mode: Mode = "rgb",
+    band: int = DEFAULT_BAND,
+    grid: int | None = None,
+    segment: int = DEFAULT_SEGMENT,
+) -> Score:
+    """`seam_score` of the wrap line of a 360-degree panorama (column W-1 against column 0).
+
+    The image is rolled by about half its size so the wrap line is an ordinary interior
+    line; the plan's own seam lines are kept out of the control lines. `axes` defaults to
+    the plan's circular axes ("x" without a plan). NaN with a reason for a plan that is
+    not circular.
+    """
+    _check_seam_options(mode, band, grid, segment)
+    img = to_image_tensor(image, batch=True)
+    g = grid or (plan_or_lines.scale if isinstance(plan_or_lines, TilePlan) else DEFAULT_GRID)
+    rolled, wrap, avoid, reason = _wrap_setup(img, plan_or_lines, axes, g)
+    if reason:
+        return Score.nan(reason)
+    stats = _seam_update(rolled, wrap, mode=mode, band=band, grid=g, segment=segment, avoid=avoid)
+    return _stats_to_score(stats, mode=mode, band=band, grid=g, segment=segment, local=True)
+
+
+# ------------------------------------------------------------------------ VAE seam
+
+
+def _tile_boxes(tiles: TilePlan | Sequence[Box]) -> list[Box]:
+    if isinstance(tiles, TilePlan):
+        return [v.pixel_box(tiles.scale) for v in tiles.views]
+    if isinstance(tiles, Sequence) and not isinstance(tiles, str):
+        return [tuple(int(v) for v in b) for b in tiles]  # type: ignore[misc]
+    raise ConfigError(
+        f"tiles must be a TilePlan or a list of (top, left, height, width) pixel boxes; got {type(tiles).__name__}"
+    )
+
+
+def _crop(img: torch.Tensor, box: Box) -> torch.Tensor:
+    """Crop with modulo indices: a tile of a circular plan may run past the right edge."""
+    t, l, h, w = box
+    H, W = img.shape[-2:]
+    rows = torch.arange(t, t + h) % H
+    cols = torch.arange(l, l + w) % W
+    return img[..., rows, :][..., cols]
+
+
+def vae_seam(
+    tiled: Any,
+    full: Any,
+    tiles: TilePlan | Sequence[Box],
+    *,
+    band: int = DEFAULT_BAND,
+) -> dict[str, Any]:
+    """The VAE's share of seams: a latent decoded in tiles vs decoded in one piece.
+
+    Returns {"psnr" (dB), "ssim", "mean_drift", "max_mean_drift", "std_drift",
+    "max_std_drift" (intensity 0-1, mean/max over tiles of |tiled - full|),
+    "seam_score_tiled", "seam_score_full" (seam_score at the tile edges of each image),
+    "per_tile": [{"box", "mean_diff", "std_diff"}]}; signed diffs are tiled - full.
+    """
+    a = to_image_tensor(tiled, name="tiled")
+    b = to_image_tensor(full, name="full")
+    if a.shape != b.shape:
+        raise ConfigError(f"tiled and full must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+    boxes = _tile_boxes(tiles)
+    if not boxes:
+        raise ConfigError("tiles must hold at least one (top, left, height, width) box")
+    per_tile = []
+    for box in boxes:
+        ca, cb = _crop(a, box), _crop(b, box)
+        per_tile.append({
+            "box": box,
+            "mean_diff": float(ca.mean() - cb.mean()),
+            # per-channel std, then averaged: a contrast change in one channel shows
+            "std_diff": float(ca.std(dim=(-2, -1)).mean() - cb.std(dim=(-2, -1)).mean()),
+        })
+    md = torch.tensor([abs(t["mean_diff"]) for t in per_tile])
+    sd = torch.tensor([abs(t["std_diff"]) for t in per_tile])
+    lines = tiles if isinstance(tiles, TilePlan) else lines_from_boxes(boxes, a.shape[-2], a.shape[-1])
+    return {
+        "psnr": float(psnr(a, b)),
+        "ssim": float(ssim(a, b)),
+        "mean_drift": float(md.mean()), "max_mean_drift": float(md.max()),
+        "std_drift": float(sd.mean()), "max_std_drift": float(sd.max()),
+        "seam_score_tiled": seam_score(a, lines, band=band),
+        "seam_score_full": seam_score(b, lines, band=band),
+        "per_tile": per_tile,
+    }
+
+
+# ------------------------------------------------------------ reference metrics
+
+
+def psnr(image: Any, reference: Any) -> Score:
+    """Peak signal-to-noise ratio in dB against `reference` (data range 1; higher is better)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    a, b = _pair(image, reference)
+    return Score(float(peak_signal_noise_ratio(a, b, data_range=1.0)))
+
+
+def ssim(image: Any, reference: Any) -> Score:
+    """Structural similarity against `reference` (Gaussian 11x11, sigma 1.5; 1 = identical)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = _pair(image, reference)
+    return Score(float(structural_similarity_index_measure(a, b, data_range=1.0)))
+
+
+def total_variation(image: Any) -> Score:
+    """Mean absolute neighbour difference (x plus y), per pixel and channel, intensity units.
+
+    torchmetrics' total_variation sums over pixels; dividing by C*H*W makes images of
+    different sizes comparable.
+    """
+    from torchmetrics.functional.image import total_variation as tm_tv
+
+    img = to_image_tensor(image, batch=True)
+    n, c, h, w = img.shape
+    return Score(float(tm_tv(img, reduction="mean")) / (c * h * w))
+
+
+def _pair(image: Any, reference: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    a = to_rgb(to_image_tensor(image, batch=True))
+    b = to_rgb(to_image_tensor(reference, name="reference", batch=True))
+    if a.shape != b.shape:
+        raise ConfigError(f"reference must have the image's shape {tuple(a.shape)}; got {tuple(b.shape)}")
+    return a, b
+
+
+# ------------------------------------------------------------- coherence metrics
+
+
+def crop_grid(height: int, width: int, crop: int | tuple[int, int]) -> list[Box]:
+    """Non-overlapping crops of `crop` px from the top-left, as SyncDiffusion's eval code
+    (`(L - crop) // crop + 1` per axis; the remainder at the right/bottom is dropped)."""
+    ch, cw = crop if isinstance(crop, tuple) else (crop, crop)
+    if ch > height or cw > width:
+        return []
+    return [(i * ch, j * cw, ch, cw) for i in range((height - ch) // ch + 1) for j in range((width - cw) // cw + 1)]
+
+
+def _crops(image: Any, crop: int | tuple[int, int] | TilePlan | None) -> tuple[torch.Tensor, str | None]:
+    img = to_rgb(to_image_tensor(image)).float()
+    H, W = img.shape[-2:]
+    if isinstance(crop, TilePlan):
+        crop = crop.window
+    elif crop is None:
+        crop = min(512, H)  # SyncDiffusion: 512 px crops of 512-px-high panoramas
+    size = crop if isinstance(crop, tuple) else (crop, crop)
+    for v in size:
+        check_positive_int("crop", v)
+    boxes = crop_grid(H, W, size)
+    if len(boxes) < 2:
+        return img[:0], (
+            f"needs at least 2 non-overlapping {size[0]}x{size[1]} crops; the image {H}x{W} gives {len(boxes)}"
+        )
+    return torch.cat([_crop(img, b) for b in boxes], 0), None
+
+
+def _pairs(n: int) -> list[tuple[int, int]]:
+    return list(itertools.combinations(range(n), 2))
+
+
+def _intra_lpips_update(
+    crops: torch.Tensor, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, int]:
+    """Sum of LPIPS over all crop pairs and the number of pairs (crops in [0, 1])."""
+    pairs = _pairs(crops.shape[0])
+    x = crops * 2 - 1  # LPIPS expects [-1, 1]
+    i, j = zip(*pairs)
+    with torch.no_grad():
+        d = net(x[list(i)], x[list(j)])
+    return d.sum().double(), len(pairs)
+
+
+def intra_lpips(
+    image: Any,
+    *,
+    crop: int | tuple[int, int] | TilePlan | None = None,
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> Score:
+    """Intra-LPIPS (SyncDiffusion): mean LPIPS(VGG) over all pairs of non-overlapping crops.
+
+    Lower = the crops look more alike (a more coherent panorama). `crop`: crop size in px,
+    or a plan (its window); default 512 (or the image height if smaller). `net`: any
+    callable (x, y) in [-1, 1] -> per-pair distances, e.g. an `lpips.LPIPS` instance;
+    default LPIPS-VGG with ImageNet weights, or NaN with a reason when they are not
+    available offline.
+    """
+    crops, reason = _crops(image, crop)
+    if reason:
+        return Score.nan(reason)
+    if net is None:
+        from .backbones import load_lpips_vgg
+
+        try:
+            net = load_lpips_vgg()
+        except MetricUnavailable as e:
+            return Score.nan(str(e))
+    total, n = _intra_lpips_update(crops, net)
+    return Score(float(total) / n, details={"n_crops": crops.shape[0], "n_pairs": n})
+
+
+def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, C) Gram matrices divided by C*H*W (the SyncDiffusion/PyTorch
+    style-transfer normalisation)."""
+    n, c, h, w = feat.shape
+    f = feat.reshape(n, c, h * w)
+    return f @ f.transpose(1, 2) / (c * h * w)
+
+
+def conv_features(features: torch.nn.Module, x: torch.Tensor, n_conv: int = 5) -> list[torch.Tensor]:
+    """Outputs of the first `n_conv` Conv2d layers of a VGG-style Sequential (before their ReLU).
+
+    ReLUs run out of place so the stored conv outputs are not overwritten. A module that is
+    not a Sequential is called directly and must return a list of feature maps.
+    """
+    if not isinstance(features, torch.nn.Sequential):
+        return list(features(x))
+    outs: list[torch.Tensor] = []
+    for layer in features:
+        x = torch.relu(x) if isinstance(layer, torch.nn.ReLU) else layer(x)
+        if isinstance(layer, torch.nn.Conv2d):
+            outs.append(x)
+            if len(outs) == n_conv:
+                break
+    return outs
+
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _intra_style_update(crops: torch.Tensor, features: torch.nn.Module) -> tuple[torch.Tensor, int]:
+    """Sum over crop pairs of sum over layers of MSE(Gram_i, Gram_j), and the pair count."""
+    mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        feats = conv_features(features, (crops - mean) / std)
+        grams = [gram_matrix(f) for f in feats]
+    pairs = _pairs(crops.shape[0])
+    i, j = (list(v) for v in zip(*pairs))
+    total = sum(((g[i] - g[j]) ** 2).mean(dim=(1, 2)).sum() for g in grams)
+    return torch.as_tensor(total).double(), len(pairs)
+
+
+def intra_style(
+    image: Any,
+    *,
+    crop: int | tuple[int, int] | TilePlan | None = None,
+    features: torch.nn.Module | None = None,
+    reduction: Literal["sum", "mean"] = "sum",
+) -> Score:
+    """Intra-Style-L (SyncDiffusion): Gram-matrix MSE between crops over VGG19 conv1..conv5.
+
+    For each pair of non-overlapping crops, sum over the first five conv layers of the MSE
+    between Gram matrices; `reduction="sum"` (SyncDiffusion's) sums over pairs, so the
+    value grows with the number of crops; "mean" divides by the pair count. Lower = more
+    coherent. `features`: a VGG-style Sequential (e.g. `torchvision.models.vgg19().features`)
+    or a module returning a list of feature maps; default VGG19 with ImageNet weights, or NaN
+    with a reason when they are not available offline.
+    """
+    check_choice("reduction", reduction, ("sum", "mean"))
+    crops, reason = _crops(image, crop)
+    if reason:
+        return Score.nan(reason)
+    if features is None:
+        from .backbones import load_vgg19_features
+
+        try:
+            features = load_vgg19_features()
+        except MetricUnavailable as e:
+            return Score.nan(str(e))
+    total, n = _intra_style_update(crops, features)
+    value = float(total) if reduction == "sum" else float(total) / n
+    return Score(value, details={"n_crops": crops.shape[0], "n_pairs": n, "reduction": reduction})
+
+
+__all__ = [
+    "SeamStats", "control_lines", "conv_features", "crop_grid", "gram_matrix", "intra_lpips", "intra_style",
+    "lines_from_boxes", "psnr", "resolve_lines", "seam_score", "seam_score_lab", "ssim", "step_profiles",
+    "total_variation", "vae_seam", "wrap_seam_score",
+]
+

@@ -1,0 +1,390 @@
+"""Run an experiment: one JSON record per run, written atomically, resumable after a crash.
+
+Layout of an experiment's output folder:
+
+    results/<name>/runs/<run_id>.json    one record per finished run (ok or failed)
+    results/<name>/images/<run_id>.png   downscaled preview (full-size <run_id>_full.png on request)
+    results/<name>/runs.parquet          one row per run, rebuilt from the records
+
+A record is written last, with write-to-temp + os.replace, so after a SIGKILL at any moment
+a run either has its complete record (and is skipped on re-run) or has none (and is run
+again); a half-written file is never visible under its final name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Experiment, RunConfig
+from .plan import TilePlan
+
+STATUS_OK, STATUS_FAILED, STATUS_OOM, STATUS_NAN = "ok", "failed", "oom", "nan"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def git_hash() -> str:
+    """The mdtools checkout's commit (with '+dirty' if modified), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        h = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if h.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return h.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("mdtools", "torch", "diffusers", "transformers", "numpy", "torchmetrics"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    out["torch"] = torch.__version__  # the build tag (+cu130, +cpu) matters for timings
+    out["cuda"] = str(torch.version.cuda)
+    return out
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+class ModelCache:
+    """Loads each (model, dtype, device) once for all the runs that use it."""
+
+    def __init__(self, loader: Callable[[str, torch.dtype, str], Any] | None = None):
+        self._loader = loader or self._default_loader
+        self._key: tuple | None = None
+        self._pipe: Any = None
+        self.loads = 0
+
+    @staticmethod
+    def _default_loader(model: str, dtype: torch.dtype, device: str) -> Any:
+        from .pipeline import MultiDiffusionPipeline
+
+        return MultiDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, device=device)
+
+    def get(self, cfg: RunConfig) -> Any:
+        key = (cfg.model, cfg.dtype, resolve_device(cfg.device))
+        if key != self._key:
+            self._pipe = None  # free the previous model before loading the next
+            self._pipe = self._loader(cfg.model, _dtype(cfg.dtype), key[2])
+            self._key = key
+            self.loads += 1
+        return self._pipe
+
+
+def run_one(md: Any, cfg: RunConfig, images_dir: Path) -> dict[str, Any]:
+    """Generate one run and measure it. Exceptions propagate; `execute` turns them into rows."""
+    from .metrics import evaluate
+
+    scale = md.vae_scale_factor
+    h, w = cfg.canvas.resolve(scale)
+    original_scheduler = md.pipe.scheduler
+    if cfg.sampler.scheduler:
+        md.set_scheduler(cfg.sampler.scheduler)
+    try:
+        out = md(
+            cfg.prompt, negative_prompt=cfg.negative_prompt, height=h, width=w, window=cfg.tiling.window,
+            overlap=cfg.tiling.overlap, kernel=cfg.tiling.kernel, kernel_params=cfg.tiling.kernel_params,
+            num_inference_steps=cfg.sampler.steps, guidance_scale=cfg.sampler.guidance,
+            guidance_rescale=cfg.sampler.guidance_rescale, eta=cfg.sampler.eta,
+            generator=torch.Generator("cpu").manual_seed(cfg.seed), circular=cfg.tiling.circular,
+            view_batch_size=cfg.tiling.view_batch_size, output_type="np", diagnostics=cfg.diagnostics,
+            vae_tiling=cfg.vae.model_dump(), progress=False,
+        )
+    finally:
+        md.pipe.scheduler = original_scheduler
+    img = out.images[0]
+    result: dict[str, Any] = {"record": out.record.to_dict(), "plan": out.plan.summary(),
+                              "seam_lines": {k: list(v) for k, v in out.plan.seam_lines.items()}}
+    if not np.isfinite(img).all() or not out.record.extra.get("finite", True):
+        result["status"] = STATUS_NAN
+        result["error"] = "non-finite values in the latents or the decoded image"
+        return result
+    with_metrics = evaluate(img, out.plan, metrics=cfg.metrics)
+    result["metrics"] = _plain_metrics(with_metrics)
+    result["images"] = _save_images(img, cfg, images_dir)
+    result["status"] = STATUS_OK
+    return result
+
+
+def _plain_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as JSON-safe scalars; a metric that returned {value, reason} keeps both."""
+    out: dict[str, Any] = {}
+    for k, v in m.items():
+        if isinstance(v, dict):
+            if "value" in v:
+                out[k] = _num(v["value"])
+                if v.get("reason"):
+                    out[f"{k}_unavailable"] = str(v["reason"])
+            continue  # breakdowns are not table columns
+        if isinstance(v, (list, tuple)):
+            continue
+        out[k] = _num(v)
+    return out
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _save_images(img: np.ndarray, cfg: RunConfig, images_dir: Path) -> dict[str, str]:
+    from PIL import Image
+
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rid = cfg.run_id()
+    pil = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
+    paths = {}
+    if cfg.output.save_full:
+        full = images_dir / f"{rid}_full.png"
+        _atomic_png(pil, full)
+        paths["full"] = full.name
+    m = cfg.output.preview_max_side
+    if max(pil.size) > m:
+        f = m / max(pil.size)
+        pil = pil.resize((max(1, round(pil.width * f)), max(1, round(pil.height * f))), Image.LANCZOS)
+    prev = images_dir / f"{rid}.png"
+    _atomic_png(pil, prev)
+    paths["preview"] = prev.name
+    return paths
+
+
+def _atomic_png(pil: Any, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _classify(exc: BaseException) -> str:
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return STATUS_OOM
+    return STATUS_FAILED
+
+
+def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every complete record under out_dir/runs (temp files are ignored)."""
+    recs = {}
+    for p in sorted((out_dir / "runs").glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # cannot happen with atomic writes; a hand-edited file is skipped, not fatal
+        recs[rec["run_id"]] = rec
+    return recs
+
+
+def build_table(out_dir: Path) -> pd.DataFrame:
+    """runs.parquet rebuilt from the records: config columns, metrics, counts, status, provenance."""
+    rows = []
+    for rid, rec in load_records(out_dir).items():
+        row: dict[str, Any] = {"run_id": rid, "status": rec["status"], "error": rec.get("error")}
+        row.update(rec.get("config_flat", {}))
+        row.update({f"plan.{k}": v for k, v in (rec.get("plan") or {}).items()})
+        row.update({f"metric.{k}": v for k, v in (rec.get("metrics") or {}).items()})
+        r = rec.get("record") or {}
+        for name, ph in (r.get("phases") or {}).items():
+            row[f"time.{name}"] = ph.get("seconds")
+            for key in ("peak_allocated", "peak_reserved", "peak_rss"):
+                row[f"mem.{key}.{name}"] = ph.get(key)
+        row.update({f"count.{k}": v for k, v in (r.get("counts") or {}).items()})
+        dis = r.get("disagreement") or []
+        row["diag.disagreement_mean"] = float(np.mean(dis)) if dis else None
+        row["diag.disagreement_trace"] = json.dumps(dis)
+        row["preview"] = (rec.get("images") or {}).get("preview")
+        row["seams_x"] = json.dumps((rec.get("seam_lines") or {}).get("x", []))
+        prov = rec.get("provenance", {})
+        row.update({f"prov.{k}": v for k, v in prov.items() if not isinstance(v, dict)})
+        row.update({f"prov.{k}": v for k, v in (prov.get("versions") or {}).items()})
+        row["swept"] = json.dumps(rec.get("swept", {}), sort_keys=True)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("run_id").reset_index(drop=True)
+        # mixed None/float object columns would break parquet's schema inference
+        for c in df.columns:
+            if df[c].dtype == object and df[c].map(lambda v: v is None or isinstance(v, (int, float))).all():
+                df[c] = pd.to_numeric(df[c], errors="coerce")
+    tmp = out_dir / f".runs.parquet.{os.getpid()}.tmp"
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, out_dir / "runs.parquet")
+    return df
+
+
+def estimate_evaluations(cfg: RunConfig, scale: int, native: int | None) -> int:
+    """Model evaluations a run needs: views x steps x (2 with CFG). Solvers with more than
+    one model call per step (Heun) take more; the record counts the real number."""
+    from .plan import plan_views
+
+    h, w = cfg.canvas.resolve(scale)
+    plan: TilePlan = plan_views(h, w, window=cfg.tiling.window or native or 512, overlap=cfg.tiling.overlap,
+                                scale=scale, circular=cfg.tiling.circular)
+    return plan.n_views * cfg.sampler.steps * (2 if cfg.sampler.guidance > 1 else 1)
+
+
+def execute(
+    exp: Experiment,
+    out_dir: Path,
+    *,
+    max_runs: int | None = None,
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    progress: bool = True,
+    models: ModelCache | None = None,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Run what is not finished yet; rebuild and return the table."""
+    from .cli import read_native_window
+    from .pipeline import read_scale_factor, resolve_model_path
+
+    out_dir = Path(out_dir)
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    done = load_records(out_dir)
+    unique: dict[str, RunConfig] = {}
+    for cfg in exp.runs:
+        unique.setdefault(cfg.run_id(), cfg)
+    finished = {rid for rid, rec in done.items() if rec["status"] == STATUS_OK or not retry_failed}
+    todo = [(rid, c) for rid, c in unique.items() if rid not in finished]
+    if max_runs is not None:
+        todo = todo[:max_runs]
+    evals = 0
+    for _, c in todo:
+        path = resolve_model_path(c.model)
+        scale = read_scale_factor(path)
+        evals += estimate_evaluations(c, scale, read_native_window(path, scale))
+    log(f"experiment {exp.name}: {len(unique)} runs, {len(unique) - len(todo)} already done, "
+        f"{len(todo)} to run, {evals:,} model evaluations")
+    models = models or ModelCache()
+    if todo:
+        per_eval = _calibrate(models, todo[0][1])
+        log(f"estimated time: {per_eval * evals / 60:.1f} min ({per_eval * 1e3:.2f} ms per model evaluation, "
+            f"calibrated on {todo[0][1].model})")
+    if dry_run:
+        for rid, c in todo:
+            log(f"  {rid}  " + ", ".join(f"{k}={c.flat().get(k, c.seed)}" for k in exp.swept_keys))
+        return build_table(out_dir) if done else pd.DataFrame()
+    prov_base = {"git": git_hash(), "versions": package_versions(), "experiment": exp.name,
+                 "experiment_file": exp.path}
+    by_model: dict[tuple, list] = defaultdict(list)
+    for rid, c in todo:
+        by_model[(c.model, c.dtype, c.device)].append((rid, c))
+    bar = _bar(len(todo), progress)
+    for group in by_model.values():
+        for rid, cfg in group:
+            t0 = time.perf_counter()
+            rec: dict[str, Any] = {"run_id": rid, "config": cfg.model_dump(mode="json"), "config_flat": cfg.flat(),
+                                   "swept": {k: cfg.flat().get(k, cfg.seed) for k in exp.swept_keys}}
+            try:
+                md = models.get(cfg)
+                rec.update(run_one(md, cfg, out_dir / "images"))
+            except Exception as exc:  # a failed run is a row; the sweep goes on
+                rec["status"] = _classify(exc)
+                rec["error"] = f"{type(exc).__name__}: {exc}"
+                rec["traceback"] = traceback.format_exc(limit=8)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            device = resolve_device(cfg.device)
+            rec["provenance"] = {
+                **prov_base, "device": device,
+                "device_name": _device_name(device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                    timespec="seconds"), "wall_seconds": time.perf_counter() - t0,
+            }
+            atomic_write_text(out_dir / "runs" / f"{rid}.json", json.dumps(rec, indent=1, default=str))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{rid} {rec['status']}")
+            elif rec["status"] != STATUS_OK:
+                log(f"run {rid}: {rec['status']}: {rec.get('error')}")
+    if bar is not None:
+        bar.close()
+    return build_table(out_dir)
+
+
+def _device_name(device: str) -> str:
+    from .instrument import device_name
+
+    return device_name(torch.device(device))
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="runs", unit="run")
+
+
+def _calibrate(models: ModelCache, cfg: RunConfig) -> float:
+    """Seconds per model evaluation: a few batched forwards of the first run's window."""
+    try:
+        md = models.get(cfg)
+    except Exception:
+        return float("nan")
+    unet = md.unet
+    window = cfg.tiling.window or md.native_window
+    s = window // md.vae_scale_factor
+    b = cfg.tiling.view_batch_size * (2 if cfg.sampler.guidance > 1 else 1)
+    x = torch.randn(b, unet.config.in_channels, s, s, device=md.device, dtype=md.dtype)
+    kw: dict[str, Any] = {}
+    if md.kind in ("sd", "sdxl"):
+        dim = unet.config.cross_attention_dim
+        kw["encoder_hidden_states"] = torch.zeros(b, 8, dim, device=md.device, dtype=md.dtype)
+    if md.kind == "sdxl":
+        n = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        kw["added_cond_kwargs"] = {"text_embeds": torch.zeros(b, n, device=md.device, dtype=md.dtype),
+                                   "time_ids": torch.zeros(b, 6, device=md.device, dtype=md.dtype)}
+    t = torch.tensor(500, device=md.device)
+    with torch.no_grad():
+        unet(x, t, **kw)  # warm-up
+        if md.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(2):
+            unet(x, t, **kw)
+        if md.device.type == "cuda":
+            torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / (2 * b)
