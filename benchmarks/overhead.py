@@ -25,9 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import tiny_text_encoder, tiny_tokenizer, tiny_vae  # noqa: E402
-
 import mdtools  # noqa: E402
+from tests.conftest import tiny_text_encoder, tiny_tokenizer, tiny_vae  # noqa: E402
 
 
 def bench_unet():

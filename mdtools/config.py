@@ -92,6 +92,14 @@ class VaeConfig(_Strict):
     auto_pixels: int = 2048 * 2048
 
 
+class GlobalPassConfig(_Strict):
+    """Low-resolution whole-canvas pass before the tiled pass (mdtools.refine, claim C6)."""
+
+    enabled: bool = False
+    factor: int = Field(default=4, ge=2)
+    strength: float = Field(default=0.6, gt=0, le=1)
+
+
 class OutputConfig(_Strict):
     preview_max_side: int = Field(default=1024, gt=0)
     save_full: bool = False
@@ -110,6 +118,7 @@ class RunConfig(_Strict):
     tiling: TilingConfig = TilingConfig()
     sampler: SamplerConfig = SamplerConfig()
     vae: VaeConfig = VaeConfig()
+    global_pass: GlobalPassConfig = GlobalPassConfig()
     seed: int = 0
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

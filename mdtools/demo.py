@@ -15,12 +15,11 @@ from .config import load_experiment
 from .report import report
 from .runner import execute, load_records
 
-LABELS = {("uniform", 0): "naive", ("uniform", 64): "uniform", ("gaussian", 64): "gaussian"}
-
 
 def _label(cfg: dict) -> str:
+    """'naive' for no overlap (hard tile edges), else the kernel's name."""
     t = cfg["tiling"]
-    return LABELS.get((t["kernel"], t["overlap"]), f"{t['kernel']}-{t['overlap']}")
+    return "naive" if t["overlap"] == 0 else t["kernel"]
 
 
 def comparison_png(items: list[tuple[str, Path, dict]], out: Path) -> None:

@@ -339,6 +339,8 @@ class MultiDiffusionPipeline:
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | int | None = None,
         latents: torch.Tensor | None = None,
+        init_latents: torch.Tensor | None = None,
+        strength: float = 1.0,
         circular: Any = False,
         view_batch_size: int = 4,
         output_type: str = "pil",
@@ -359,7 +361,9 @@ class MultiDiffusionPipeline:
         receives a dict per step: step, timestep, latents, prediction (the fused model
         output), step_seconds and, with `diagnostics`, the views' disagreement (weighted
         variance of overlapping predictions) and with `diagnostics_map` its (H, W) map.
-        `generator` may be an int seed. `vae_tiling`: False, True, "auto" (tiled decode above
+        `generator` may be an int seed. `init_latents` (clean, scaled latents of the canvas
+        size) with `strength` in (0, 1] starts from a noised image instead of pure noise
+        (img2img; the global-pass refinement uses it). `vae_tiling`: False, True, "auto" (tiled decode above
         2048^2 pixels) or a dict (see `vae_tiling_options`). Returns MultiDiffusionOutput(images, latents, plan, record).
         """
         scale = self.vae_scale_factor
@@ -372,6 +376,12 @@ class MultiDiffusionPipeline:
             latents_shape=None if latents is None else latents.shape, latent_channels=self.unet.config.in_channels,
         )
         vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
+        if init_latents is not None:
+            want = (batch, self.unet.config.in_channels, plan.latent_height, plan.latent_width)
+            if tuple(init_latents.shape) != want:
+                raise ConfigError(f"init_latents has shape {tuple(init_latents.shape)}; it must be {want}")
+            if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+                raise ConfigError(f"strength must be in (0, 1] (e.g. 0.6), got {strength!r}")
         if self.kind != "pixel" and prompt is None:
             raise ConfigError("prompt is required for a text-conditioned model, e.g. prompt='a photo of a beach'")
         if isinstance(generator, int):
@@ -393,7 +403,17 @@ class MultiDiffusionPipeline:
                 latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             else:
                 latents = latents.to(device=device, dtype=dtype)
-            latents = latents * scheduler.init_noise_sigma
+            if init_latents is None:
+                latents = latents * scheduler.init_noise_sigma
+            else:
+                # img2img / SDEdit: skip the first (1 - strength) of the schedule and noise the
+                # clean latent to the first kept timestep (as diffusers' img2img get_timesteps)
+                t_start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
+                timesteps = timesteps[t_start * scheduler.order:]
+                if hasattr(scheduler, "set_begin_index"):
+                    scheduler.set_begin_index(t_start * scheduler.order)
+                init = init_latents.to(device=device, dtype=dtype)
+                latents = scheduler.add_noise(init, latents, timesteps[:1].repeat(batch))
             fuse = MultiDiffusion(adapter, plan, kern, view_batch_size=view_batch_size, device=device,
                                   diagnostics=diagnostics, diagnostics_map=diagnostics_map,
                                   sync_timing=record and device.type == "cuda")

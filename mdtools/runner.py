@@ -119,8 +119,17 @@ def run_one(md: Any, cfg: RunConfig, images_dir: Path) -> dict[str, Any]:
     original_scheduler = md.pipe.scheduler
     if cfg.sampler.scheduler:
         md.set_scheduler(cfg.sampler.scheduler)
+    gp = cfg.global_pass
+    if gp.enabled:
+        from functools import partial
+
+        from .refine import generate_with_global_pass
+
+        generate = partial(generate_with_global_pass, md, factor=gp.factor, strength=gp.strength)
+    else:
+        generate = md
     try:
-        out = md(
+        out = generate(
             cfg.prompt, negative_prompt=cfg.negative_prompt, height=h, width=w, window=cfg.tiling.window,
             overlap=cfg.tiling.overlap, kernel=cfg.tiling.kernel, kernel_params=cfg.tiling.kernel_params,
             num_inference_steps=cfg.sampler.steps, guidance_scale=cfg.sampler.guidance,
@@ -158,6 +167,8 @@ def _plain_metrics(m: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, (list, tuple)):
             continue
         out[k] = _num(v)
+        if getattr(v, "reason", None):  # metrics.Score: NaN with the reason it could not run
+            out[f"{k}_unavailable"] = str(v.reason)
     return out
 
 

@@ -352,3 +352,21 @@ def test_import_is_light():
             "print(any(m in sys.modules for m in ('torchmetrics', 'lpips', 'torchvision')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_intra_color_matches_numpy_and_grows_with_colour_drift():
+    from skimage.color import rgb2lab
+
+    from mdtools.metrics import intra_color
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.5, size=(64, 256, 3))
+    drift = base.copy()
+    drift[:, 128:] += 0.2  # the right half brighter: windows disagree
+    for img in (base, drift):
+        got = float(intra_color(img, crop=64))
+        means = [rgb2lab(img[:, i:i + 64]).reshape(-1, 3).mean(0) for i in range(0, 256, 64)]
+        want = np.mean([np.linalg.norm(a - b) for j, a in enumerate(means) for b in means[j + 1:]])
+        assert abs(got - want) < 1e-6 * max(1, want)
+    assert float(intra_color(drift, crop=64)) > 5 * float(intra_color(base, crop=64))
+    assert np.isnan(intra_color(base, crop=128 * 4)) and "at least 2" in intra_color(base, crop=512).reason

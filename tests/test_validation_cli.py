@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from mdtools import ConfigError, MultiDiffusionPipeline
-from mdtools import cli
+from mdtools import ConfigError, MultiDiffusionPipeline, cli
 
 BAD_CALLS = [
     (dict(height=500), r"height=500 is not a multiple of the VAE scale factor \(8\); use 496 or 504"),

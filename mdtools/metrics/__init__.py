@@ -15,6 +15,7 @@ from .evaluate import METRICS, MetricSpec, evaluate
 from .functional import (
     crop_grid,
     gram_matrix,
+    intra_color,
     intra_lpips,
     intra_style,
     lines_from_boxes,
@@ -41,6 +42,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "METRICS", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "evaluate", "gram_matrix", "intra_lpips",
-    "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "ssim",
+    "intra_color", "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "ssim",
     "step_profiles", "to_image_tensor", "total_variation", "vae_seam", "wrap_seam_score", *_LAZY_CLASSES,
 ]

@@ -61,6 +61,8 @@ METRICS: dict[str, MetricSpec] = {
                    description="mean LPIPS(VGG) over pairs of non-overlapping crops (SyncDiffusion)"),
         MetricSpec("intra_style", _style, False, "Gram MSE (summed over pairs)",
                    description="VGG19 conv1..5 Gram-matrix MSE summed over crop pairs (SyncDiffusion)"),
+        MetricSpec("intra_color", lambda i, p, r, o: F.intra_color(i, crop=o.get("crop") or p), False,
+                   "CIELAB Delta E", description="mean Delta E between mean colours of non-overlapping window crops"),
         MetricSpec("psnr", lambda i, p, r, o: F.psnr(i, r), True, "dB", needs_reference=True,
                    description="PSNR against reference"),
         MetricSpec("ssim", lambda i, p, r, o: F.ssim(i, r), True, "similarity (1 = identical)", needs_reference=True,

@@ -619,3 +619,21 @@ __all__ = [
     "total_variation", "vae_seam", "wrap_seam_score",
 ]
 
+
+
+def intra_color(image: Any, *, crop: int | tuple[int, int] | TilePlan | None = None) -> Score:
+    """Global colour consistency: mean CIELAB Delta E between the mean colours of all pairs
+    of non-overlapping window-sized crops (same crops as intra_lpips).
+
+    Lower = the windows agree on colour and brightness (a sky gradient that does not break
+    from window to window). Needs no pretrained network, so it runs everywhere; it is blind
+    to structure (two crops of the same colour with different content score 0).
+    """
+    crops, reason = _crops(image, crop)
+    if reason is not None:
+        return Score.nan(reason)
+    means = rgb_to_lab(crops.clamp(0, 1).double()).mean(dim=(-2, -1))  # (n, 3)
+    n = means.shape[0]
+    d = torch.cdist(means, means)
+    pairs = n * (n - 1) / 2
+    return Score(float(d.triu(1).sum() / pairs), details={"n_crops": n, "n_pairs": int(pairs)})
