@@ -209,3 +209,30 @@ def test_pixel_space_unet_runs_without_vae():
     out = md(None, height=16, width=40, overlap=8, num_inference_steps=3, generator=0, output_type="np",
              progress=False)
     assert out.images.shape == (1, 16, 40, 3) and np.isfinite(out.images).all()
+
+
+def test_img2img_strength_runs_the_last_part_of_the_schedule(sd_pipe):
+    md = MultiDiffusionPipeline.from_pipe(sd_pipe)
+    init = torch.zeros(1, 4, 8, 24)
+    seen = []
+    out = md(PROMPT, height=64, width=192, overlap=32, num_inference_steps=6, init_latents=init, strength=0.5,
+             generator=0, output_type="latent", callback=seen.append, progress=False)
+    md.scheduler.set_timesteps(6)
+    assert [int(s["timestep"]) for s in seen] == [int(t) for t in md.scheduler.timesteps[3:]]
+    assert out.record.counts["steps"] == 3 and torch.isfinite(out.latents).all()
+    with pytest.raises(mdtools.ConfigError, match=r"strength must be in \(0, 1\]"):
+        md(PROMPT, height=64, width=192, overlap=32, init_latents=init, strength=0.0, progress=False)
+    with pytest.raises(mdtools.ConfigError, match=r"init_latents has shape \(1, 4, 8, 8\); it must be \(1, 4, 8, 24\)"):
+        md(PROMPT, height=64, width=192, overlap=32, init_latents=init[..., :8], progress=False)
+
+
+def test_global_pass_adds_a_low_res_pass_and_counts_it(sd_pipe):
+    from mdtools.refine import generate_with_global_pass
+
+    md = MultiDiffusionPipeline.from_pipe(sd_pipe)
+    out = generate_with_global_pass(md, PROMPT, height=64, width=256, factor=2, strength=0.5, overlap=32,
+                                    num_inference_steps=4, generator=0, output_type="latent", progress=False)
+    gp = out.record.extra["global_pass"]
+    low = plan_views(32, 128, window=64, overlap=32)  # the low-res canvas with the same window
+    assert gp["low_res"] == [32, 128] and gp["low_res_evaluations"] == low.n_views * 2 * 4
+    assert out.record.counts["model_evaluations"] == gp["low_res_evaluations"] + out.plan.n_views * 2 * 2
