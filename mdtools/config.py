@@ -105,7 +105,7 @@ class OutputConfig(_Strict):
     save_full: bool = False
 
 
-DEFAULT_METRICS = ("seam_score", "seam_score_lab", "tv")
+DEFAULT_METRICS = ("seam_structure", "seam_score", "seam_score_lab", "intra_color", "tv")
 
 
 class RunConfig(_Strict):

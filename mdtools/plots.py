@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-SEAM = "metric.seam_score"
+SEAM = "metric.seam_structure"  # the structural seam score (docs/metrics.md)
 EVALS = "count.model_evaluations"
 
 

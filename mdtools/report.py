@@ -11,7 +11,7 @@ from . import plots
 from .errors import ConfigError
 
 SUMMARY_COLUMNS = [
-    "metric.seam_score", "metric.seam_score_lab", "metric.wrap_seam_score", "count.model_evaluations",
+    "metric.seam_structure", "metric.seam_score", "metric.seam_score_lab", "metric.wrap_seam_score", "count.model_evaluations",
     "plan.n_views", "plan.redundancy", "time.denoise", "time.decode", "time.total", "peak_gb.total",
     "diag.disagreement_mean",
 ]

@@ -22,6 +22,7 @@ from .functional import (
     psnr,
     seam_score,
     seam_score_lab,
+    seam_structure,
     ssim,
     step_profiles,
     total_variation,
@@ -42,6 +43,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "METRICS", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "evaluate", "gram_matrix", "intra_lpips",
-    "intra_color", "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "ssim",
+    "intra_color", "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "seam_structure", "ssim",
     "step_profiles", "to_image_tensor", "total_variation", "vae_seam", "wrap_seam_score", *_LAZY_CLASSES,
 ]

@@ -55,6 +55,8 @@ METRICS: dict[str, MetricSpec] = {
                    description="steps across seam lines vs control lines, locally normalised"),
         MetricSpec("seam_score_lab", _seam_lab, False, "ratio (1 = seamless)",
                    description="seam_score with CIELAB Delta E steps"),
+        MetricSpec("seam_structure", lambda i, p, r, o: F.seam_structure(i, p), False, "ratio (1 = seamless)",
+                   description="decorrelation of the two sides of seam lines vs control lines (structural seams)"),
         MetricSpec("wrap_seam_score", _wrap, False, "ratio (1 = seamless)",
                    description="seam_score of the 360-degree wrap line"),
         MetricSpec("intra_lpips", _lpips, False, "LPIPS distance",
