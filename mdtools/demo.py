@@ -35,8 +35,8 @@ def comparison_png(items: list[tuple[str, Path, dict]], out: Path) -> None:
     fig, axes = plt.subplots(len(imgs), 1, figsize=(12, 12 * h / w * len(imgs) + 0.5 * len(imgs)), squeeze=False)
     for ax, img, (label, _, metrics) in zip(axes[:, 0], imgs, items):
         ax.imshow(img)
-        s = metrics.get("seam_score")
-        ax.set_title(f"{label}: seam score {s:.3f}" if isinstance(s, (int, float)) else label, fontsize=10)
+        s = metrics.get("seam_structure")
+        ax.set_title(f"{label}: structural seam score {s:.2f} (1 = seamless)" if isinstance(s, (int, float)) else label, fontsize=10)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -67,7 +67,7 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
         comparison_png(items, demo / "comparison.png")
     print("\nmdtools demo done in {:.0f} s".format(time.perf_counter() - t0))
     for label, path, m in items:
-        print(f"  image     {path}  seam_score={m.get('seam_score')}")
+        print(f"  image     {path}  seam_structure={m.get('seam_structure', float('nan')):.2f} (1 = seamless)")
     if items:
         print(f"  compare   {demo / 'comparison.png'}")
     print(f"  table     {out_dir / 'runs.parquet'}  (summary: {out_dir / 'summary.csv'})")
