@@ -33,12 +33,14 @@ ModelKind = Literal["sd", "sdxl", "pixel"]
 @dataclass
 class MultiDiffusionOutput:
     """Result of a generation: decoded `images` (None for output_type="latent"), the final
-    `latents`, the view `plan` used and the measurement `record`."""
+    `latents`, the view `plan` used, the measurement `record` and, when asked for with
+    `metrics=[...]`, the image metrics of the first image (mdtools.metrics.evaluate)."""
 
     images: Any
     latents: torch.Tensor
     plan: TilePlan
     record: Record | None = None
+    metrics: dict[str, Any] | None = None
 
 
 def check_generation_args(
@@ -351,6 +353,7 @@ class MultiDiffusionPipeline:
         diagnostics: bool = False,
         diagnostics_map: bool = False,
         vae_tiling: bool | str | dict = "auto",
+        metrics: Sequence[str] | None = None,
         progress: bool = True,
     ) -> MultiDiffusionOutput:
         """Generate a `height` x `width` canvas with MultiDiffusion.
@@ -364,7 +367,9 @@ class MultiDiffusionPipeline:
         `generator` may be an int seed. `init_latents` (clean, scaled latents of the canvas
         size) with `strength` in (0, 1] starts from a noised image instead of pure noise
         (img2img; the global-pass refinement uses it). `vae_tiling`: False, True, "auto" (tiled decode above
-        2048^2 pixels) or a dict (see `vae_tiling_options`). Returns MultiDiffusionOutput(images, latents, plan, record).
+        2048^2 pixels) or a dict (see `vae_tiling_options`). `metrics` (names from
+        mdtools.metrics.METRICS, e.g. ["seam_structure", "seam_score"]) are computed on the
+        first image and returned in `.metrics`. Returns MultiDiffusionOutput(images, latents, plan, record).
         """
         scale = self.vae_scale_factor
         window = self.native_window if window is None else window
@@ -376,6 +381,14 @@ class MultiDiffusionPipeline:
             latents_shape=None if latents is None else latents.shape, latent_channels=self.unet.config.in_channels,
         )
         vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
+        if metrics:
+            from .metrics import METRICS
+
+            unknown = [m for m in metrics if m not in METRICS]
+            if unknown:
+                raise ConfigError(f"metrics: unknown {unknown}; choose from {sorted(METRICS)}")
+            if output_type == "latent":
+                raise ConfigError("metrics need decoded images; use output_type='pil', 'np' or 'pt'")
         if init_latents is not None:
             want = (batch, self.unet.config.in_channels, plan.latent_height, plan.latent_width)
             if tuple(init_latents.shape) != want:
@@ -453,7 +466,14 @@ class MultiDiffusionPipeline:
             rec.record.extra["scheduler"] = type(scheduler).__name__
             rec.record.extra["finite"] = bool(torch.isfinite(latents).all())
             rec.record.extra["vae_tiling"] = vae_opts if vae_opts is None else {**vae_opts, "circular": str(plan.circular)}
-        return MultiDiffusionOutput(images=images, latents=latents, plan=plan, record=rec.record if record else None)
+        scores = None
+        if metrics:
+            from .metrics import evaluate
+
+            first = images[0] if output_type in ("pil", "np", "pt") else images
+            scores = evaluate(first, plan, metrics=list(metrics))
+        return MultiDiffusionOutput(images=images, latents=latents, plan=plan, record=rec.record if record else None,
+                                    metrics=scores)
 
 
 def _is_sd_folder(path: str) -> bool:

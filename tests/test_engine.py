@@ -162,7 +162,8 @@ def test_callback_and_record(sd_pipe):
     md = MultiDiffusionPipeline.from_pipe(sd_pipe)
     seen = []
     out = md(PROMPT, height=64, width=192, overlap=32, num_inference_steps=3, generator=0, output_type="pil",
-             callback=seen.append, diagnostics_map=True, progress=False)
+             callback=seen.append, diagnostics_map=True, metrics=["seam_structure", "tv"], progress=False)
+    assert set(out.metrics) == {"seam_structure", "tv"} and out.metrics["tv"] > 0
     assert [s["step"] for s in seen] == [0, 1, 2]
     assert seen[0]["prediction"].shape == seen[0]["latents"].shape == (1, 4, 8, 24)
     assert seen[0]["disagreement"] > 0 and seen[0]["disagreement_map"].shape == (8, 24)
