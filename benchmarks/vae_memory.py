@@ -1,0 +1,252 @@
+"""Peak memory, time and error of VAE decodes: full, diffusers tiling, mdtools tiled (sync / no sync).
+
+Every (method, size) runs in a fresh subprocess, so peaks do not leak between runs. On CPU
+the peak is VmHWM from /proc/self/status, reset with `echo 5 > /proc/self/clear_refs`
+after the model and the latents are loaded; the baseline RSS at that point is reported
+too, and `decode_peak_mb = peak - baseline` is what the decode itself added. With a GPU,
+torch.cuda max allocated / reserved are recorded as well.
+
+Accuracy (max / mean abs error and PSNR against the full decode) is measured at
+`--error-size` in one extra subprocess (memory is not measured there).
+
+    .venv/bin/python benchmarks/vae_memory.py                 # 1024, 2048, 4096 (~20 min on 2 cores)
+    .venv/bin/python benchmarks/vae_memory.py --with-8192     # + 8192 for mdtools no-sync
+    .venv/bin/python benchmarks/vae_memory.py --sizes 1024    # quick look
+
+Writes results/bench/vae_memory.csv and results/bench/vae_memory.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY_VAE = ROOT / "mdtools" / "assets" / "toy-sd" / "vae"
+OUT_CSV = ROOT / "results" / "bench" / "vae_memory.csv"
+OUT_PNG = ROOT / "results" / "bench" / "vae_memory.png"
+METHODS = ("full", "diffusers_tiled", "mdtools_nosync", "mdtools_sync")
+#: sync keeps every tile's parked activations (about 2 canvas-sized activations at the
+#: current layer, see mdtools/vae.py): 8192^2 would need ~27 GB with the toy VAE.
+SYNC_MAX_SIZE = 4096
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def load_vae():
+    """The embedded toy VAE if trained, else a random SD-like VAE with smaller channels."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    if (TOY_VAE / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(TOY_VAE).eval(), "toy-sd/vae"
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=16, layers_per_block=1,
+    ).eval()
+    return vae, "random(32,64,64,64)"
+
+
+def make_latents(size: int, vae):
+    """Structured latents (regions of different brightness + noise), seeded, unscaled."""
+    import torch
+
+    n = size // 8
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
+    base = torch.stack([torch.sin(6 * xx + c) * torch.cos(4 * yy - c) + (xx - 0.5) for c in range(4)])
+    z = base[None] + 0.3 * torch.randn(1, 4, n, n, generator=g)
+    return z / vae.config.scaling_factor * 0.5
+
+
+def decode(method: str, vae, z, tile: int, overlap: int):
+    import torch
+
+    from mdtools.vae import tiled_decode
+
+    if method == "full":
+        with torch.no_grad():
+            return vae.decode(z).sample
+    if method == "diffusers_tiled":
+        vae.enable_tiling()
+        vae.tile_sample_min_size, vae.tile_latent_min_size = tile, tile // 8
+        vae.tile_overlap_factor = overlap / tile
+        try:
+            with torch.no_grad():
+                return vae.decode(z).sample
+        finally:
+            vae.disable_tiling()
+    return tiled_decode(vae, z, tile=tile, overlap=overlap, sync_groupnorm=method == "mdtools_sync", offload=True)
+
+
+def worker(method: str, size: int, tile: int, overlap: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae, vae_name = load_vae()
+    vae.to(device)
+    z = make_latents(size, vae).to(device)
+    baseline = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: measure the decode only
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = decode(method, vae, z, tile, overlap)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = _status_kb("VmHWM")
+    row = {
+        "method": method, "size": size, "tile": tile, "overlap": overlap, "seconds": round(seconds, 2),
+        "baseline_rss_mb": round(baseline / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
+        "decode_peak_mb": round((peak - baseline) / 1024, 1),
+        "output_mb": round(out.numel() * out.element_size() / 2**20, 1),
+        "cuda_max_allocated_mb": "", "cuda_max_reserved_mb": "",
+        "finite": bool(torch.isfinite(out).all()), "vae": vae_name, "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "threads": threads, "torch": torch.__version__,
+    }
+    if device == "cuda":
+        row["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        row["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return row
+
+
+def accuracy_worker(size: int, tile: int, overlap: int, threads: int) -> list[dict]:
+    """Error of every tiled method against the full decode at one size."""
+    import torch
+
+    torch.set_num_threads(threads)
+    vae, _ = load_vae()
+    z = make_latents(size, vae)
+    full = decode("full", vae, z, tile, overlap)
+    rows = []
+    for method in METHODS[1:]:
+        d = (decode(method, vae, z, tile, overlap).float() - full).abs()
+        mse = float((d**2).mean())
+        rows.append({"method": method, "size": size, "err_max": round(float(d.max()), 4),
+                     "err_mean": round(float(d.mean()), 5), "psnr_db": round(10 * math.log10(4 / mse), 2) if mse > 0 else math.inf})
+    return rows
+
+
+def _run_sub(args: list[str], timeout: float) -> list[dict] | None:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        print(f"  timed out: {args}", flush=True)
+        return None
+    for line in res.stdout.splitlines()[::-1]:
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    print(f"  failed: {args}\n{res.stderr[-2000:]}", flush=True)
+    return None
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in METHODS:
+        pts = sorted((r["size"], r["decode_peak_mb"], r["seconds"]) for r in rows
+                     if r.get("method") == method and r.get("decode_peak_mb") not in ("", None))
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        axes[0].plot(xs, [p[1] for p in pts], "o-", label=method)
+        axes[1].plot(xs, [p[2] for p in pts], "o-", label=method)
+    outs = sorted({(r["size"], r["output_mb"]) for r in rows if r.get("output_mb") not in ("", None)})
+    if outs:
+        axes[0].plot([o[0] for o in outs], [o[1] for o in outs], "k--", label="output canvas (fp32)")
+    for ax, title, unit in ((axes[0], "Peak RSS added by the decode", "MB"), (axes[1], "Decode time", "s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("canvas side (px)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    dev = rows[0].get("device_name", "") if rows else ""
+    fig.suptitle(f"VAE decode on {dev} ({rows[0].get('vae', '') if rows else ''}), tile 512 overlap 64")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    ap.add_argument("--with-8192", action="store_true", help="add 8192^2 for mdtools no-sync (~12 min more)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--overlap", type=int, default=64)
+    # 1 thread: on a 2-core box shared with other jobs, 2 OpenMP threads spin-wait (slower)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--error-size", type=int, default=1024, help="0 to skip the accuracy run")
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--out", type=Path, default=OUT_CSV)
+    ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
+    ap.add_argument("--accuracy-worker", type=int, metavar="SIZE", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        row = worker(args.worker[0], int(args.worker[1]), args.tile, args.overlap, args.threads)
+        print("RESULT " + json.dumps([row]), flush=True)
+        return
+    if args.accuracy_worker:
+        print("RESULT " + json.dumps(accuracy_worker(args.accuracy_worker, args.tile, args.overlap, args.threads)))
+        return
+
+    common = ["--tile", str(args.tile), "--overlap", str(args.overlap), "--threads", str(args.threads)]
+    jobs = [(m, s) for s in args.sizes for m in args.methods if not (m == "mdtools_sync" and s > SYNC_MAX_SIZE)]
+    if args.with_8192:
+        jobs.append(("mdtools_nosync", 8192))
+    rows: list[dict] = []
+    for method, size in jobs:
+        print(f"{method} {size}^2 ...", flush=True)
+        got = _run_sub(["--worker", method, str(size), *common], args.timeout)
+        if got:
+            print(f"  {got[0]['seconds']} s, decode peak {got[0]['decode_peak_mb']} MB "
+                  f"(baseline {got[0]['baseline_rss_mb']} MB, output {got[0]['output_mb']} MB)", flush=True)
+            rows.extend(got)
+    acc: dict[str, dict] = {}
+    if args.error_size:
+        print(f"accuracy at {args.error_size}^2 ...", flush=True)
+        for r in _run_sub(["--accuracy-worker", str(args.error_size), *common], args.timeout) or []:
+            acc[r["method"]] = r
+            print(f"  {r}", flush=True)
+    stamp = _dt.datetime.now().isoformat(timespec="seconds")
+    for r in rows:
+        a = acc.get(r["method"]) if r["size"] == args.error_size else None
+        r.update(err_max=a["err_max"] if a else "", err_mean=a["err_mean"] if a else "",
+                 psnr_db=a["psnr_db"] if a else "", date=stamp)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, args.out.with_suffix(".png") if args.out != OUT_CSV else OUT_PNG)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

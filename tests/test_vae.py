@@ -1,0 +1,297 @@
+"""Tiled VAE: exactness against the full decode/encode, GroupNorm sync, wrap, coverage, checks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mdtools import ConfigError
+from mdtools.vae import GroupStats, blend_weight_sum, plan_vae_tiles, tiled_decode, tiled_encode
+
+TOY_VAE_DIR = Path(__file__).resolve().parent.parent / "mdtools" / "assets" / "toy-sd" / "vae"
+# canvas and tiling used by most tests: 16 x 16 latents (128 px), 3 x 3 tiles
+LAT, TILE, OVERLAP = 16, 64, 16
+# a halo well short of the canvas, so tiles really lack context (the default 64 px
+# would let every 64 px tile see all of this small canvas)
+HALO = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: one intra-op thread is faster, and immune to the spin-wait
+    slowdown (x40 measured) of two OpenMP threads on 2 cores shared with another job."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_vae(*, attention: bool, seed: int = 0, channels: tuple[int, ...] = (32, 32, 32, 32)):
+    """A tiny random SD-style AutoencoderKL: scale factor 8, 8 groups of 4 channels, 4 latent
+    channels."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    n = len(channels)
+    return AutoencoderKL(
+        block_out_channels=channels, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        mid_block_add_attention=attention, sample_size=TILE,
+    ).eval()
+
+
+def structured_latents(h: int, w: int, *, seed: int = 0) -> torch.Tensor:
+    """Latents with large-scale structure (bright / dark regions) plus noise: per-tile
+    GroupNorm statistics then really differ, as in a real image."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    base = torch.stack([3 * torch.sin(3 * xx + c) * torch.cos(2 * yy - c) + 2 * (xx - 0.5) for c in range(4)])
+    return base[None] + 0.5 * torch.randn(1, 4, h, w, generator=g)
+
+
+def errors(a: torch.Tensor, b: torch.Tensor, value_range: float = 2.0) -> dict[str, float]:
+    d = (a.float() - b.float()).abs()
+    mse = float((d**2).mean())
+    return {"max": float(d.max()), "mean": float(d.mean()),
+            "psnr": 10 * math.log10(value_range**2 / mse) if mse > 0 else math.inf}
+
+
+def diffusers_tiling(vae, tile: int, overlap: int) -> None:
+    """Match diffusers' enable_tiling to our tile size: tile px, overlap px."""
+    vae.enable_tiling()
+    vae.tile_sample_min_size = tile
+    vae.tile_latent_min_size = tile // 8
+    vae.tile_overlap_factor = overlap / tile
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["no-attn", "mid-attn"])
+def vae(request):
+    return make_vae(attention=request.param)
+
+
+@pytest.fixture(scope="module")
+def latents():
+    return structured_latents(LAT, LAT)
+
+
+@pytest.fixture(scope="module")
+def full(vae, latents):
+    with torch.no_grad():
+        return vae.decode(latents).sample
+
+
+# ---------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("circular", [False, "x", "y", "both"])
+@pytest.mark.parametrize("lat_h, lat_w, tile, overlap, halo", [(24, 24, 96, 32, 64), (17, 41, 64, 16, 32),
+                                                               (8, 8, 128, 32, 64), (30, 12, 40, 0, 8)])
+def test_cores_partition_canvas_and_weights_sum_to_one(lat_h, lat_w, tile, overlap, halo, circular):
+    plan = plan_vae_tiles(lat_h, lat_w, tile=tile, overlap=overlap, halo=halo, scale=8, circular=circular)
+    # every latent pixel counted exactly once in the GroupNorm statistics
+    assert (plan.core_count() == 1).all()
+    # every output pixel fully written: the normalised blend weights sum to 1
+    for kernel in ("linear", "gaussian", "uniform"):
+        ws = blend_weight_sum(plan, kernel, overlap=overlap)
+        assert ws.shape == (lat_h * 8, lat_w * 8)
+        assert torch.allclose(ws, torch.ones_like(ws), atol=1e-6)
+
+
+def test_chan_merge_keeps_between_tile_variance():
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(2, 3, n, generator=g) * s + m for n, s, m in ((50, 1.0, -2.0), (70, 3.0, 5.0), (9, 0.1, 0))]
+    pooled = GroupStats()
+    for p in parts:
+        var, mean = torch.var_mean(p, dim=-1, correction=0)
+        pooled.merge(p.shape[-1], mean, var)
+    allx = torch.cat(parts, dim=-1).double()
+    assert torch.allclose(pooled.mean, allx.mean(-1), atol=1e-6)
+    assert torch.allclose(pooled.var, allx.var(-1, correction=0), atol=1e-5)
+    # A1111's pooling (weighted mean of per-tile variances) is biased low here
+    a1111 = sum(p.shape[-1] * p.var(-1, correction=0) for p in parts) / allx.shape[-1]
+    assert (a1111 < pooled.var.float() * 0.5).all()
+
+
+# ---------------------------------------------------------------- decode exactness
+
+
+def test_one_tile_equals_full_decode(vae, latents, full):
+    out = tiled_decode(vae, latents, tile=LAT * 8, overlap=0)
+    assert out.shape == full.shape
+    assert torch.allclose(out, full, atol=1e-4), errors(out, full)
+
+
+def test_sync_with_whole_canvas_halo_equals_full_decode(vae, latents, full):
+    """With halos reaching the whole canvas every tile computes the full activations, so
+    exact statistics pooled over the cores must reproduce the full decode."""
+    rep: dict = {}
+    out = tiled_decode(vae, latents, tile=TILE, overlap=OVERLAP, halo=LAT * 8, report=rep)
+    assert rep["n_tiles"] == 9 and rep["synced"]
+    assert torch.allclose(out, full, atol=1e-3), errors(out, full)
+
+
+def test_sync_beats_no_sync_and_diffusers_tiling(vae, latents, full):
+    synced = errors(tiled_decode(vae, latents, tile=TILE, overlap=OVERLAP, halo=HALO), full)
+    unsynced = errors(tiled_decode(vae, latents, tile=TILE, overlap=OVERLAP, halo=HALO, sync_groupnorm=False), full)
+    diffusers_tiling(vae, TILE, OVERLAP)
+    try:
+        with torch.no_grad():
+            ref_tiled = errors(vae.decode(latents).sample, full)
+    finally:
+        vae.disable_tiling()
+    print(f"\ndecode vs full: sync {synced}\n  no-sync {unsynced}\n  diffusers tiling {ref_tiled}")
+    for key in ("mean", "max"):
+        assert synced[key] < unsynced[key] and synced[key] < ref_tiled[key]
+    assert synced["psnr"] > unsynced["psnr"] + 3 and synced["psnr"] > ref_tiled["psnr"] + 8
+    if not any(a is not None for a in vae.decoder.mid_block.attentions):
+        # without attention the only approximation left is zero padding beyond the halo
+        assert synced["psnr"] > 25
+
+
+def test_encode_sync_beats_no_sync_and_diffusers(latents):
+    vae = make_vae(attention=True)  # one variant keeps the suite fast; it is the harder one
+    with torch.no_grad():
+        decoded = vae.decode(latents).sample
+        # an image with a strong left-right brightness gradient: tile statistics differ
+        images = decoded.clamp(-1, 1) + 0.3 * torch.linspace(-1, 1, decoded.shape[-1])
+        ref = vae.encode(images).latent_dist.mode()
+    one = tiled_encode(vae, images, tile=LAT * 8, overlap=0)
+    assert torch.allclose(one, ref, atol=1e-4), errors(one, ref)
+    rng = float(ref.max() - ref.min())
+    synced = errors(tiled_encode(vae, images, tile=TILE, overlap=OVERLAP, halo=HALO), ref, rng)
+    unsynced = errors(tiled_encode(vae, images, tile=TILE, overlap=OVERLAP, halo=HALO, sync_groupnorm=False),
+                      ref, rng)
+    diffusers_tiling(vae, TILE, OVERLAP)
+    try:
+        with torch.no_grad():
+            ref_tiled = errors(vae.encode(images).latent_dist.mode(), ref, rng)
+    finally:
+        vae.disable_tiling()
+    print(f"\nencode vs full: sync {synced}\n  no-sync {unsynced}\n  diffusers tiling {ref_tiled}")
+    assert synced["mean"] < unsynced["mean"] and synced["mean"] < ref_tiled["mean"]
+    assert synced["psnr"] > ref_tiled["psnr"]
+    s = tiled_encode(vae, images, tile=TILE, overlap=OVERLAP, sample=True, generator=torch.Generator().manual_seed(0))
+    assert s.shape == ref.shape and not torch.equal(s, tiled_encode(vae, images, tile=TILE, overlap=OVERLAP))
+
+
+# ---------------------------------------------------------------- 360-degree wrap
+
+
+def test_circular_decode_matches_circularly_padded_full_decode():
+    """Reference for a seamless torus: the full decode with every padded conv set to
+    circular padding. Tiled circular="both" must match it, wrap lines included."""
+    vae = make_vae(attention=False)
+    z = structured_latents(12, 16)
+    convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0)]
+    try:
+        for m in convs:
+            m.padding_mode = "circular"
+        with torch.no_grad():
+            ref = vae.decode(z).sample
+    finally:
+        for m in convs:
+            m.padding_mode = "zeros"
+    out = tiled_decode(vae, z, tile=TILE, overlap=OVERLAP, circular="both")
+    assert errors(out, ref)["psnr"] > 60
+    d = (out - ref).abs()
+    assert float(d[..., :, :8].max()) < 5e-3 and float(d[..., :, -8:].max()) < 5e-3
+    # without wrap the two ends are not neighbours: large error at the wrap columns
+    flat = tiled_decode(vae, z, tile=TILE, overlap=OVERLAP, circular=False)
+    assert float((flat - ref).abs()[..., :8].mean()) > 20 * float(d[..., :8].mean())
+
+
+def test_circular_x_has_no_wrap_seam():
+    """Rolling the latent by half the width and rolling the image back changes only tile
+    placement: with circular="x" the wrap line is as good as any other place."""
+    vae = make_vae(attention=False)
+    z = structured_latents(8, 24)
+    a = tiled_decode(vae, z, tile=TILE, overlap=OVERLAP, circular="x")
+    b = tiled_decode(vae, torch.roll(z, 12, dims=-1), tile=TILE, overlap=OVERLAP, circular="x")
+    b = torch.roll(b, -96, dims=-1)
+    assert errors(a, b)["psnr"] > 50
+
+
+# ---------------------------------------------------------------- robustness and checks
+
+
+def test_non_finite_values_raise(vae, latents):
+    bad = latents.clone()
+    bad[..., 3, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        tiled_decode(vae, bad, tile=TILE, overlap=OVERLAP)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        tiled_decode(vae, bad, tile=TILE, overlap=OVERLAP, sync_groupnorm=False)
+
+
+def test_bfloat16_vae_decodes_finite(latents):
+    vae = make_vae(attention=True).to(torch.bfloat16)
+    out = tiled_decode(vae, latents.to(torch.bfloat16), tile=TILE, overlap=OVERLAP, offload=True)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    ref = tiled_decode(make_vae(attention=True), latents, tile=TILE, overlap=OVERLAP)
+    assert errors(out, ref)["psnr"] > 25
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tile=36), r"tile=36 is not a multiple of the VAE scale factor \(8\); use 32 or 40"),
+    (dict(tile=0), r"tile must be > 0"),
+    (dict(tile=32, overlap=32), r"overlap=32 must be smaller than tile=32"),
+    (dict(overlap=-8), r"overlap must be an integer >= 0"),
+    (dict(overlap=12), r"overlap=12 is not a multiple of the VAE scale factor \(8\); use 8 or 16"),
+    (dict(halo=4), r"halo=4 is not a multiple"),
+    (dict(circular="z"), r"circular='z' is not valid; choose one of"),
+    (dict(kernel="box"), r"kernel='box' is not a known kernel"),
+    (dict(sync_groupnorm="yes"), r"sync_groupnorm must be True or False"),
+])
+def test_bad_arguments_rejected(kwargs, match):
+    vae = make_vae(attention=False)
+    z = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ConfigError, match=match):
+        tiled_decode(vae, z, **{"tile": 32, "overlap": 0, **kwargs})
+
+
+def test_bad_inputs_rejected():
+    vae = make_vae(attention=False)
+    with pytest.raises(ConfigError, match="latents must have 4 channels"):
+        tiled_decode(vae, torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match="4-D tensor"):
+        tiled_decode(vae, torch.zeros(4, 8, 8))
+    with pytest.raises(ConfigError, match=r"images height=60 is not a multiple .* use 56 or 64"):
+        tiled_encode(vae, torch.zeros(1, 3, 60, 64))
+    with pytest.raises(ConfigError, match="diffusers AutoencoderKL"):
+        tiled_decode(torch.nn.Linear(2, 2), torch.zeros(1, 4, 8, 8))
+
+
+# ---------------------------------------------------------------- the trained toy VAE
+
+
+@pytest.mark.skipif(not (TOY_VAE_DIR / "config.json").is_file(), reason="toy model not trained yet")
+def test_toy_vae_sync_beats_no_sync_and_diffusers():
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(TOY_VAE_DIR).eval().float()
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    # a smooth image with dark and bright halves: the case where tile statistics differ
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 20 * f), torch.linspace(-1, 1, 20 * f), indexing="ij")
+    img = torch.stack([0.8 * xx, 0.5 * torch.sin(4 * yy), -0.6 * xx * yy])[None].clamp(-1, 1)
+    with torch.no_grad():
+        z = vae.encode(img).latent_dist.mode()
+        full = vae.decode(z).sample
+    tile, overlap = 8 * f, 2 * f  # 3 x 3 tiles
+    s = errors(tiled_decode(vae, z, tile=tile, overlap=overlap, halo=2 * f), full)
+    n = errors(tiled_decode(vae, z, tile=tile, overlap=overlap, halo=2 * f, sync_groupnorm=False), full)
+    vae.enable_tiling()
+    vae.tile_sample_min_size, vae.tile_latent_min_size, vae.tile_overlap_factor = tile, tile // f, overlap / tile
+    with torch.no_grad():
+        d = errors(vae.decode(z).sample, full)
+    print(f"\ntoy VAE decode vs full: sync {s}\n  no-sync {n}\n  diffusers {d}")
+    assert s["mean"] <= n["mean"] and s["mean"] < d["mean"]
+
+
+def test_numpy_free_of_warnings_on_plan():
+    # plans for degenerate canvases (one latent pixel) still partition
+    plan = plan_vae_tiles(1, 1, tile=8, overlap=0, halo=8, scale=8)
+    assert plan.n_tiles == 1 and np.array_equal(plan.core_count(), [[1]])
