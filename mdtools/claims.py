@@ -20,8 +20,8 @@ from .plots import ok_runs, with_derived
 
 SEAM = "metric.seam_structure"
 #: A structural seam score above this is called "visible": the p95 of the score on
-#: seamless 256 x 384 crops of ten photographs (0.995 +- 0.123, docs/metrics.md).
-VISIBLE_SEAM = 1.21
+#: seamless 256 x 384 crops of ten photographs (0.994 +- 0.121, docs/metrics.md).
+VISIBLE_SEAM = 1.20
 #: Two settings differ when their seed means differ by more than this many pooled std.
 SEPARATION = 1.0
 
@@ -54,40 +54,49 @@ def _differ(a: pd.Series, b: pd.Series) -> bool:
     return abs(a.mean() - b.mean()) > SEPARATION * max(sd, 1e-9)
 
 
-def claim_c1(df: pd.DataFrame) -> Verdict:
-    """C1: overlap < 32 px (1/16 window) leaves seams, > 128 px (1/4) only costs time, 64 (1/8) balances."""
+def claim_c1(df: pd.DataFrame, *, kernel: str = "gaussian") -> Verdict:
+    """C1: overlap < 32 px (1/16 window) leaves seams, > 128 px (1/4) only costs time, 64 (1/8) balances.
+
+    Judged on the article's own recipe, a centre-weighted `kernel` (gaussian); the other
+    kernels are in the evidence table of notebook 02.
+    """
     df = ok_runs(df)
     win = _window_px(df)
-    s = _ms(df, ["tiling.overlap"], SEAM).sort_values("tiling.overlap")
-    t = df.groupby("tiling.overlap")["time.denoise"].median()
-    frac = {int(o): o / win for o in s["tiling.overlap"]}
+    k = df[(df["tiling.kernel"] == kernel) | (df["tiling.overlap"] == 0)]
+    s = _ms(k, ["tiling.overlap"], SEAM).sort_values("tiling.overlap").reset_index(drop=True)
+    ev_n = k.groupby("tiling.overlap")["count.model_evaluations"].median()
     small = s[s["tiling.overlap"] < win / 16]
     mid = s[(s["tiling.overlap"] >= win / 8) & (s["tiling.overlap"] <= win / 4)]
     large = s[s["tiling.overlap"] > win / 4]
     seams_small = bool((small["mean"] > VISIBLE_SEAM).all()) if len(small) else None
-    seams_mid = bool((mid["mean"] > VISIBLE_SEAM).any()) if len(mid) else None
-    gain_large = None
-    if len(large) and len(mid):
-        best_mid = df[df["tiling.overlap"].isin(mid["tiling.overlap"])]
-        best_large = df[df["tiling.overlap"].isin(large["tiling.overlap"])]
-        gain_large = _differ(best_mid[SEAM], best_large[SEAM]) and best_large[SEAM].mean() < best_mid[SEAM].mean()
-    cost = float(t.max() / t.min()) if len(t) else float("nan")
-    parts = [f"overlap {int(o)} px ({frac[int(o)]:.3g} of the {win} px window): seam {m:.2f} +- {sd:.2f}"
+    best_mid = float(mid["mean"].min()) if len(mid) else float("nan")
+    best_mid_o = int(mid.loc[mid["mean"].idxmin(), "tiling.overlap"]) if len(mid) else None
+    gain_large = False
+    if len(large) and best_mid_o is not None:
+        a = k[k["tiling.overlap"] == best_mid_o][SEAM]
+        for o in large["tiling.overlap"]:
+            b = k[k["tiling.overlap"] == o][SEAM]
+            gain_large |= bool(b.mean() < a.mean() and _differ(a, b))
+    cost = float(ev_n.max() / ev_n[ev_n.index > 0].min()) if (ev_n.index > 0).any() else float("nan")
+    parts = [f"{int(o)} px ({o / win:.3g} window): {m:.2f} +- {sd:.2f}"
              for o, m, sd in zip(s["tiling.overlap"], s["mean"], s["std"].fillna(0))]
-    if seams_small and seams_mid is False and gain_large is False:
-        verdict = "holds"
-    elif seams_small is False:
+    if seams_small is False:
         verdict = "does not hold: even the smallest overlaps leave no visible seam"
-    elif seams_mid:
-        verdict = "does not hold: seams stay visible at 1/8-1/4 of the window"
     elif gain_large:
         verdict = "does not hold: overlaps above 1/4 of the window still reduce seams"
+    elif best_mid <= VISIBLE_SEAM:
+        verdict = "holds"
+    elif best_mid <= VISIBLE_SEAM * 1.1:
+        verdict = (f"holds approximately: no overlap leaves strong seams, {best_mid_o} px (1/{win // best_mid_o} window) "
+                   f"is at the edge of the seamless range ({best_mid:.2f} vs {VISIBLE_SEAM}), larger overlaps "
+                   f"do not improve it")
     else:
-        verdict = "holds only partly (see evidence)"
+        verdict = "does not hold: seams stay visible at 1/8-1/4 of the window"
     return Verdict("C1", "Overlap < 32 px leaves seams, > 128 px only costs time; 64 px balances", verdict,
-                   "; ".join(parts) + f"; denoising time grows {cost:.2f}x from smallest to largest overlap; "
+                   f"{kernel} kernel, seam_structure by overlap: " + "; ".join(parts)
+                   + f"; model evaluations grow {cost:.2f}x from the smallest to the largest overlap > 0; "
                    f"'visible' = seam score > {VISIBLE_SEAM}",
-                   {"seam_by_overlap": s.to_dict("records"), "time_ratio": cost})
+                   {"seam_by_overlap": s.to_dict("records"), "eval_ratio": cost})
 
 
 def claim_c2(df: pd.DataFrame) -> Verdict:
@@ -143,24 +152,27 @@ def claim_c4(df_scaling: pd.DataFrame, vae_bench: pd.DataFrame | None) -> Verdic
     dec = big["mem.peak_rss.decode"].median() / 2**20 if "mem.peak_rss.decode" in big else float("nan")
     ev = [f"toy model, largest canvas: peak RSS while denoising {den:.0f} MiB, while decoding {dec:.0f} MiB"]
     numbers: dict[str, Any] = {"denoise_mib": den, "decode_mib": dec}
-    verdict = "not measured: no VAE memory benchmark table"
-    if vae_bench is not None and len(vae_bench):
-        vb = vae_bench
-        col = "peak_over_baseline_mib" if "peak_over_baseline_mib" in vb else None
-        if col:
-            piv = vb.pivot_table(index="size", columns="method", values=col, aggfunc="median")
-            numbers["vae_peak_mib"] = piv.to_dict()
-            ev.append("VAE decode peak above baseline (MiB) by size and method: " + piv.round(0).to_string().replace("\n", "; "))
-            full = piv.get("full")
-            tiled = piv.get("mdtools_sync", piv.get("mdtools"))
-            if full is not None and tiled is not None:
-                common = full.dropna().index.intersection(tiled.dropna().index)
-                if len(common):
-                    s = max(common)
-                    ratio = full[s] / tiled[s]
-                    verdict = (f"holds in shape: at {s} px the full decode needs {ratio:.1f}x the tiled decode's memory "
-                               f"and grows with the canvas while tiled stays nearly flat; the 8-12 GB vs > 24 GB "
-                               f"figures at 8K need a GPU run (experiments/gpu/scaling_sd21.yaml)")
+    verdict = "not measured: no VAE memory benchmark table (benchmarks/vae_memory.py)"
+    if vae_bench is not None and len(vae_bench) and "decode_peak_mb" in vae_bench:
+        piv = vae_bench.pivot_table(index="size", columns="method", values="decode_peak_mb", aggfunc="median")
+        numbers["vae_decode_peak_mb"] = piv.to_dict()
+        ev.append("VAE decode peak above baseline (MB) by canvas side: " + "; ".join(
+            f"{int(size)} px: " + ", ".join(f"{m} {v:.0f}" for m, v in row.dropna().items())
+            for size, row in piv.iterrows()))
+        if {"full", "mdtools_nosync"} <= set(piv.columns):
+            common = piv[["full", "mdtools_nosync"]].dropna()
+            if len(common) >= 2:
+                lo, hi = common.index.min(), common.index.max()
+                full_growth = common.loc[hi, "full"] / common.loc[lo, "full"]
+                tiled_growth = common.loc[hi, "mdtools_nosync"] / common.loc[lo, "mdtools_nosync"]
+                denoise_vs_decode = dec / den if den and den == den else float("nan")
+                numbers.update(full_growth=full_growth, tiled_growth=tiled_growth)
+                verdict = (
+                    f"holds in shape on CPU: from {int(lo)} to {int(hi)} px the full decode's peak grows "
+                    f"{full_growth:.1f}x ({common.loc[hi, 'full'] / 1024:.1f} GB at {int(hi)} px) while tiled decoding "
+                    f"grows {tiled_growth:.2f}x; the GB figures at 8192 px on a GPU need "
+                    f"experiments/gpu/scaling_sd21.yaml (not run: no GPU was lent)")
+                ev.append(f"decode / denoise peak RSS on the largest toy canvas: {denoise_vs_decode:.2f}")
     return Verdict("C4", "With tiled VAE decoding, peak memory at 8192^2 stays 8-12 GB vs > 24 GB without; "
                    "the full-canvas decode, not denoising, is the memory killer", verdict, "; ".join(ev), numbers)
 

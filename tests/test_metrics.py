@@ -398,7 +398,7 @@ def _np_seam_structure(img, lines, depth=8, segment=32):
         for p, v in prof.items():
             if p in lines[axis]:
                 seam.append(v)
-            elif all(abs(p - s) > depth for s in lines[axis]):
+            elif all(abs(p - s) >= depth for s in lines[axis]):
                 ctrl.append(v)
     return np.mean(seam) / np.mean(ctrl)
 
@@ -449,7 +449,7 @@ def test_seam_structure_about_one_on_seamless_and_grows_with_splice_shift():
         scores.append(row)
     scores = np.array(scores)
     med = np.median(scores, axis=0)
-    # measured on 30 crops of 10 images (docs/metrics.md): 0.995 +- 0.123, p95 1.21
+    # measured on 30 crops of 10 images (docs/metrics.md): 0.994 +- 0.121, p95 1.20
     assert 0.85 < med[0] < 1.2 and abs(scores[:, 0].mean() - 1) < 0.2
     assert np.all(np.diff(med) > 0), med
     assert med[-1] > 1.3

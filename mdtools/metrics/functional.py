@@ -684,7 +684,7 @@ def seam_structure(
     while the content (a mortar line, a horizon) stops matching across it. This score
     compares luminance columns mirrored about each line (p-1-j vs p+j, j < `depth`) with
     a pooled normalised cross-correlation over `segment`-px runs, and divides the mean
-    decorrelation on seam lines by its mean on every line farther than `depth` px from a
+    decorrelation on seam lines by its mean on every line at least `depth` px from a
     seam. Blind spot: content with no structure wider than 2 * depth px (stars, noise)
     scores about 1 whatever the seams. `.details["per_seam"]` lists every line.
     """
@@ -703,7 +703,7 @@ def seam_structure(
         pos = torch.arange(depth, depth + prof.numel())
         near = torch.zeros(prof.numel(), dtype=torch.bool)
         for s in seams:
-            near |= (pos - s).abs() <= depth
+            near |= (pos - s).abs() < depth  # at distance >= depth the mirror pairs stay on one side
             if depth <= s <= depth + prof.numel() - 1:
                 v = float(prof[s - depth])
                 seam_vals.append(v)
