@@ -57,9 +57,14 @@ def nb_quickstart() -> list:
              '"metric.seam_score", "metric.seam_score_lab", "time.total"]]'),
         code('fig = plots.seam_crops(df.sort_values(["tiling.overlap", "tiling.kernel"]), R / "quickstart" / "images", '
              'crop=128)'),
-        code('for _, row in df.sort_values(["tiling.overlap", "tiling.kernel"]).iterrows():\n'
-             '    print(row["tiling.kernel"], row["tiling.overlap"], "px overlap")\n'
-             '    display(Image(filename=str(R / "quickstart" / "images" / row["preview"]), width=900))'),
+        code('import matplotlib.pyplot as plt\nfrom PIL import Image as PILImage\n'
+             'rows = df.sort_values(["tiling.overlap", "tiling.kernel"])\n'
+             'fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.9 * len(rows)), dpi=60)\n'
+             'for ax, (_, row) in zip(axes, rows.iterrows()):\n'
+             '    ax.imshow(PILImage.open(R / "quickstart" / "images" / row["preview"]))\n'
+             '    ax.set_title(f\'{row["tiling.kernel"]}, overlap {row["tiling.overlap"]} px: '
+             'seam_structure {row["metric.seam_structure"]:.2f}\')\n'
+             '    ax.axis("off")'),
         md(FINDINGS.get("01", "_Findings are written after the runs._")),
     ]
 
