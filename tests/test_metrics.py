@@ -432,9 +432,8 @@ def test_seam_structure_matches_numpy_reference():
 def test_seam_structure_about_one_on_seamless_and_grows_with_splice_shift():
     """Structural seams planted by splicing: past each seam line the content is shifted
     along the line by s px (s = 0 is the untouched, seamless image)."""
-    from mdtools.metrics import seam_structure
-
     from mdtools import plan_views
+    from mdtools.metrics import seam_structure
 
     plan = plan_views(256, 384, window=128, overlap=32, scale=8)
     shifts = (0, 2, 8, 16)
