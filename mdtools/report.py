@@ -75,9 +75,11 @@ def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFram
     keys = set(swept_keys(df))
     ok = df[df["status"] == "ok"]
     todo = []
-    if "tiling.overlap" in keys:
-        todo += [("seam_vs_overlap", plots.seam_vs_overlap), ("cost_vs_overlap", plots.cost_vs_overlap),
-                 ("frontier", plots.frontier)]
+    # the headline seam score, or the step score when an experiment did not compute it
+    seam = next((c for c in (plots.SEAM, "metric.seam_score") if c in ok and ok[c].notna().any()), None)
+    if "tiling.overlap" in keys and seam is not None:
+        todo += [("seam_vs_overlap", lambda d: plots.seam_vs_overlap(d, metric=seam)),
+                 ("cost_vs_overlap", plots.cost_vs_overlap), ("frontier", lambda d: plots.frontier(d, metric=seam))]
     if keys & {"canvas.height", "canvas.width", "canvas.megapixels"}:
         todo.append(("memory_time_vs_size", plots.memory_time_vs_size))
     if keys & {"canvas.aspect"} or ({"canvas.height", "canvas.width"} <= keys):
