@@ -46,7 +46,7 @@ def _load_lpips_vgg(path: str) -> torch.nn.Module:
     # vgg16().features, so the copy is by index.
     model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
     trunk = vgg16(weights=None).features
-    trunk.load_state_dict({k[len("features."):]: v for k, v in torch.load(path, map_location="cpu").items()
+    trunk.load_state_dict({k[len("features."):]: v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
                            if k.startswith("features.")})
     for slice_ in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
         for name, module in slice_.named_children():
@@ -64,5 +64,5 @@ def _load_vgg19(path: str) -> torch.nn.Module:
     from torchvision.models import vgg19
 
     net = vgg19(weights=None)
-    net.load_state_dict(torch.load(path, map_location="cpu"))
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.features.eval()
