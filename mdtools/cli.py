@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the quickstart: naive tiles vs uniform vs gaussian overlap on the toy model")
     d.add_argument("--experiment", default="experiments/quickstart.yaml")
-    d.add_argument("--out", default="results/quickstart")
+    d.add_argument("--out", default="results/demo/quickstart")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train-toy", help="train the embedded toy model (see mdtools/assets/toy-sd/MODEL_CARD.md)",

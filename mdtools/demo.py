@@ -1,7 +1,9 @@
 """`make demo`: naive tiles vs uniform overlap vs gaussian overlap on the embedded toy model.
 
-Runs experiments/quickstart.yaml (resumable like any experiment), writes its report, then
-copies the three panoramas to results/demo/ with a labelled side-by-side comparison.
+Runs experiments/quickstart.yaml into results/demo/quickstart/ (git-ignored, so a new
+clone really generates; resumable like any experiment), writes its report, then copies the
+three panoramas to results/demo/ with a labelled side-by-side comparison. The committed
+reference run that notebook 01 reads lives in results/quickstart/.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def comparison_png(items: list[tuple[str, Path, dict]], out: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "results/quickstart") -> int:
+def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "results/demo/quickstart") -> int:
     t0 = time.perf_counter()
     exp = load_experiment(experiment)
     out_dir = Path(out)
@@ -57,7 +59,9 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
             print(f"run {rec['run_id']} {rec['status']}: {rec.get('error')}")
             continue
         imgs = rec.get("images", {})
-        src = out_dir / "images" / imgs.get("full", imgs.get("preview"))
+        src = out_dir / "images" / imgs.get("full", "")
+        if not src.is_file():  # full-size images are optional; the preview always exists
+            src = out_dir / "images" / imgs["preview"]
         dst = demo / f"{_label(rec['config'])}.png"
         shutil.copyfile(src, dst)
         items.append((_label(rec["config"]), dst, rec.get("metrics", {})))
