@@ -40,6 +40,19 @@ def bench_unet():
     ).eval()
 
 
+def bench_components() -> dict:
+    """Components of the benchmark SD pipeline (tiny text encoder and VAE, benchmark UNet, DDIM)."""
+    from diffusers import DDIMScheduler
+
+    tok = tiny_tokenizer()
+    return dict(
+        vae=tiny_vae(4), text_encoder=tiny_text_encoder(len(tok)), tokenizer=tok, unet=bench_unet(),
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                                set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -52,14 +65,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from diffusers import DDIMScheduler, StableDiffusionPanoramaPipeline
+    from diffusers import StableDiffusionPanoramaPipeline
 
-    tok = tiny_tokenizer()
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pano = StableDiffusionPanoramaPipeline(
-        vae=tiny_vae(4), text_encoder=tiny_text_encoder(len(tok)), tokenizer=tok, unet=bench_unet(),
-        scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pano = StableDiffusionPanoramaPipeline(**bench_components())
+    sched = pano.scheduler
     pano.set_progress_bar_config(disable=True)
     md = mdtools.MultiDiffusionPipeline.from_pipe(pano)
     prompt, H, W, steps, vb = "a photo of a beach", args.height, args.width, args.steps, args.view_batch_size

@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mdtools  # noqa: E402
-from benchmarks.overhead import bench_unet  # noqa: E402
+from benchmarks.overhead import bench_components  # noqa: E402
 from mdtools.instrument import device_name  # noqa: E402
-from tests.conftest import tiny_text_encoder, tiny_tokenizer, tiny_vae  # noqa: E402
 
 
 def main() -> None:
@@ -35,13 +34,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "recorder_overhead.csv"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    tok = tiny_tokenizer()
-    pipe = StableDiffusionPipeline(
-        vae=tiny_vae(4), text_encoder=tiny_text_encoder(len(tok)), tokenizer=tok, unet=bench_unet(),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(**bench_components())
     md = mdtools.MultiDiffusionPipeline.from_pipe(pipe)
     kw = dict(height=512, width=args.width, overlap=256, num_inference_steps=args.steps, output_type="latent",
               progress=False)

@@ -34,20 +34,16 @@ def _circular(v: str) -> Any:
     return False if v in ("false", "False", "none", "0") else v
 
 
-def read_native_window(path: str, scale: int) -> int | None:
-    """The model's training size in pixels from unet/config.json (None if unreadable)."""
-    cfg = Path(path) / "unet" / "config.json"
-    if not cfg.exists():
-        return None
-    s = json.loads(cfg.read_text()).get("sample_size")
-    s = s[0] if isinstance(s, list) else s
-    return None if s is None else int(s) * scale
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .pipeline import MultiDiffusionPipeline, check_generation_args, read_scale_factor, resolve_model_path
+    from .pipeline import (
+        MultiDiffusionPipeline,
+        check_generation_args,
+        read_native_window,
+        read_scale_factor,
+        resolve_model_path,
+    )
     from .schedulers import check_scheduler_name
 
     # --- all checks first -------------------------------------------------------------

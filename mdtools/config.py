@@ -261,7 +261,7 @@ def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any
 
 def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
     """Pydantic + engine checks for every run; all problems are reported together."""
-    from .pipeline import check_generation_args, read_scale_factor, resolve_model_path
+    from .pipeline import check_generation_args, read_native_window, read_scale_factor, resolve_model_path
     from .schedulers import check_scheduler_name
 
     errors: list[str] = []
@@ -278,8 +278,6 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
             if cfg.model not in scale_cache:
                 path = resolve_model_path(cfg.model)
                 scale = read_scale_factor(path)
-                from .cli import read_native_window
-
                 scale_cache[cfg.model] = (scale, read_native_window(path, scale))
             scale, native = scale_cache[cfg.model]
             h, w = cfg.canvas.resolve(scale)

@@ -135,6 +135,18 @@ def read_scale_factor(path: str) -> int:
     return 8
 
 
+def read_native_window(path: str, scale: int) -> int | None:
+    """The model's training size in pixels from unet/config.json (None if unreadable)."""
+    import json
+
+    cfg = Path(path) / "unet" / "config.json"
+    if not cfg.exists():
+        return None
+    s = json.loads(cfg.read_text()).get("sample_size")
+    s = s[0] if isinstance(s, list) else s
+    return None if s is None else int(s) * scale
+
+
 def _detect_kind(pipe: Any) -> ModelKind:
     from diffusers import UNet2DConditionModel
 
@@ -502,5 +514,5 @@ def _progress(it: Any, enabled: bool) -> Any:
 
 __all__ = [
     "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "resolve_model_path",
-    "read_scale_factor", "OUTPUT_TYPES",
+    "read_scale_factor", "read_native_window", "OUTPUT_TYPES",
 ]

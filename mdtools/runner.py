@@ -289,8 +289,7 @@ def execute(
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Run what is not finished yet; rebuild and return the table."""
-    from .cli import read_native_window
-    from .pipeline import read_scale_factor, resolve_model_path
+    from .pipeline import read_native_window, read_scale_factor, resolve_model_path
 
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
@@ -302,11 +301,14 @@ def execute(
     todo = [(rid, c) for rid, c in unique.items() if rid not in finished]
     if max_runs is not None:
         todo = todo[:max_runs]
+    geometry: dict[str, tuple[int, int | None]] = {}  # model -> (scale, native window), read once
     evals = 0
     for _, c in todo:
-        path = resolve_model_path(c.model)
-        scale = read_scale_factor(path)
-        evals += estimate_evaluations(c, scale, read_native_window(path, scale))
+        if c.model not in geometry:
+            path = resolve_model_path(c.model)
+            scale = read_scale_factor(path)
+            geometry[c.model] = (scale, read_native_window(path, scale))
+        evals += estimate_evaluations(c, *geometry[c.model])
     log(f"experiment {exp.name}: {len(unique)} runs, {len(unique) - len(todo)} already done, "
         f"{len(todo)} to run, {evals:,} model evaluations")
     models = models or ModelCache()
@@ -327,8 +329,9 @@ def execute(
     for group in by_model.values():
         for rid, cfg in group:
             t0 = time.perf_counter()
-            rec: dict[str, Any] = {"run_id": rid, "config": cfg.model_dump(mode="json"), "config_flat": cfg.flat(),
-                                   "swept": {k: cfg.flat().get(k, cfg.seed) for k in exp.swept_keys}}
+            flat = cfg.flat()
+            rec: dict[str, Any] = {"run_id": rid, "config": cfg.model_dump(mode="json"), "config_flat": flat,
+                                   "swept": {k: flat.get(k, cfg.seed) for k in exp.swept_keys}}
             try:
                 md = models.get(cfg)
                 rec.update(run_one(md, cfg, out_dir / "images"))
