@@ -1,5 +1,10 @@
 """Peak memory, time and error of VAE decodes: full, diffusers tiling, mdtools tiled (sync / no sync).
 
+Methods: `full` (vae.decode), `diffusers_tiled` (enable_tiling at the same tile size and
+overlap), `mdtools_nosync` (tiled, per-tile GroupNorm), `mdtools_sync_park` (exact
+GroupNorm sync, lock-step tiles parked in RAM: one pass, memory grows with the canvas) and
+`mdtools_sync_recompute` (exact sync, tiles re-run per GroupNorm: memory of one tile).
+
 Every (method, size) runs in a fresh subprocess, so peaks do not leak between runs. On CPU
 the peak is VmHWM from /proc/self/status, reset with `echo 5 > /proc/self/clear_refs`
 after the model and the latents are loaded; the baseline RSS at that point is reported
@@ -12,6 +17,7 @@ Accuracy (max / mean abs error and PSNR against the full decode) is measured at
     .venv/bin/python benchmarks/vae_memory.py                 # 1024, 2048, 4096 (~20 min on 2 cores)
     .venv/bin/python benchmarks/vae_memory.py --with-8192     # + 8192 for mdtools no-sync
     .venv/bin/python benchmarks/vae_memory.py --sizes 1024    # quick look
+    .venv/bin/python benchmarks/vae_memory.py --vae DIR/vae   # another AutoencoderKL folder
 
 Writes results/bench/vae_memory.csv and results/bench/vae_memory.png.
 """
@@ -33,10 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TOY_VAE = ROOT / "mdtools" / "assets" / "toy-sd" / "vae"
 OUT_CSV = ROOT / "results" / "bench" / "vae_memory.csv"
 OUT_PNG = ROOT / "results" / "bench" / "vae_memory.png"
-METHODS = ("full", "diffusers_tiled", "mdtools_nosync", "mdtools_sync")
-#: sync keeps every tile's parked activations (about 2 canvas-sized activations at the
+METHODS = ("full", "diffusers_tiled", "mdtools_nosync", "mdtools_sync_park", "mdtools_sync_recompute")
+#: park keeps every tile's parked activations (about 2 canvas-sized activations at the
 #: current layer, see mdtools/vae.py): 8192^2 would need ~27 GB with the toy VAE.
-SYNC_MAX_SIZE = 4096
+PARK_MAX_SIZE = 4096
 
 
 def _status_kb(field: str) -> int:
@@ -46,13 +52,15 @@ def _status_kb(field: str) -> int:
     return -1
 
 
-def load_vae():
-    """The embedded toy VAE if trained, else a random SD-like VAE with smaller channels."""
+def load_vae(path: Path | None = None):
+    """The VAE at `path`, else the embedded toy VAE, else a random SD-like VAE with smaller channels."""
     import torch
     from diffusers import AutoencoderKL
 
-    if (TOY_VAE / "config.json").is_file():
-        return AutoencoderKL.from_pretrained(TOY_VAE).eval(), "toy-sd/vae"
+    path = path or TOY_VAE
+    if (path / "config.json").is_file():
+        name = "toy-sd/vae" if path == TOY_VAE else str(path)
+        return AutoencoderKL.from_pretrained(path).eval(), name
     torch.manual_seed(0)
     vae = AutoencoderKL(
         block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
@@ -66,10 +74,11 @@ def make_latents(size: int, vae):
     import torch
 
     n = size // 8
+    c = vae.config.latent_channels
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
-    base = torch.stack([torch.sin(6 * xx + c) * torch.cos(4 * yy - c) + (xx - 0.5) for c in range(4)])
-    z = base[None] + 0.3 * torch.randn(1, 4, n, n, generator=g)
+    base = torch.stack([torch.sin(6 * xx + k) * torch.cos(4 * yy - k) + (xx - 0.5) for k in range(c)])
+    z = base[None] + 0.3 * torch.randn(1, c, n, n, generator=g)
     return z / vae.config.scaling_factor * 0.5
 
 
@@ -90,15 +99,17 @@ def decode(method: str, vae, z, tile: int, overlap: int):
                 return vae.decode(z).sample
         finally:
             vae.disable_tiling()
-    return tiled_decode(vae, z, tile=tile, overlap=overlap, sync_groupnorm=method == "mdtools_sync", offload=True)
+    strategy = {"mdtools_sync_park": "park", "mdtools_sync_recompute": "recompute"}.get(method, "auto")
+    return tiled_decode(vae, z, tile=tile, overlap=overlap, sync_groupnorm=method != "mdtools_nosync",
+                        sync_strategy=strategy, offload=True)
 
 
-def worker(method: str, size: int, tile: int, overlap: int, threads: int) -> dict:
+def worker(method: str, size: int, tile: int, overlap: int, threads: int, vae_path: Path | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae, vae_name = load_vae()
+    vae, vae_name = load_vae(vae_path)
     vae.to(device)
     z = make_latents(size, vae).to(device)
     baseline = _status_kb("VmRSS")
@@ -128,16 +139,19 @@ def worker(method: str, size: int, tile: int, overlap: int, threads: int) -> dic
     return row
 
 
-def accuracy_worker(size: int, tile: int, overlap: int, threads: int) -> list[dict]:
+def accuracy_worker(size: int, tile: int, overlap: int, threads: int, vae_path: Path | None = None) -> list[dict]:
     """Error of every tiled method against the full decode at one size."""
     import torch
 
     torch.set_num_threads(threads)
-    vae, _ = load_vae()
+    vae, _ = load_vae(vae_path)
     z = make_latents(size, vae)
     full = decode("full", vae, z, tile, overlap)
     rows = []
     for method in METHODS[1:]:
+        if method == "mdtools_sync_recompute":  # bit-identical to park (tests/test_vae.py): same error
+            rows.append({**rows[-1], "method": method})
+            continue
         d = (decode(method, vae, z, tile, overlap).float() - full).abs()
         mse = float((d**2).mean())
         rows.append({"method": method, "size": size, "err_max": round(float(d.max()), 4),
@@ -195,7 +209,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-    ap.add_argument("--with-8192", action="store_true", help="add 8192^2 for mdtools no-sync (~12 min more)")
+    ap.add_argument("--with-8192", action="store_true", help="add 8192^2 for diffusers tiling and mdtools no-sync")
+    ap.add_argument("--recompute-max", type=int, default=4096, help="largest size for mdtools_sync_recompute")
+    ap.add_argument("--vae", type=Path, default=None, help="AutoencoderKL folder (default: the embedded toy VAE)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
@@ -209,17 +225,21 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.worker:
-        row = worker(args.worker[0], int(args.worker[1]), args.tile, args.overlap, args.threads)
+        row = worker(args.worker[0], int(args.worker[1]), args.tile, args.overlap, args.threads, args.vae)
         print("RESULT " + json.dumps([row]), flush=True)
         return
     if args.accuracy_worker:
-        print("RESULT " + json.dumps(accuracy_worker(args.accuracy_worker, args.tile, args.overlap, args.threads)))
+        print("RESULT " + json.dumps(accuracy_worker(args.accuracy_worker, args.tile, args.overlap, args.threads,
+                                                     args.vae)))
         return
 
     common = ["--tile", str(args.tile), "--overlap", str(args.overlap), "--threads", str(args.threads)]
-    jobs = [(m, s) for s in args.sizes for m in args.methods if not (m == "mdtools_sync" and s > SYNC_MAX_SIZE)]
+    if args.vae:
+        common += ["--vae", str(args.vae)]
+    jobs = [(m, s) for s in args.sizes for m in args.methods
+            if not (m == "mdtools_sync_park" and s > PARK_MAX_SIZE) and not (m == "mdtools_sync_recompute" and s > args.recompute_max)]
     if args.with_8192:
-        jobs.append(("mdtools_nosync", 8192))
+        jobs += [(m, 8192) for m in ("diffusers_tiled", "mdtools_nosync") if m in args.methods]
     rows: list[dict] = []
     for method, size in jobs:
         print(f"{method} {size}^2 ...", flush=True)

@@ -89,6 +89,9 @@ class VaeConfig(_Strict):
     tile: Optional[int] = None  # pixels; None: the model's native size
     overlap: int = 64
     sync_groupnorm: bool = True
+    # park: one pass, parked activations grow with the canvas; recompute: one tile's memory,
+    # several times the compute; auto: park while it fits in a quarter of free memory
+    sync_strategy: Literal["auto", "park", "recompute"] = "auto"
     auto_pixels: int = 2048 * 2048
 
 

@@ -276,17 +276,22 @@ class MultiDiffusionPipeline:
 
     def vae_tiling_options(self, vae_tiling: Any, plan: TilePlan) -> dict[str, Any] | None:
         """Resolve `vae_tiling` (False, True, "auto" or a dict with keys tiling, tile, overlap,
-        sync_groupnorm, auto_pixels) into tiled-decode options, or None for a full decode.
+        sync_groupnorm, sync_strategy, auto_pixels) into tiled-decode options, or None for a full
+        decode. sync_strategy: "auto", "park" or "recompute" (see `mdtools.vae.tiled_decode`).
 
         "auto" tiles when the canvas has more than `auto_pixels` pixels (default 2048^2, where
         a full SD decode needs several GB of activations)."""
         if self.vae is None:
             return None
         opts: dict[str, Any] = {"tiling": vae_tiling} if not isinstance(vae_tiling, dict) else dict(vae_tiling)
-        unknown = set(opts) - {"tiling", "tile", "overlap", "sync_groupnorm", "auto_pixels"}
+        unknown = set(opts) - {"tiling", "tile", "overlap", "sync_groupnorm", "sync_strategy", "auto_pixels"}
         if unknown:
             raise ConfigError(f"vae_tiling has unknown key(s) {sorted(unknown)}; valid keys: tiling, tile, overlap, "
-                              "sync_groupnorm, auto_pixels")
+                              "sync_groupnorm, sync_strategy, auto_pixels")
+        from .vae import SYNC_STRATEGIES
+
+        strategy = opts.get("sync_strategy") or "auto"
+        check_choice("vae_tiling.sync_strategy", strategy, SYNC_STRATEGIES)
         mode = opts.get("tiling", "auto")
         check_choice("vae_tiling", mode, [True, False, "auto"])
         if mode == "auto":
@@ -297,12 +302,15 @@ class MultiDiffusionPipeline:
             "tile": opts.get("tile") or self.native_window,
             "overlap": 64 if opts.get("overlap") is None else opts["overlap"],
             "sync_groupnorm": opts.get("sync_groupnorm", True),
+            "sync_strategy": strategy,
             "circular": plan.circular,
         }
 
-    def decode(self, latents: torch.Tensor, *, tiling: dict[str, Any] | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, tiling: dict[str, Any] | None = None,
+               report: dict | None = None) -> torch.Tensor:
         """Latents -> image tensor in [-1, 1]: the full-canvas VAE decode, or with `tiling`
-        (options from `vae_tiling_options`) mdtools' tiled decode with GroupNorm sync.
+        (options from `vae_tiling_options`) mdtools' tiled decode with GroupNorm sync, which
+        fills `report` (tiles, strategy, barriers) when given.
 
         An fp16 VAE whose config asks for it (`force_upcast`, SDXL) decodes in float32,
         as diffusers does, to avoid overflow to NaN.
@@ -317,7 +325,7 @@ class MultiDiffusionPipeline:
         if tiling is not None:
             from .vae import tiled_decode
 
-            return tiled_decode(vae, x, **tiling)
+            return tiled_decode(vae, x, **tiling, report=report)
         dtype = vae.dtype
         if dtype == torch.float16 and getattr(cfg, "force_upcast", False):
             vae.to(torch.float32)
@@ -462,9 +470,10 @@ class MultiDiffusionPipeline:
                     if callback is not None:
                         callback(info)
             images = None
+            vae_report: dict[str, Any] = {}
             if output_type != "latent":
                 with rec.phase("decode"):
-                    images = self._postprocess(self.decode(latents, tiling=vae_opts), output_type)
+                    images = self._postprocess(self.decode(latents, tiling=vae_opts, report=vae_report), output_type)
         rec.count("views", plan.n_views)
         rec.count("steps", len(timesteps))
         rec.count("model_forward_calls", fuse.forward_calls)
@@ -477,7 +486,8 @@ class MultiDiffusionPipeline:
             rec.record.extra["kernel"] = kern.describe()
             rec.record.extra["scheduler"] = type(scheduler).__name__
             rec.record.extra["finite"] = bool(torch.isfinite(latents).all())
-            rec.record.extra["vae_tiling"] = vae_opts if vae_opts is None else {**vae_opts, "circular": str(plan.circular)}
+            rec.record.extra["vae_tiling"] = (vae_opts if vae_opts is None
+                                              else {**vae_opts, "circular": str(plan.circular), **vae_report})
         scores = None
         if metrics:
             from .metrics import evaluate
