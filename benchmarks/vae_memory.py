@@ -1,15 +1,26 @@
 """Peak memory, time and error of VAE decodes: full, diffusers tiling, mdtools tiled (sync / no sync).
 
-Methods: `full` (vae.decode), `diffusers_tiled` (enable_tiling at the same tile size and
+Methods: `full` (vae.decode), `diffusers_tiled` (enable_tiling, `--tile` px tiles and
 overlap), `mdtools_nosync` (tiled, per-tile GroupNorm), `mdtools_sync_park` (exact
 GroupNorm sync, lock-step tiles parked in RAM: one pass, memory grows with the canvas) and
 `mdtools_sync_recompute` (exact sync, tiles re-run per GroupNorm: memory of one tile).
+Equal tile size means an equal network input: diffusers' 512 px tiles include their
+overlap, an mdtools tile adds a 64 px halo each side, so mdtools runs with a 384 px body
+(column `mdtools_body_tile`) and never sends more than 512 px through the VAE either.
 
 Every (method, size) runs in a fresh subprocess, so peaks do not leak between runs. On CPU
 the peak is VmHWM from /proc/self/status, reset with `echo 5 > /proc/self/clear_refs`
 after the model and the latents are loaded; the baseline RSS at that point is reported
 too, and `decode_peak_mb = peak - baseline` is what the decode itself added. With a GPU,
 torch.cuda max allocated / reserved are recorded as well.
+
+Allocator: glibc raises its mmap threshold after the first large free and then serves
+tensors from a heap whose reuse varies run to run, so one process's RSS peak for the same
+decode varies by up to ~40 % (diffusers' tiled decode at 1024^2: 314 and 384 MB). By
+default every worker therefore runs with MALLOC_MMAP_THRESHOLD_=1048576 (tensors over
+1 MB are mmapped and returned on free): the peak is then the working set, the same for
+every method, reproducible to ~1 MB. `--malloc default` measures the stock allocator
+(median of `--repeats` processes).
 
 Accuracy (max / mean abs error and PSNR against the full decode) is measured at
 `--error-size` in one extra subprocess (memory is not measured there).
@@ -82,6 +93,15 @@ def make_latents(size: int, vae):
     return z / vae.config.scaling_factor * 0.5
 
 
+def mdtools_tile(tile: int) -> int:
+    """mdtools' tile body for an equal network input: diffusers' `tile` px tiles include
+    their overlap; an mdtools tile adds a halo on each side, so a body of tile - 2 * halo
+    sends at most `tile` px through the VAE (memory is set by that input size)."""
+    from mdtools.vae import DEFAULT_DECODE_HALO_PX
+
+    return tile - 2 * DEFAULT_DECODE_HALO_PX
+
+
 def decode(method: str, vae, z, tile: int, overlap: int):
     import torch
 
@@ -99,9 +119,10 @@ def decode(method: str, vae, z, tile: int, overlap: int):
                 return vae.decode(z).sample
         finally:
             vae.disable_tiling()
-    strategy = {"mdtools_sync_park": "park", "mdtools_sync_recompute": "recompute"}.get(method, "auto")
-    return tiled_decode(vae, z, tile=tile, overlap=overlap, sync_groupnorm=method != "mdtools_nosync",
-                        sync_strategy=strategy, offload=True)
+    strategy = {"mdtools_sync_park": "park", "mdtools_sync_recompute": "recompute"}.get(method, "park")
+    return tiled_decode(vae, z, tile=mdtools_tile(tile), overlap=overlap, sync_groupnorm=method != "mdtools_nosync",
+                        sync_strategy=strategy, offload=True,
+                        attention="tile" if method == "mdtools_sync_tile_attention" else "canvas")
 
 
 def worker(method: str, size: int, tile: int, overlap: int, threads: int, vae_path: Path | None = None) -> dict:
@@ -124,7 +145,9 @@ def worker(method: str, size: int, tile: int, overlap: int, threads: int, vae_pa
     seconds = time.perf_counter() - t0
     peak = _status_kb("VmHWM")
     row = {
-        "method": method, "size": size, "tile": tile, "overlap": overlap, "seconds": round(seconds, 2),
+        "method": method, "size": size, "tile": tile, "overlap": overlap,
+        "mdtools_body_tile": mdtools_tile(tile) if method.startswith("mdtools") else "",
+        "seconds": round(seconds, 2),
         "baseline_rss_mb": round(baseline / 1024, 1), "peak_rss_mb": round(peak / 1024, 1),
         "decode_peak_mb": round((peak - baseline) / 1024, 1),
         "output_mb": round(out.numel() * out.element_size() / 2**20, 1),
@@ -148,21 +171,32 @@ def accuracy_worker(size: int, tile: int, overlap: int, threads: int, vae_path: 
     z = make_latents(size, vae)
     full = decode("full", vae, z, tile, overlap)
     rows = []
-    for method in METHODS[1:]:
+    # tile attention: accuracy only, to size the approximation that canvas attention removes
+    for method in (*METHODS[1:], "mdtools_sync_tile_attention"):
         if method == "mdtools_sync_recompute":  # bit-identical to park (tests/test_vae.py): same error
             rows.append({**rows[-1], "method": method})
             continue
         d = (decode(method, vae, z, tile, overlap).float() - full).abs()
         mse = float((d**2).mean())
-        rows.append({"method": method, "size": size, "err_max": round(float(d.max()), 4),
-                     "err_mean": round(float(d.mean()), 5), "psnr_db": round(10 * math.log10(4 / mse), 2) if mse > 0 else math.inf})
+        rows.append({"method": method, "size": size, "err_max": float(f"{float(d.max()):.3g}"),
+                     "err_mean": float(f"{float(d.mean()):.3g}"), "psnr_db": round(10 * math.log10(4 / mse), 2) if mse > 0 else math.inf})
     return rows
 
 
-def _run_sub(args: list[str], timeout: float) -> list[dict] | None:
+MMAP_THRESHOLD = 1 << 20
+
+
+def _run_sub(args: list[str], timeout: float, malloc: str = "mmap") -> list[dict] | None:
+    import os
+
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    env = dict(os.environ)
+    if malloc == "mmap":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         print(f"  timed out: {args}", flush=True)
         return None
@@ -219,6 +253,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--error-size", type=int, default=1024, help="0 to skip the accuracy run")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="fresh processes per (method, size) up to --repeat-max-size; the median peak is kept "
+                         "(glibc heap reuse makes single RSS peaks vary by up to ~40%%)")
+    ap.add_argument("--repeat-max-size", type=int, default=2048)
+    ap.add_argument("--malloc", choices=("mmap", "default"), default="mmap",
+                    help="glibc allocator setting of the workers (see the module docstring)")
     ap.add_argument("--out", type=Path, default=OUT_CSV)
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     ap.add_argument("--accuracy-worker", type=int, metavar="SIZE", help=argparse.SUPPRESS)
@@ -242,16 +282,26 @@ def main() -> None:
         jobs += [(m, 8192) for m in ("diffusers_tiled", "mdtools_nosync") if m in args.methods]
     rows: list[dict] = []
     for method, size in jobs:
-        print(f"{method} {size}^2 ...", flush=True)
-        got = _run_sub(["--worker", method, str(size), *common], args.timeout)
-        if got:
-            print(f"  {got[0]['seconds']} s, decode peak {got[0]['decode_peak_mb']} MB "
-                  f"(baseline {got[0]['baseline_rss_mb']} MB, output {got[0]['output_mb']} MB)", flush=True)
-            rows.extend(got)
+        n = args.repeats if size <= args.repeat_max_size else 1
+        print(f"{method} {size}^2 (x{n}) ...", flush=True)
+        runs = []
+        for _ in range(n):
+            got = _run_sub(["--worker", method, str(size), *common], args.timeout, args.malloc)
+            if got:
+                runs.append(got[0])
+                print(f"  {got[0]['seconds']} s, decode peak {got[0]['decode_peak_mb']} MB "
+                      f"(baseline {got[0]['baseline_rss_mb']} MB, output {got[0]['output_mb']} MB)", flush=True)
+        if runs:
+            runs.sort(key=lambda r: r["decode_peak_mb"])
+            row = dict(runs[len(runs) // 2])  # the median peak (upper median for an even count)
+            row.update(malloc=args.malloc, repeats=len(runs), decode_peak_min_mb=runs[0]["decode_peak_mb"],
+                       decode_peak_max_mb=runs[-1]["decode_peak_mb"],
+                       seconds_min=min(r["seconds"] for r in runs))
+            rows.append(row)
     acc: dict[str, dict] = {}
     if args.error_size:
         print(f"accuracy at {args.error_size}^2 ...", flush=True)
-        for r in _run_sub(["--accuracy-worker", str(args.error_size), *common], args.timeout) or []:
+        for r in _run_sub(["--accuracy-worker", str(args.error_size), *common], args.timeout, args.malloc) or []:
             acc[r["method"]] = r
             print(f"  {r}", flush=True)
     stamp = _dt.datetime.now().isoformat(timespec="seconds")

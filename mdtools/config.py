@@ -86,7 +86,7 @@ class VaeConfig(_Strict):
     """How latents become pixels. tiling: 'auto' (tiled above `auto_pixels`), true, false."""
 
     tiling: Union[bool, Literal["auto"]] = "auto"
-    tile: Optional[int] = None  # pixels; None: the model's native size
+    tile: Optional[int] = None  # pixels; None: 512 (diffusers' enable_tiling tile for SD)
     overlap: int = 64
     sync_groupnorm: bool = True
     # park: one pass, parked activations grow with the canvas; recompute: one tile's memory,

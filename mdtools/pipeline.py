@@ -27,6 +27,8 @@ from .schedulers import make_scheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 AUTO_TILE_PIXELS = 2048 * 2048  # "auto" VAE tiling above this canvas size
+#: Default tile of the tiled VAE decode, in pixels (diffusers' tile_sample_min_size for SD).
+VAE_TILE_PX = 512
 ModelKind = Literal["sd", "sdxl", "pixel"]
 
 
@@ -299,7 +301,8 @@ class MultiDiffusionPipeline:
         if not mode:
             return None
         return {
-            "tile": opts.get("tile") or self.native_window,
+            # a VAE tile is unrelated to the UNet window: 512 px as diffusers' enable_tiling
+            "tile": opts.get("tile") or VAE_TILE_PX,
             "overlap": 64 if opts.get("overlap") is None else opts["overlap"],
             "sync_groupnorm": opts.get("sync_groupnorm", True),
             "sync_strategy": strategy,

@@ -21,6 +21,7 @@ from mdtools.toy import (  # noqa: E402
 )
 from mdtools.toy.data import PROMPTS, WINDOW, holdout_crops, training_crops  # noqa: E402
 from mdtools.toy.quality import NearestCentroid, kid, psnr  # noqa: E402
+from mdtools.toy.train import ToyTrainConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,7 +70,8 @@ def test_plain_diffusers_loads_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     p = StableDiffusionPipeline.from_pretrained(TOY_MODEL_DIR, local_files_only=True)
     assert p.vae_scale_factor == 8
-    assert p.vae.config.latent_channels == 4
+    # 8 latent channels (mdtools/toy/train.py says why); the UNet and the VAE agree
+    assert p.vae.config.latent_channels == ToyTrainConfig().latent_channels == p.unet.config.in_channels
     assert p.unet.config.sample_size * p.vae_scale_factor == WINDOW
     # SD convention: latents scaled to about unit variance by a measured factor, not 1.0.
     assert 0.05 < p.vae.config.scaling_factor < 5 and p.vae.config.scaling_factor != 1.0
@@ -128,7 +130,7 @@ def test_vae_reconstructs_held_out_crops(pipe, held_out):
     with torch.no_grad():
         z = pipe.vae.encode(x).latent_dist.mode()
         rec = pipe.vae.decode(z).sample.clamp(-1, 1)
-    assert z.shape[1:] == (4, WINDOW // 8, WINDOW // 8)
+    assert z.shape[1:] == (ToyTrainConfig().latent_channels, WINDOW // 8, WINDOW // 8)
     rec = ((rec + 1) / 2).permute(0, 2, 3, 1).numpy()
     assert psnr(real[::4], rec).mean() > 18.0
 
@@ -173,13 +175,15 @@ def test_missing_folder_is_named(tmp_path: Path):
 
 
 def test_train_toy_tiny_budget_produces_a_loadable_pipeline(tmp_path: Path):
-    from mdtools.toy.train import ToyTrainConfig, train_toy
+    from mdtools.toy.train import train_toy
 
+    # 8 latent channels: the knob of the second version (MODEL_CARD.md) trains and loads too
     cfg = ToyTrainConfig(vae_steps=2, vae_batch=2, vae_full_batch=1, unet_steps=2, unet_batch=4,
-                         pool_per_class=1, warmup=1, log_every=1)
+                         pool_per_class=1, warmup=1, log_every=1, latent_channels=8)
     out = train_toy(tmp_path / "tiny", seed=0, config=cfg)
     info = json.loads((out / "training_info.json").read_text())
     assert info["history"]["vae_l1"] and info["history"]["unet_mse"]
     p = load_toy_pipeline(out)
+    assert p.vae.config.latent_channels == p.unet.config.in_channels == 8
     img = _gen(p, "grass", seed=0, steps=2)
     assert np.isfinite(img).all()
