@@ -252,7 +252,7 @@ def main() -> None:
     # 1 thread: on a 2-core box shared with other jobs, 2 OpenMP threads spin-wait (slower)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--error-size", type=int, default=1024, help="0 to skip the accuracy run")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--timeout", type=float, default=7200, help="seconds per worker process")
     ap.add_argument("--repeats", type=int, default=1,
                     help="fresh processes per (method, size) up to --repeat-max-size; the median peak is kept "
                          "(glibc heap reuse makes single RSS peaks vary by up to ~40%%)")

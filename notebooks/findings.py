@@ -45,11 +45,13 @@ FINDINGS = {
   12.4x the total time (batching makes larger canvases cheaper per evaluation).
 - Peak resident memory barely moves with the toy model at these sizes (1.16 -> 1.23 GB while
   denoising, 1.17 -> 1.47 GB while decoding; most of it is the process and the model).
-- **VAE decode** (benchmark, toy VAE, tile 512 / overlap 64): the full decode's extra memory
-  grows 15.4x from 1024^2 to 4096^2 (931 MB -> 14.4 GB); mdtools' tiled decode without
-  GroupNorm sync stays at 707-987 MB; with sync it matches the full decode within 41 dB PSNR
-  (diffusers' tiling: 15 dB) but parks every tile's activations on the CPU, so host memory
-  grows like a full decode (12.7 GB at 4096^2) while device memory stays one tile.
+- **VAE decode** (benchmark, toy VAE, 512 px network input per tile, overlap 64; docs/vae.md):
+  the full decode's extra memory grows 15.7x from 1024^2 to 4096^2 (912 MB -> 14.4 GB).
+  mdtools' tiled decode without sync stays at 196-369 MB (output canvas included), below
+  diffusers' tiling (252-655 MB). With GroupNorm sync and canvas-wide attention it equals
+  the full decode to float noise (128.5 dB PSNR; diffusers' tiling 15.0 dB). The `park`
+  strategy does that in one pass but holds every tile's activations (15.6 GB at 4096^2);
+  `recompute` holds one tile (208 / 248 MB at 1024^2 / 2048^2) at ~7-12x the time.
 - **Engine overhead**: mdtools' whole call takes 0.99x the time of the bare UNet forwards it
   needs and 0.99x diffusers' panorama pipeline, with latents equal to 7.6e-6; the recorder
   costs nothing measurable (on/off 0.99).""",
@@ -60,7 +62,7 @@ FINDINGS = {
 | C1 overlap | holds approximately: 0 px leaves strong seams (6.93), 1/8 window is at the edge of seamless (1.21 vs 1.20), more overlap does not help and costs up to 1.67x |
 | C2 blending | holds: cosine 1.23, gaussian 1.33 vs uniform 1.67 (and uniform worsens with overlap) |
 | C3 cost | does not hold: 16x the area costs 12.4x the time (25x the evaluations), not 4-6x |
-| C4 memory | holds in shape: the full decode's memory grows 15.4x from 1024^2 to 4096^2, tiled decode 1.4x; the GB figures need a GPU run |
+| C4 memory | holds in shape: the full decode's memory grows 15.7x from 1024^2 to 4096^2, the bounded tiled decode 1.9x with its output canvas (0.96x without); the GB figures need a GPU run |
 | C5 aspect | holds only partly: extremes cost 1.32x the square, 1:2 already 1.28x; wide = tall |
 | C6 global pass | does not hold here: no consistent gain (brick: worse colour consistency, stars: better, both within the seed spread) |
 
