@@ -25,8 +25,10 @@ every method, reproducible to ~1 MB. `--malloc default` measures the stock alloc
 Accuracy (max / mean abs error and PSNR against the full decode) is measured at
 `--error-size` in one extra subprocess (memory is not measured there).
 
-    .venv/bin/python benchmarks/vae_memory.py                 # 1024, 2048, 4096 (~20 min on 2 cores)
-    .venv/bin/python benchmarks/vae_memory.py --with-8192     # + 8192 for mdtools no-sync
+    .venv/bin/python benchmarks/vae_memory.py                 # 1024, 2048, 4096 (hours on 1 CPU core:
+                                                              #   recompute at 4096^2 alone is > 30 min)
+    .venv/bin/python benchmarks/vae_memory.py --recompute-max 2048   # what results/bench/ holds
+    .venv/bin/python benchmarks/vae_memory.py --with-8192     # + 8192 for diffusers tiling and mdtools no-sync
     .venv/bin/python benchmarks/vae_memory.py --sizes 1024    # quick look
     .venv/bin/python benchmarks/vae_memory.py --vae DIR/vae   # another AutoencoderKL folder
 

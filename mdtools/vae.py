@@ -900,7 +900,9 @@ def tiled_decode(
 
     `latents` are unscaled (already divided by `vae.config.scaling_factor`), shape
     (B, latent_channels, h, w). `tile`, `overlap`, `halo` are pixels, multiples of the VAE
-    scale factor; `halo` defaults to DEFAULT_DECODE_HALO_PX. `circular` is False, True
+    scale factor; `tile` is the largest tile body (the fewest tiles that cover are used,
+    shrunk to fit) and the VAE sees up to `tile + 2 * halo` px per tile; `halo` defaults to
+    DEFAULT_DECODE_HALO_PX. `circular` is False, True
     (= "x"), "x", "y" or "both". `offload=True` keeps the output canvas on the CPU; `park`
     is where tiles waiting at a GroupNorm barrier keep their activations (sync only).
     `sync_strategy`: "park" (one pass; all tiles' activations parked on `park`, which grows
