@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latent-channels", type=int, default=d.latent_channels, help="VAE latent channels (SD: 4)")
     ap.add_argument("--vae-from", type=Path, default=None, help="reuse the VAE of this toy model folder")
     args = ap.parse_args(argv)
+    if args.latent_channels < 1:
+        ap.error(f"--latent-channels must be >= 1 (SD uses 4), got {args.latent_channels}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = ToyTrainConfig(pool_per_class=args.pool_per_class, latent_channels=args.latent_channels)
