@@ -747,7 +747,7 @@ def _run_tiled(
     park: torch.device,
     out_device: torch.device | None,
     report: dict | None,
-    strategy: str = "park",
+    strategy: str = "auto",
     canvas_attention: bool = True,
 ) -> torch.Tensor:
     """Run `program` over every tile of `plan` and blend the outputs into one canvas.
@@ -760,6 +760,7 @@ def _run_tiled(
     "recompute": for GroupNorm k every tile is run afresh from its input, with the pooled
     statistics of layers < k already known, up to layer k; nothing is kept between
     tiles, so memory is one tile's on every device, at the price of re-running prefixes.
+    "auto" picks one of the two (`resolve_sync_strategy`).
     """
     p = next(vae.parameters())
     device, dtype = p.device, p.dtype
@@ -771,11 +772,16 @@ def _run_tiled(
                       dtype=torch.float32, device=out_device)
     # One tile with no wrap holds the whole canvas: its own statistics are the canvas's.
     sync = sync and not (plan.n_tiles == 1 and not (plan.y.wraps or plan.x.wraps))
+    if sync:
+        strategy = resolve_sync_strategy(strategy, vae, plan, decode=program is _decoder_program, park=park)
+    tile_runs = 0
 
     def start(i: int, j: int, known: list | None = None) -> tuple[_Tile, Program]:
         ry, rx = plan.y.input_indices(i), plan.x.input_indices(j)
         iy = np.repeat(ry * in_unit, in_unit) + np.tile(np.arange(in_unit), len(ry))
         ix = np.repeat(rx * in_unit, in_unit) + np.tile(np.arange(in_unit), len(rx))
+        nonlocal tile_runs
+        tile_runs += 1
         # modulo-indexed gather: one code path for clipped and wrapping halos
         xt = x.index_select(2, torch.as_tensor(iy, device=x.device)).index_select(
             3, torch.as_tensor(ix, device=x.device))
@@ -797,7 +803,6 @@ def _run_tiled(
                 out[:, :, dy:dy + ly, dx:dx + lx] += body[:, :, sy:sy + ly, sx:sx + lx]
 
     barriers = attn_barriers = 0
-    tile_runs = 0
     host = device.type == "cpu" or park.type == "cpu"  # give freed tile memory back to the OS
     with torch.inference_mode():
         if sync and strategy == "recompute":
@@ -808,7 +813,6 @@ def _run_tiled(
                 msgs = []
                 for n_done, (i, j) in enumerate(plan.tiles()):
                     T, gen = start(i, j, known)  # replays layers < len(known) with final statistics
-                    tile_runs += 1
                     try:
                         msg = next(gen)
                     except StopIteration as done:
@@ -875,8 +879,7 @@ def _run_tiled(
     if report is not None:
         report.update(n_tiles=plan.n_tiles, synced=sync, groupnorm_barriers=barriers - attn_barriers,
                       canvas_attention=bool(attn_barriers),
-                      strategy=strategy if sync else "none", tile_runs=tile_runs if sync and strategy == "recompute"
-                      else plan.n_tiles)
+                      strategy=strategy if sync else "none", tile_runs=tile_runs)
     return out
 
 
@@ -927,8 +930,7 @@ def tiled_decode(
         vae=vae, program=_decoder_program, x=latents, plan=plan, in_unit=1, out_unit=scale,
         out_channels=vae.config.out_channels, kernel=k, blend_overlap=overlap, sync=sync_groupnorm,
         park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
-        strategy=resolve_sync_strategy(sync_strategy, vae, plan, decode=True, park=park_dev) if sync_groupnorm else "park",
-        canvas_attention=attention == "canvas",
+        strategy=sync_strategy, canvas_attention=attention == "canvas",
     )
 
 
@@ -973,8 +975,7 @@ def tiled_encode(
         vae=vae, program=_encoder_program, x=images, plan=plan, in_unit=scale, out_unit=1,
         out_channels=2 * vae.config.latent_channels, kernel=k, blend_overlap=overlap // scale,
         sync=sync_groupnorm, park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
-        strategy=resolve_sync_strategy(sync_strategy, vae, plan, decode=False, park=park_dev) if sync_groupnorm else "park",
-        canvas_attention=attention == "canvas",
+        strategy=sync_strategy, canvas_attention=attention == "canvas",
     )
     dist = DiagonalGaussianDistribution(moments)
     return dist.sample(generator) if sample else dist.mode()

@@ -133,19 +133,25 @@ class CropSampler:
         return np.stack(crops), labels.astype(np.int64)
 
 
+def _class_crops(part: int, n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n_per_class augmented crops per class from part 0 (training region) or 1 (held-out
+    stripe) of every source, in class order, with their labels."""
+    rng = np.random.default_rng(seed)
+    crops, labels = [], []
+    for c, src in enumerate(SOURCES):
+        region = split_source(load_source(src))[part]
+        for _ in range(n_per_class):
+            crops.append(augment(random_crop(region, size, rng), rng))
+            labels.append(c)
+    return np.stack(crops), np.asarray(labels, dtype=np.int64)
+
+
 def holdout_crops(n_per_class: int, size: int = WINDOW, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic augmented crops from the held-out stripes, grouped by class.
 
     Returns images (n_per_class * n_classes, size, size, 3) float32 in [0, 1] and labels.
     """
-    rng = np.random.default_rng(seed)
-    crops, labels = [], []
-    for c, src in enumerate(SOURCES):
-        _, held = split_source(load_source(src))
-        for _ in range(n_per_class):
-            crops.append(augment(random_crop(held, size, rng), rng))
-            labels.append(c)
-    return np.stack(crops), np.asarray(labels, dtype=np.int64)
+    return _class_crops(1, n_per_class, size, seed)
 
 
 def training_crops(n_per_class: int, size: int = WINDOW, seed: int = 4321) -> tuple[np.ndarray, np.ndarray]:
@@ -153,11 +159,4 @@ def training_crops(n_per_class: int, size: int = WINDOW, seed: int = 4321) -> tu
 
     Used as a 'real vs real' reference for the quality figures, never for fitting them.
     """
-    rng = np.random.default_rng(seed)
-    crops, labels = [], []
-    for c, src in enumerate(SOURCES):
-        train, _ = split_source(load_source(src))
-        for _ in range(n_per_class):
-            crops.append(augment(random_crop(train, size, rng), rng))
-            labels.append(c)
-    return np.stack(crops), np.asarray(labels, dtype=np.int64)
+    return _class_crops(0, n_per_class, size, seed)
