@@ -28,24 +28,37 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_text: torch.Tensor, guidanc
 
 
 class _GuidedAdapter:
-    """Shared CFG logic: batch [uncond; cond] for the views, run the model, combine."""
+    """Shared CFG logic: batch [uncond; cond] for the views, run the model, combine.
 
-    def __init__(self, unet: torch.nn.Module, *, guidance_scale: float, guidance_rescale: float = 0.0):
+    `cond` (one prompt id per view) and `guidance` (one scale per view) come from the
+    method's view set (region prompts, Mixture of Diffusers' tile prompts); None means
+    prompt 0 and the call's guidance scale for every view.
+    """
+
+    def __init__(self, unet: torch.nn.Module, *, guidance_scale: float, guidance_rescale: float = 0.0,
+                 cfg: bool | None = None):
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
-        self.cfg = guidance_scale > 1.0  # as diffusers: scale <= 1 means a single conditional pass
+        # as diffusers: scale <= 1 means a single conditional pass (unless a view asks for more)
+        self.cfg = guidance_scale > 1.0 if cfg is None else cfg
         self.evaluations_per_sample = 2 if self.cfg else 1
 
-    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cfg_half: int) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None,
+                 cfg_half: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None = None,
+                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         if not self.cfg:
-            return self._forward(x, t, views, cfg_half=-1)
-        out = self._forward(torch.cat([x, x]), t, views, cfg_half=x.shape[0])
+            return self._forward(x, t, views, cond, cfg_half=-1)
+        out = self._forward(torch.cat([x, x]), t, views, cond, cfg_half=x.shape[0])
         uncond, text = out.chunk(2)
-        guided = uncond + self.guidance_scale * (text - uncond)
+        g: float | torch.Tensor = self.guidance_scale
+        if guidance is not None:
+            b = x.shape[0] // len(views)
+            g = guidance.to(device=out.device, dtype=out.dtype).repeat_interleave(b).reshape(-1, *([1] * (x.ndim - 1)))
+        guided = uncond + g * (text - uncond)
         if self.guidance_rescale > 0.0:
             guided = rescale_noise_cfg(guided, text, self.guidance_rescale)
         return guided
@@ -56,8 +69,26 @@ def _tile_cond(cond: torch.Tensor, n_views: int) -> torch.Tensor:
     return cond.repeat(n_views, *([1] * (cond.ndim - 1)))
 
 
+def _pick(stacked: torch.Tensor, cond: torch.Tensor | None, n_views: int) -> torch.Tensor:
+    """(P, B, ...) per-prompt conditioning -> (n_views * B, ...) for the views' prompt ids."""
+    if cond is None:
+        return _tile_cond(stacked[0], n_views)
+    return stacked[cond.to(stacked.device)].reshape(-1, *stacked.shape[2:])
+
+
+def _stack(embeds: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, ...) one prompt, or (P, B, ...) several -> (P, B, ...)."""
+    if embeds is None or embeds.ndim == 4:
+        return embeds
+    return embeds.unsqueeze(0)
+
+
 class SDAdapter(_GuidedAdapter):
-    """SD 1.x / 2.x UNet2DConditionModel (epsilon or v-prediction)."""
+    """SD 1.x / 2.x UNet2DConditionModel (epsilon or v-prediction).
+
+    `prompt_embeds` is (B, L, D) for one prompt or (P, B, L, D) for P prompts (prompt 0 is
+    the call's prompt; the others are region or tile prompts), likewise the negatives.
+    """
 
     def __init__(
         self,
@@ -68,23 +99,27 @@ class SDAdapter(_GuidedAdapter):
         guidance_scale: float,
         guidance_rescale: float = 0.0,
         timestep_cond: torch.Tensor | None = None,
+        cfg: bool | None = None,
     ):
-        super().__init__(unet, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale)
-        self.pos = prompt_embeds
-        self.neg = negative_prompt_embeds
+        super().__init__(unet, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, cfg=cfg)
+        self.pos_all = _stack(prompt_embeds)
+        self.neg_all = _stack(negative_prompt_embeds)
+        self.pos = self.pos_all[0]
+        self.neg = None if self.neg_all is None else self.neg_all[0]
         self.timestep_cond = timestep_cond
 
-    def _embeds(self, n_views: int, cfg_half: int) -> torch.Tensor:
-        pos = _tile_cond(self.pos, n_views)
+    def _embeds(self, n_views: int, cond: torch.Tensor | None, cfg_half: int) -> torch.Tensor:
+        pos = _pick(self.pos_all, cond, n_views)
         if cfg_half < 0:
             return pos
-        assert self.neg is not None
-        return torch.cat([_tile_cond(self.neg, n_views), pos])
+        assert self.neg_all is not None
+        return torch.cat([_pick(self.neg_all, cond, n_views), pos])
 
-    def _added(self, views: Sequence[View], cfg_half: int) -> dict | None:
+    def _added(self, views: Sequence[View], cond: torch.Tensor | None, cfg_half: int) -> dict | None:
         return None
 
-    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cfg_half: int) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None,
+                 cfg_half: int) -> torch.Tensor:
         n = len(views)
         tc = self.timestep_cond
         if tc is not None:
@@ -92,9 +127,9 @@ class SDAdapter(_GuidedAdapter):
         return self.unet(
             x,
             t,
-            encoder_hidden_states=self._embeds(n, cfg_half),
+            encoder_hidden_states=self._embeds(n, cond, cfg_half),
             timestep_cond=tc,
-            added_cond_kwargs=self._added(views, cfg_half),
+            added_cond_kwargs=self._added(views, cond, cfg_half),
             return_dict=False,
         )[0]
 
@@ -122,11 +157,14 @@ class SDXLAdapter(SDAdapter):
         window_px: tuple[int, int],
         scale: int,
         view_crops: bool = False,
+        cfg: bool | None = None,
     ):
         super().__init__(unet, prompt_embeds, negative_prompt_embeds, guidance_scale=guidance_scale,
-                         guidance_rescale=guidance_rescale)
-        self.pooled = pooled
-        self.neg_pooled = negative_pooled
+                         guidance_rescale=guidance_rescale, cfg=cfg)
+        # pooled embeddings: (B, D) or (P, B, D) like the prompt embeddings
+        self.pooled_all = pooled.unsqueeze(0) if pooled.ndim == 2 else pooled
+        self.neg_pooled_all = None if negative_pooled is None else (
+            negative_pooled.unsqueeze(0) if negative_pooled.ndim == 2 else negative_pooled)
         self.canvas_px = canvas_px
         self.window_px = window_px
         self.scale = scale
@@ -142,13 +180,13 @@ class SDXLAdapter(SDAdapter):
             rows.extend([ids] * batch)
         return torch.tensor(rows, dtype=self.pos.dtype, device=self.pos.device)
 
-    def _added(self, views: Sequence[View], cfg_half: int) -> dict:
+    def _added(self, views: Sequence[View], cond: torch.Tensor | None, cfg_half: int) -> dict:
         n, b = len(views), self.pos.shape[0]
         ids = self._time_ids(views, b)
-        text = _tile_cond(self.pooled, n)
+        text = _pick(self.pooled_all, cond, n)
         if cfg_half >= 0:
-            assert self.neg_pooled is not None
-            text = torch.cat([_tile_cond(self.neg_pooled, n), text])
+            assert self.neg_pooled_all is not None
+            text = torch.cat([_pick(self.neg_pooled_all, cond, n), text])
             ids = torch.cat([ids, ids])
         return {"text_embeds": text, "time_ids": ids}
 
@@ -162,6 +200,7 @@ class PixelAdapter:
         self.unet = unet
         self.class_labels = class_labels
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None = None,
+                 guidance: torch.Tensor | None = None) -> torch.Tensor:
         labels = None if self.class_labels is None else _tile_cond(self.class_labels, len(views))
         return self.unet(x, t, class_labels=labels, return_dict=False)[0]

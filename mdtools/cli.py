@@ -17,11 +17,12 @@ from .errors import ConfigError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def _kernel_params(items: list[str]) -> dict[str, Any]:
+def _kernel_params(items: list[str], flag: str = "--kernel-param", example: str = "sigma=0.1") -> dict[str, Any]:
+    """NAME=VALUE items; VALUE is read as JSON when it parses (numbers, lists, true/false), else a string."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--kernel-param {item!r} must look like NAME=VALUE, e.g. sigma=0.1")
+            raise ConfigError(f"{flag} {item!r} must look like NAME=VALUE, e.g. {example}")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -39,7 +40,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .pipeline import (
         MultiDiffusionPipeline,
-        check_generation_args,
+        prepare_call,
         read_native_window,
         read_scale_factor,
         resolve_model_path,
@@ -56,11 +57,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.scheduler:
         check_scheduler_name(args.scheduler)
     kparams = _kernel_params(args.kernel_param)
-    check_generation_args(
+    mparams = _kernel_params(args.method_param, "--method-param", "sync_steps=10")
+    prepare_call(
         prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
         window=window, overlap=args.overlap, kernel=args.kernel, kernel_params=kparams,
         num_inference_steps=args.steps, guidance_scale=args.guidance, view_batch_size=args.view_batch_size,
-        circular=args.circular, output_type="pil", scale=scale,
+        circular=args.circular, output_type="pil", scale=scale, method=args.method, method_params=mparams,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
@@ -70,8 +72,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         md.set_scheduler(args.scheduler)
     res = md(
         args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width, window=window,
-        overlap=args.overlap, kernel=args.kernel, kernel_params=kparams, num_inference_steps=args.steps,
-        guidance_scale=args.guidance, generator=torch.Generator("cpu").manual_seed(args.seed),
+        overlap=args.overlap, kernel=args.kernel, kernel_params=kparams, method=args.method, method_params=mparams,
+        num_inference_steps=args.steps, guidance_scale=args.guidance, generator=torch.Generator("cpu").manual_seed(args.seed),
         circular=args.circular, view_batch_size=args.view_batch_size, output_type="pil",
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -81,8 +83,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     rec["args"] = vars(args) | {"window": window, "func": None}
     rec_path.write_text(json.dumps(rec, indent=1, default=str))
     p = res.plan
-    print(f"wrote {out} ({p.width}x{p.height}, {p.n_views} views, redundancy {p.redundancy:.2f}, "
-          f"{res.record.phases['total'].seconds:.1f} s) and its record {rec_path}")
+    cost = res.record.extra["cost"]
+    print(f"wrote {out} ({p.width}x{p.height}, method {args.method}, {p.n_views} views, redundancy {p.redundancy:.2f}, "
+          f"{res.record.counts['model_evaluations']} model evaluations = {cost['unet_equivalents']:.0f} UNet-forward "
+          f"equivalents, {res.record.phases['total'].seconds:.1f} s) and its record {rec_path}")
     return 0
 
 
@@ -138,8 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=2048, help="pixels")
     g.add_argument("--window", type=int, default=None, help="pixels; default: the model's native size")
     g.add_argument("--overlap", type=int, default=64, help="minimum overlap between windows, pixels")
-    g.add_argument("--kernel", default="gaussian", help="uniform, gaussian, cosine, linear, seed_gaussian")
+    g.add_argument("--kernel", default=None, help="uniform, gaussian (default), cosine, linear, seed_gaussian, mixture")
     g.add_argument("--kernel-param", action="append", default=[], metavar="NAME=VALUE", help="e.g. sigma=0.1")
+    g.add_argument("--method", default="multidiffusion",
+                   help="multidiffusion (default), mixture, syncdiffusion, spotdiffusion, global_pass, demofusion")
+    g.add_argument("--method-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter of the method, e.g. sync_steps=10 or shifts='[[0, 0], [0, 8]]' (JSON values)")
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--guidance", type=float, default=7.5)
     g.add_argument("--seed", type=int, default=0)

@@ -103,6 +103,27 @@ class GlobalPassConfig(_Strict):
     strength: float = Field(default=0.6, gt=0, le=1)
 
 
+class MethodConfig(BaseModel):
+    """`method:` block: `name` (a key of mdtools.METHODS) and that method's parameters as
+    further keys, e.g. {name: syncdiffusion, weight: 20, sync_steps: 10}. Parameters are
+    validated by the method itself (mdtools.methods.get_method)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = "multidiffusion"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RegionConfig(_Strict):
+    """A region prompt on a box of the canvas (pixels); the run's prompt is the background."""
+
+    prompt: str
+    box: tuple[int, int, int, int]
+    negative_prompt: Optional[str] = None
+
+
 class OutputConfig(_Strict):
     preview_max_side: int = Field(default=1024, gt=0)
     save_full: bool = False
@@ -121,7 +142,10 @@ class RunConfig(_Strict):
     tiling: TilingConfig = TilingConfig()
     sampler: SamplerConfig = SamplerConfig()
     vae: VaeConfig = VaeConfig()
-    global_pass: GlobalPassConfig = GlobalPassConfig()
+    global_pass: GlobalPassConfig = GlobalPassConfig()  # legacy switch; prefer method: {name: global_pass}
+    method: MethodConfig = MethodConfig()
+    regions: list[RegionConfig] = Field(default_factory=list)
+    bootstrap_steps: int = Field(default=0, ge=0)
     seed: int = 0
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -136,9 +160,37 @@ class RunConfig(_Strict):
             raise ValueError("device must be 'auto', 'cpu' or 'cuda[:N]'")
         return v
 
+    @model_validator(mode="after")
+    def _one_global_pass(self) -> "RunConfig":
+        if self.global_pass.enabled and self.method.name != "multidiffusion":
+            raise ValueError("global_pass.enabled is the legacy switch for method global_pass; "
+                             "use method: {name: global_pass, factor: 4, strength: 0.6} alone")
+        return self
+
+    def method_call(self) -> tuple[str, dict[str, Any]]:
+        """(method name, params) this run generates with; the legacy global_pass switch maps to its method."""
+        if self.global_pass.enabled:
+            return "global_pass", {"factor": self.global_pass.factor, "strength": self.global_pass.strength}
+        return self.method.name, self.method.params()
+
+    def kernel_arg(self) -> Optional[str]:
+        """The kernel as the pipeline takes it: None when the config leaves it at its default,
+        so a method with its own weights (mixture) uses them."""
+        return self.tiling.kernel if "kernel" in self.tiling.model_fields_set else None
+
     def run_id(self) -> str:
-        """Stable id: a hash of the resolved config (key order and formatting do not matter)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable id: a hash of the resolved config (key order and formatting do not matter).
+
+        Keys added after results were recorded (method, regions, bootstrap_steps) are left
+        out of the hash while at their defaults, so earlier run ids stay valid."""
+        d = self.model_dump(mode="json")
+        if d.get("method") == {"name": "multidiffusion"}:
+            d.pop("method")
+        if not d.get("regions"):
+            d.pop("regions", None)
+        if not d.get("bootstrap_steps"):
+            d.pop("bootstrap_steps", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def flat(self) -> dict[str, Any]:
@@ -247,7 +299,12 @@ def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any
     if errors:
         raise ConfigError("\n".join(errors))
     keys = list(sweep)
-    swept = keys + [k for g in groups for k in g[0]] + (["seed"] if seeds else [])
+    swept = []
+    for k, values in [(k, sweep[k]) for k in keys] + [(k, [row[k] for row in g]) for g in groups for k in g[0]]:
+        # a swept block (e.g. whole `method` mappings) is swept at each of its leaves
+        subs = sorted({f"{k}.{leaf}" for v in values if isinstance(v, dict) for leaf in flatten(v)})
+        swept += subs or [k]
+    swept += ["seed"] if seeds else []
     runs = []
     for combo in itertools.product(*(sweep[k] for k in keys), *groups, (seeds or [None])):
         d = copy.deepcopy(base)
@@ -262,9 +319,26 @@ def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any
     return runs, swept
 
 
+def prepare_run(cfg: RunConfig, scale: int, native: int | None) -> tuple[Any, Any]:
+    """The run's validated call spec and method (mdtools.pipeline.prepare_call), no model needed."""
+    from .pipeline import prepare_call
+
+    h, w = cfg.canvas.resolve(scale)
+    name, params = cfg.method_call()
+    return prepare_call(
+        prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, height=h, width=w,
+        window=cfg.tiling.window or native or 512, overlap=cfg.tiling.overlap, kernel=cfg.kernel_arg(),
+        kernel_params=cfg.tiling.kernel_params, num_inference_steps=cfg.sampler.steps,
+        guidance_scale=cfg.sampler.guidance, view_batch_size=cfg.tiling.view_batch_size,
+        circular=cfg.tiling.circular, output_type="pil", scale=scale, guidance_rescale=cfg.sampler.guidance_rescale,
+        method=name, method_params=params, regions=[r.model_dump() for r in cfg.regions],
+        bootstrap_steps=cfg.bootstrap_steps,
+    )
+
+
 def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
     """Pydantic + engine checks for every run; all problems are reported together."""
-    from .pipeline import check_generation_args, read_native_window, read_scale_factor, resolve_model_path
+    from .pipeline import read_native_window, read_scale_factor, resolve_model_path
     from .schedulers import check_scheduler_name
 
     errors: list[str] = []
@@ -283,7 +357,6 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
                 scale = read_scale_factor(path)
                 scale_cache[cfg.model] = (scale, read_native_window(path, scale))
             scale, native = scale_cache[cfg.model]
-            h, w = cfg.canvas.resolve(scale)
             if cfg.sampler.scheduler:
                 check_scheduler_name(cfg.sampler.scheduler)
             from .metrics import METRICS
@@ -291,14 +364,7 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
             bad = [m for m in cfg.metrics if m not in METRICS]
             if bad:
                 raise ConfigError(f"metrics: unknown {bad}; choose from {sorted(METRICS)}")
-            check_generation_args(
-                prompt=cfg.prompt, negative_prompt=cfg.negative_prompt, height=h, width=w,
-                window=cfg.tiling.window or native or 512, overlap=cfg.tiling.overlap, kernel=cfg.tiling.kernel,
-                kernel_params=cfg.tiling.kernel_params, num_inference_steps=cfg.sampler.steps,
-                guidance_scale=cfg.sampler.guidance, view_batch_size=cfg.tiling.view_batch_size,
-                circular=cfg.tiling.circular, output_type="pil", scale=scale,
-                guidance_rescale=cfg.sampler.guidance_rescale,
-            )
+            prepare_run(cfg, scale, native)
         except ConfigError as e:
             errors.append(f"{tag}{e}")
             continue

@@ -1,4 +1,4 @@
-"""MultiDiffusion as a denoiser wrapper.
+"""MultiDiffusion as a denoiser wrapper, and the view sets every method fuses over.
 
 `MultiDiffusion(denoiser, plan, kernel)` is itself a denoiser of the whole canvas: it
 crops the plan's views, runs the view denoiser on batches of them and returns
@@ -13,15 +13,21 @@ exactly the paper's average of per-view steps, because every view sees the same 
 shared pixel. For multistep solvers it is the consistent choice: the solver history lives
 on the canvas, so no per-view scheduler copies are needed (diffusers #3494).
 
-Views are gathered and scattered with flat indices (`TilePlan.flat_indices`), which
-handle circular wrap with no second code path.
+The methods (mdtools.methods) fuse over a `ViewSet`: a list of entries, each a window of
+latent pixels given by flat indices into the canvas, with its own fusion weights (kernel x
+region mask), prompt id and guidance scale. A flat index equal to H * W is padding: the
+entry reads zeros there and its prediction there is dropped (DemoFusion's jittered and
+dilated views reach over the canvas edge). Views are gathered and scattered with these
+flat indices, which also handle circular wrap with no second code path.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from .kernels import Kernel
@@ -29,22 +35,141 @@ from .plan import TilePlan, View
 
 
 class ViewDenoiser(Protocol):
-    """`denoiser(x, t, views) -> prediction`.
+    """`denoiser(x, t, views, cond=None, guidance=None) -> prediction`.
 
     `x` is (len(views) * B, C, h, w), view-major (all batch items of view 0, then view 1,
     ...); the result has the same layout. `views` lets adapters condition on the view's
-    position (SDXL crop coordinates).
+    position (SDXL crop coordinates). `cond` (len(views),) selects a prompt per view and
+    `guidance` (len(views),) a guidance scale per view (None: prompt 0, the call's scale).
     """
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View]) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None = None,
+                 guidance: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def view_indices(views: Sequence[View], canvas: tuple[int, int], *, wrap: tuple[bool, bool] = (False, False),
+                 pad: bool = False) -> np.ndarray:
+    """(n, h * w) flat indices of each view's pixels into the (H, W) canvas, row-major.
+
+    On a wrapped axis positions are taken modulo the canvas; elsewhere a position outside
+    the canvas is an error, or with `pad=True` the padding index H * W.
+    """
+    H, W = canvas
+    h, w = views[0].height, views[0].width
+    dy, dx = np.arange(h), np.arange(w)
+    out = np.empty((len(views), h * w), dtype=np.int64)
+    for i, v in enumerate(views):
+        rows, cols = v.top + dy, v.left + dx
+        rows = rows % H if wrap[0] else rows
+        cols = cols % W if wrap[1] else cols
+        ok = (rows[:, None] >= 0) & (rows[:, None] < H) & (cols[None, :] >= 0) & (cols[None, :] < W)
+        if not ok.all() and not pad:
+            raise ValueError(f"view {v} leaves the {H}x{W} canvas on an axis that does not wrap")
+        out[i] = np.where(ok, rows[:, None] * W + cols[None, :], H * W).reshape(-1)
+    return out
+
+
+@dataclass
+class ViewSet:
+    """The entries fused at one step: windows of one size over an (H, W) latent canvas.
+
+    `index` (n, h*w) holds flat canvas indices (H * W = padding), `weight` (n, h*w) the
+    fusion weights, `cond` (n,) the prompt id of each entry and `guidance` (n,) its
+    guidance scale (None: prompt 0 and the call's scale for every entry). `views` keeps
+    each entry's geometry for records and position-aware adapters.
+    """
+
+    views: tuple[View, ...]
+    canvas: tuple[int, int]
+    index: torch.Tensor
+    weight: torch.Tensor
+    cond: torch.Tensor | None = None
+    guidance: torch.Tensor | None = None
+    _den: torch.Tensor | None = field(default=None, repr=False)
+    _overlap: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.views[0].height, self.views[0].width
+
+    @property
+    def n(self) -> int:
+        return len(self.views)
+
+    @property
+    def padded(self) -> bool:
+        H, W = self.canvas
+        return bool((self.index == H * W).any())
+
+    @classmethod
+    def build(cls, views: Sequence[View], canvas: tuple[int, int], *, kernel: Kernel | None = None,
+              overlap: tuple[int, int] = (0, 0), wrap: tuple[bool, bool] = (False, False), pad: bool = False,
+              device: torch.device | str = "cpu", weight: torch.Tensor | None = None,
+              cond: Sequence[int] | None = None, guidance: Sequence[float] | None = None) -> "ViewSet":
+        """Entries for `views` with `kernel` weights (or explicit `weight`, (n, h*w) or (h*w,))."""
+        views = tuple(views)
+        idx = torch.as_tensor(view_indices(views, canvas, wrap=wrap, pad=pad), device=device)
+        h, w = views[0].height, views[0].width
+        if weight is None:
+            assert kernel is not None
+            weight = kernel(h, w, overlap=overlap, dtype=torch.float32, device=device).reshape(1, -1)
+        weight = weight.to(device=device, dtype=torch.float32).reshape(-1, h * w).expand(len(views), h * w).contiguous()
+        c = None if cond is None else torch.as_tensor(list(cond), dtype=torch.long, device=device)
+        g = None if guidance is None else torch.as_tensor(list(guidance), dtype=torch.float32, device=device)
+        return cls(views, canvas, idx, weight, c, g)
+
+    @classmethod
+    def from_plan(cls, plan: TilePlan, kernel: Kernel, *, device: torch.device | str = "cpu") -> "ViewSet":
+        """The plan's views with the kernel's weights (the kernel sees the plan's overlap)."""
+        h, w = plan.view_size
+        ov = (min(plan.overlap[0] // plan.scale, h), min(plan.overlap[1] // plan.scale, w))
+        return cls.build(plan.views, (plan.latent_height, plan.latent_width), kernel=kernel, overlap=ov,
+                         wrap=(plan.wraps_y, plan.wraps_x), device=device)
+
+    def select(self, keep: torch.Tensor) -> "ViewSet":
+        """The entries where `keep` (n,) bool is True."""
+        ks = keep.nonzero().reshape(-1).tolist()
+        return ViewSet(tuple(self.views[k] for k in ks), self.canvas, self.index[keep], self.weight[keep],
+                       None if self.cond is None else self.cond[keep],
+                       None if self.guidance is None else self.guidance[keep])
+
+    def denominator(self) -> torch.Tensor:
+        """(H * W,) sum of the weights at each canvas pixel (padding dropped), cached."""
+        if self._den is None:
+            H, W = self.canvas
+            den = torch.zeros(H * W + 1, dtype=torch.float32, device=self.index.device)
+            den.index_add_(0, self.index.reshape(-1), self.weight.reshape(-1))
+            self._den = den[: H * W]
+        return self._den
+
+    def overlap_mask(self) -> torch.Tensor:
+        """(H * W,) bool: canvas pixels covered by more than one entry (where views can disagree), cached."""
+        if self._overlap is None:
+            H, W = self.canvas
+            cov = torch.zeros(H * W + 1, device=self.index.device)
+            cov.index_add_(0, self.index.reshape(-1), torch.ones(self.index.numel(), device=self.index.device))
+            self._overlap = cov[: H * W] > 1
+        return self._overlap
+
+    def check_coverage(self) -> None:
+        """Every canvas pixel must get weight from some entry (else Eq. 5 divides by zero)."""
+        den = self.denominator()
+        if not bool((den > 0).all()):
+            H, W = self.canvas
+            miss = int((den <= 0).sum())
+            raise ValueError(f"{miss} of {H * W} latent pixels are covered by no view with weight > 0")
+
+
+InputFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
 class MultiDiffusion:
-    """Fuse a view denoiser's predictions over a plan into a canvas prediction.
+    """Fuse a view denoiser's predictions over a plan (or any `ViewSet`) into a canvas prediction.
 
-    Weights and their per-pixel sum are built once per plan (the denominator of Eq. 5 is
-    the same at every step). Accumulation is in float32 whatever the model dtype, so
-    fp16 models do not lose precision in the sum over views.
+    Weights and their per-pixel sum are built once per view set (the denominator of Eq. 5
+    is the same at every step for a fixed plan). Accumulation is in float32 whatever the
+    model dtype, so fp16 models do not lose precision in the sum over views. Counters
+    (`forward_calls`, `model_evaluations`, `forward_seconds`) are read by the recorder.
     """
 
     def __init__(
@@ -65,23 +190,10 @@ class MultiDiffusion:
         self.diagnostics = diagnostics or diagnostics_map
         self.diagnostics_map = diagnostics_map
         self.sync_timing = sync_timing
-        device = torch.device(device)
-        self.device = device
-        h, w = plan.view_size
-        ov = (min(plan.overlap[0] // plan.scale, h), min(plan.overlap[1] // plan.scale, w))
-        self.weight = kernel(h, w, overlap=ov, dtype=torch.float32, device=device).reshape(-1)
-        idx = torch.as_tensor(plan.flat_indices, device=device)
-        # (views, flat pixel indices, their weights) per model call, built once
-        self.batches: list[tuple[list[View], torch.Tensor, torch.Tensor]] = []
-        for s in range(0, plan.n_views, view_batch_size):
-            views = list(plan.views[s : s + view_batch_size])
-            self.batches.append((views, idx[s : s + view_batch_size].reshape(-1), self.weight.repeat(len(views))))
-        n_pix = plan.latent_height * plan.latent_width
-        den = torch.zeros(n_pix, dtype=torch.float32, device=device)
-        den.index_add_(0, idx.reshape(-1), self.weight.repeat(plan.n_views))
-        self.inv_den = 1.0 / den  # > 0 everywhere: plans cover every pixel, kernels are > 0
-        coverage = torch.zeros(n_pix, device=device).index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), device=device))
-        self.overlap_mask = coverage > 1
+        self.device = torch.device(device)
+        self.viewset = ViewSet.from_plan(plan, kernel, device=self.device)
+        self.viewset.check_coverage()  # plans cover every pixel and kernels are > 0
+        self.weight = self.viewset.weight[0]
         # counters read by the recorder
         self.forward_calls = 0
         self.model_evaluations = 0
@@ -95,27 +207,66 @@ class MultiDiffusion:
             torch.cuda.synchronize(self.device)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
-        """Fused prediction for the canvas latent `x` (B, C, H, W) at timestep `t`."""
+        """Fused prediction for the canvas latent `x` (B, C, H, W) at timestep `t` over the plan."""
+        return self.fuse(x, t, self.viewset)
+
+    @staticmethod
+    def gather(x: torch.Tensor, vs: ViewSet, start: int, end: int) -> torch.Tensor:
+        """Crops of entries [start, end) of `vs` from canvas `x` (B, C, H, W): ((end-start)*B, C, h, w), view-major."""
         B, C, H, W = x.shape
-        h, w = self.plan.view_size
+        h, w = vs.size
+        k = end - start
         flat = x.reshape(B, C, H * W)
+        if vs.padded:
+            flat = torch.cat([flat, flat.new_zeros(B, C, 1)], dim=2)
+        idx = vs.index[start:end].reshape(-1)
+        return flat.index_select(2, idx).reshape(B, C, k, h, w).permute(2, 0, 1, 3, 4).reshape(k * B, C, h, w)
+
+    @staticmethod
+    def scatter(values: torch.Tensor, vs: ViewSet, batch: int) -> torch.Tensor:
+        """Eq. 5 on per-entry tensors: (n*B, C, h, w) view-major -> (B, C, H, W) weighted average."""
+        H, W = vs.canvas
+        h, w = vs.size
+        n = vs.n
+        p = values.float().reshape(n, batch, -1, h * w).permute(1, 2, 0, 3).reshape(batch, -1, n * h * w)
+        num = torch.zeros(batch, p.shape[1], H * W + 1, dtype=torch.float32, device=values.device)
+        num.index_add_(2, vs.index.reshape(-1), p * vs.weight.reshape(-1))
+        return (num[..., : H * W] / vs.denominator()).reshape(batch, -1, H, W)
+
+    def fuse(self, x: torch.Tensor, t: torch.Tensor, vs: ViewSet, *, input_fn: InputFn | None = None) -> torch.Tensor:
+        """Weighted average (Eq. 5) of the denoiser's predictions for the entries of `vs`.
+
+        `input_fn(crops, start, end)` may replace the crops of entries [start, end) before
+        the model sees them (region bootstrapping). Entries are run `view_batch_size` at a time.
+        """
+        B, C, H, W = x.shape
+        h, w = vs.size
+        vb = self.view_batch_size
         num: torch.Tensor | None = None
         num2: torch.Tensor | None = None
-        for views, idx, wk in self.batches:
-            k = len(views)
+        for s in range(0, vs.n, vb):
+            e = min(s + vb, vs.n)
+            k = e - s
             t0 = time.perf_counter()
-            # (B, C, k*h*w) -> (k*B, C, h, w), view-major
-            crops = flat.index_select(2, idx).reshape(B, C, k, h, w).permute(2, 0, 1, 3, 4).reshape(k * B, C, h, w)
+            crops = self.gather(x, vs, s, e)
+            if input_fn is not None:
+                crops = input_fn(crops, s, e)
             self._sync()
             t1 = time.perf_counter()
-            pred = self.denoiser(crops, t, views)
+            extra = {}  # denoisers that know one prompt take (x, t, views) only
+            if vs.cond is not None:
+                extra["cond"] = vs.cond[s:e]
+            if vs.guidance is not None:
+                extra["guidance"] = vs.guidance[s:e]
+            pred = self.denoiser(crops, t, vs.views[s:e], **extra)
             self._sync()
             t2 = time.perf_counter()
             if num is None:
-                C_out = pred.shape[1]
-                num = torch.zeros(B, C_out, H * W, dtype=torch.float32, device=x.device)
+                num = torch.zeros(B, pred.shape[1], H * W + 1, dtype=torch.float32, device=x.device)
                 if self.diagnostics:
                     num2 = torch.zeros_like(num)
+            idx = vs.index[s:e].reshape(-1)
+            wk = vs.weight[s:e].reshape(-1)
             p = pred.float().reshape(k, B, -1, h * w).permute(1, 2, 0, 3).reshape(B, -1, k * h * w)
             num.index_add_(2, idx, p * wk)
             if num2 is not None:
@@ -127,11 +278,14 @@ class MultiDiffusion:
             self.forward_calls += 1
             self.model_evaluations += k * B * getattr(self.denoiser, "evaluations_per_sample", 1)
         assert num is not None
-        mean = num * self.inv_den
+        inv = 1.0 / vs.denominator()
+        mean = num[..., : H * W] * inv
         if num2 is not None:
             # weighted variance of the views' predictions at each pixel, mean over B and C
-            var = (num2 * self.inv_den - mean * mean).clamp_min(0).mean(dim=(0, 1))
-            self.last_disagreement = float(var[self.overlap_mask].mean()) if self.overlap_mask.any() else 0.0
+            var = (num2[..., : H * W] * inv - mean * mean).clamp_min(0).mean(dim=(0, 1))
+            overlap = vs.overlap_mask()
+            self.last_disagreement = float(var[overlap].mean()) if overlap.any() else 0.0
             if self.diagnostics_map:
                 self.last_disagreement_map = var.reshape(H, W).cpu()
         return mean.reshape(B, -1, H, W).to(x.dtype)
+

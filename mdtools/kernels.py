@@ -81,21 +81,34 @@ def seed_gaussian(length: int, overlap: int = 0, *, exact_article: bool = False)
     return np.maximum(np.exp(-(u**2) / (2.0 * s**2)), 1e-6)
 
 
+def mixture(length: int, overlap: int = 0, *, var: float = 0.01) -> np.ndarray:
+    """Mixture of Diffusers' tile weight (Jiménez 2023, albarji/mixture-of-diffusers):
+    exp(-u^2 / (L^2 * 2 var)) / sqrt(2 pi var), u from the centre (L - 1) / 2.
+
+    var = 0.01 is the official value (a Gaussian with sigma = 0.1 L; edge weight ~4e-6 of the
+    centre). The official tiling.py centres the y profile at L / 2; mdtools centres both at
+    (L - 1) / 2, as the official canvas.py does. The constant 1 / sqrt(2 pi var) cancels in Eq. 5.
+    """
+    return np.exp(-(_centred(length) ** 2) / (length**2 * 2.0 * var)) / np.sqrt(2.0 * np.pi * var)
+
+
 KERNELS: dict[str, Profile] = {
     "uniform": uniform,
     "gaussian": gaussian,
     "cosine": cosine,
     "linear": linear,
     "seed_gaussian": seed_gaussian,
+    "mixture": mixture,
 }
 
 _PARAM_CHECKS: dict[str, Callable[[Any], bool]] = {
     "sigma": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
     "floor": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
     "exact_article": lambda v: isinstance(v, bool),
+    "var": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
 }
 _PARAM_HINTS = {"sigma": "a number > 0, e.g. 0.25", "floor": "a number in (0, 1], e.g. 0.01",
-                "exact_article": "true or false"}
+                "exact_article": "true or false", "var": "a number > 0, e.g. 0.01"}
 
 
 def kernel_params(name: str) -> dict[str, Any]:

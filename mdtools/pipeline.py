@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -19,9 +18,10 @@ import torch
 
 from .adapters import PixelAdapter, SDAdapter, SDXLAdapter
 from .errors import ConfigError, check_choice, check_positive_int
-from .fusion import MultiDiffusion
 from .instrument import PhaseStats, Record, Recorder
-from .kernels import Kernel, get_kernel
+from .kernels import Kernel
+from .methods import CallSpec, Method, Run, get_method
+from .methods.regions import check_regions
 from .plan import CIRCULAR_MODES, TilePlan, plan_views
 from .schedulers import make_scheduler
 
@@ -45,7 +45,7 @@ class MultiDiffusionOutput:
     metrics: dict[str, Any] | None = None
 
 
-def check_generation_args(
+def prepare_call(
     *,
     prompt: str | list[str] | None,
     negative_prompt: str | list[str] | None = None,
@@ -53,7 +53,7 @@ def check_generation_args(
     width: int,
     window: int | tuple[int, int],
     overlap: int | tuple[int, int],
-    kernel: str | Kernel,
+    kernel: str | Kernel | None,
     kernel_params: dict | None = None,
     num_inference_steps: int,
     guidance_scale: float,
@@ -64,8 +64,14 @@ def check_generation_args(
     guidance_rescale: float = 0.0,
     latents_shape: Sequence[int] | None = None,
     latent_channels: int | None = None,
-) -> tuple[TilePlan, Kernel, int]:
-    """Validate every generation argument; return (plan, kernel, batch size).
+    method: Any = "multidiffusion",
+    method_params: dict | None = None,
+    regions: Sequence[Any] | None = None,
+    bootstrap_steps: int = 0,
+    strength: float = 1.0,
+    img2img: bool = False,
+) -> tuple[CallSpec, Method]:
+    """Validate every generation argument; return the call spec and the method object.
 
     Raises ConfigError naming the field and a valid value. Needs no model: the CLI and the
     experiment runner call it before loading anything.
@@ -89,13 +95,33 @@ def check_generation_args(
     check_choice("output_type", output_type, OUTPUT_TYPES)
     if circular not in CIRCULAR_MODES and circular is not True:
         raise ConfigError(f"circular={circular!r} is not valid; choose one of {list(CIRCULAR_MODES)}")
-    k = get_kernel(kernel, **(kernel_params or {}))
+    if method_params is not None and not isinstance(method_params, dict):
+        raise ConfigError(f"method_params must be a dict of parameter names to values, got {type(method_params).__name__}")
+    meth = get_method(method, **(method_params or {}))
+    k = meth.resolve_kernel(kernel, kernel_params)
     plan = plan_views(height, width, window=window, overlap=overlap, scale=scale, circular=circular)
-    if latents_shape is not None:
-        want = (batch, latent_channels, height // scale, width // scale)
-        if tuple(latents_shape) != want and latent_channels is not None:
-            raise ConfigError(f"latents has shape {tuple(latents_shape)}; for this canvas and batch it must be {want}")
-    return plan, k, batch
+    if isinstance(bootstrap_steps, bool) or not isinstance(bootstrap_steps, int) or bootstrap_steps < 0:
+        raise ConfigError(f"bootstrap_steps must be an integer >= 0 (e.g. 20), got {bootstrap_steps!r}")
+    regs = check_regions(regions, height, width)
+    if bootstrap_steps and not regs:
+        raise ConfigError("bootstrap_steps needs regions: bootstrapping replaces a region's surroundings")
+    call = CallSpec(height=height, width=width, plan=plan, kernel=k, scale=scale, window=plan.window,
+                    overlap=plan.overlap, circular=plan.circular, steps=num_inference_steps,
+                    guidance_scale=float(guidance_scale), batch=batch, view_batch_size=view_batch_size, regions=regs,
+                    bootstrap_steps=bootstrap_steps, strength=float(strength), img2img=img2img)
+    meth.check(call)
+    if latents_shape is not None and latent_channels is not None:
+        want = meth.noise_shape(call, latent_channels)
+        if tuple(latents_shape) != tuple(want):
+            raise ConfigError(f"latents has shape {tuple(latents_shape)}; for this canvas, batch and method it must be {tuple(want)}")
+    return call, meth
+
+
+def check_generation_args(**kwargs: Any) -> tuple[TilePlan, Kernel, int]:
+    """Validate every generation argument (see `prepare_call`); return (plan, kernel, batch size)."""
+    call, _ = prepare_call(**kwargs)
+    assert call.kernel is not None
+    return call.plan, call.kernel, call.batch
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -249,31 +275,44 @@ class MultiDiffusionPipeline:
         self.pipe.scheduler = make_scheduler(name, self.pipe.scheduler.config, **overrides)
 
     # ---- generation -------------------------------------------------------------------
-    def _adapter(self, prompt, negative_prompt, guidance_scale, guidance_rescale, plan, batch, sdxl_view_crops,
-                 class_labels):
+    def _adapter(self, prompt: Any, negative_prompt: Any, guidance_scale: float, guidance_rescale: float, plan: TilePlan,
+                 batch: int, sdxl_view_crops: bool, class_labels: Any, *, extra: Sequence[tuple[str, str | None]] = (),
+                 cfg: bool | None = None) -> Any:
+        """The view denoiser for this call. `extra` (prompt, negative) pairs get prompt ids 1, 2, ...
+        (region and tile prompts); each is encoded for every batch item."""
         dev = self.device
-        cfg = guidance_scale > 1.0
+        cfg = guidance_scale > 1.0 if cfg is None else cfg
         if self.kind == "pixel":
+            if extra:
+                raise ConfigError("region and tile prompts need a text-conditioned model; this pipeline is pixel-space")
             labels = None if class_labels is None else torch.as_tensor(class_labels, device=dev).reshape(-1)
             return PixelAdapter(self.unet, labels)
+        call_neg = negative_prompt if negative_prompt is None or isinstance(negative_prompt, list) else [negative_prompt] * batch
+        pairs = [(prompt, negative_prompt)] + [([p] * batch, call_neg if n is None else [n] * batch) for p, n in extra]
         if self.kind == "sd":
-            pos, neg = self.pipe.encode_prompt(prompt, dev, 1, cfg, negative_prompt)
+            enc = [self.pipe.encode_prompt(p, dev, 1, cfg, n) for p, n in pairs]
+            pos = torch.stack([e[0] for e in enc]) if extra else enc[0][0]
+            neg = None if enc[0][1] is None else (torch.stack([e[1] for e in enc]) if extra else enc[0][1])
             tc = None
             if getattr(self.unet.config, "time_cond_proj_dim", None) is not None:
                 g = torch.tensor(guidance_scale - 1).repeat(batch)
                 tc = self.pipe.get_guidance_scale_embedding(g, embedding_dim=self.unet.config.time_cond_proj_dim)
                 tc = tc.to(device=dev, dtype=pos.dtype)
             return SDAdapter(self.unet, pos, neg, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-                             timestep_cond=tc)
-        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-            prompt=prompt, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-            negative_prompt=negative_prompt,
-        )
+                             timestep_cond=tc, cfg=cfg)
+        enc = [self.pipe.encode_prompt(prompt=p, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+                                       negative_prompt=n) for p, n in pairs]
+
+        def stacked(j: int) -> Any:
+            if enc[0][j] is None:
+                return None
+            return torch.stack([e[j] for e in enc]) if extra else enc[0][j]
+
         vh, vw = plan.view_size
         return SDXLAdapter(
-            self.unet, pos, neg, pooled, neg_pooled, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-            canvas_px=(plan.height, plan.width), window_px=(vh * plan.scale, vw * plan.scale), scale=plan.scale,
-            view_crops=sdxl_view_crops,
+            self.unet, stacked(0), stacked(1), stacked(2), stacked(3), guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale, canvas_px=(plan.height, plan.width), window_px=(vh * plan.scale, vw * plan.scale),
+            scale=plan.scale, view_crops=sdxl_view_crops, cfg=cfg,
         )
 
     def vae_tiling_options(self, vae_tiling: Any, plan: TilePlan) -> dict[str, Any] | None:
@@ -356,8 +395,12 @@ class MultiDiffusionPipeline:
         width: int = 2048,
         window: int | tuple[int, int] | None = None,
         overlap: int | tuple[int, int] = 64,
-        kernel: str | Kernel = "gaussian",
+        kernel: str | Kernel | None = None,
         kernel_params: dict | None = None,
+        method: str | Method = "multidiffusion",
+        method_params: dict | None = None,
+        regions: Sequence[Any] | None = None,
+        bootstrap_steps: int = 0,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
         guidance_rescale: float = 0.0,
@@ -379,30 +422,39 @@ class MultiDiffusionPipeline:
         metrics: Sequence[str] | None = None,
         progress: bool = True,
     ) -> MultiDiffusionOutput:
-        """Generate a `height` x `width` canvas with MultiDiffusion.
+        """Generate a `height` x `width` canvas with MultiDiffusion or another method.
 
         Sizes are pixels. `window` defaults to the model's native size (`native_window`);
         `overlap` is the minimum overlap between neighbouring windows. `kernel` is a name in
-        `mdtools.KERNELS` (parameters in `kernel_params`) or a `Kernel`. `callback`
-        receives a dict per step: step, timestep, latents, prediction (the fused model
+        `mdtools.KERNELS` (parameters in `kernel_params`) or a `Kernel`; None: gaussian (or
+        the method's own weights). `method` is a name in `mdtools.METHODS` (parameters in
+        `method_params`) or a method object (docs/methods.md). `regions` (a list of
+        `mdtools.Region`) add region prompts, the call's prompt being the background, with
+        `bootstrap_steps` steps of bootstrapping (multidiffusion and mixture). `callback`
+        receives a dict per step: step, stage, timestep, latents, prediction (the fused model
         output), step_seconds and, with `diagnostics`, the views' disagreement (weighted
         variance of overlapping predictions) and with `diagnostics_map` its (H, W) map.
         `generator` may be an int seed. `init_latents` (clean, scaled latents of the canvas
         size) with `strength` in (0, 1] starts from a noised image instead of pure noise
-        (img2img; the global-pass refinement uses it). `vae_tiling`: False, True, "auto" (tiled decode above
-        2048^2 pixels) or a dict (see `vae_tiling_options`). `metrics` (names from
-        mdtools.metrics.METRICS, e.g. ["seam_structure", "seam_score"]) are computed on the
-        first image and returned in `.metrics`. Returns MultiDiffusionOutput(images, latents, plan, record).
+        (img2img). `vae_tiling`: False, True, "auto" (tiled decode above 2048^2 pixels) or a
+        dict (see `vae_tiling_options`). `metrics` (names from mdtools.metrics.METRICS, e.g.
+        ["seam_structure", "seam_score"]) are computed on the first image and returned in
+        `.metrics`. Returns MultiDiffusionOutput(images, latents, plan, record).
         """
         scale = self.vae_scale_factor
         window = self.native_window if window is None else window
-        plan, kern, batch = check_generation_args(
+        if init_latents is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise ConfigError(f"strength must be in (0, 1] (e.g. 0.6), got {strength!r}")
+        call, meth = prepare_call(
             prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, window=window,
             overlap=overlap, kernel=kernel, kernel_params=kernel_params, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, view_batch_size=view_batch_size, circular=circular,
             output_type=output_type, scale=scale, guidance_rescale=guidance_rescale,
             latents_shape=None if latents is None else latents.shape, latent_channels=self.unet.config.in_channels,
+            method=method, method_params=method_params, regions=regions, bootstrap_steps=bootstrap_steps,
+            strength=strength if init_latents is not None else 1.0, img2img=init_latents is not None,
         )
+        plan, batch = call.plan, call.batch
         vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
         if metrics:
             from .metrics import METRICS
@@ -416,8 +468,6 @@ class MultiDiffusionPipeline:
             want = (batch, self.unet.config.in_channels, plan.latent_height, plan.latent_width)
             if tuple(init_latents.shape) != want:
                 raise ConfigError(f"init_latents has shape {tuple(init_latents.shape)}; it must be {want}")
-            if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-                raise ConfigError(f"strength must be in (0, 1] (e.g. 0.6), got {strength!r}")
         if self.kind != "pixel" and prompt is None:
             raise ConfigError("prompt is required for a text-conditioned model, e.g. prompt='a photo of a beach'")
         if isinstance(generator, int):
@@ -427,67 +477,41 @@ class MultiDiffusionPipeline:
         with rec.phase("total"):
             with rec.phase("encode_prompt"):
                 adapter = self._adapter(prompt, negative_prompt, guidance_scale, guidance_rescale, plan, batch,
-                                        sdxl_view_crops, class_labels)
-            scheduler = self.scheduler
-            scheduler.set_timesteps(num_inference_steps, device=device)
-            timesteps = scheduler.timesteps
-            shape = (batch, self.unet.config.in_channels, plan.latent_height, plan.latent_width)
+                                        sdxl_view_crops, class_labels, extra=meth.extra_prompts(call),
+                                        cfg=meth.needs_cfg(call))
             dtype = adapter.pos.dtype if hasattr(adapter, "pos") else self.dtype  # as diffusers: embeds' dtype
-            if latents is None:
-                from diffusers.utils.torch_utils import randn_tensor
-
-                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-            else:
-                latents = latents.to(device=device, dtype=dtype)
-            if init_latents is None:
-                latents = latents * scheduler.init_noise_sigma
-            else:
-                # img2img / SDEdit: skip the first (1 - strength) of the schedule and noise the
-                # clean latent to the first kept timestep (as diffusers' img2img get_timesteps)
-                t_start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
-                timesteps = timesteps[t_start * scheduler.order:]
-                if hasattr(scheduler, "set_begin_index"):
-                    scheduler.set_begin_index(t_start * scheduler.order)
-                init = init_latents.to(device=device, dtype=dtype)
-                latents = scheduler.add_noise(init, latents, timesteps[:1].repeat(batch))
-            fuse = MultiDiffusion(adapter, plan, kern, view_batch_size=view_batch_size, device=device,
-                                  diagnostics=diagnostics, diagnostics_map=diagnostics_map,
-                                  sync_timing=record and device.type == "cuda")
-            step_kwargs = _step_kwargs(scheduler, generator, eta)
-            iterator = _progress(timesteps, progress)
+            run = Run(self, call, adapter, kernel=call.kernel, generator=generator, recorder=rec, callback=callback,
+                      progress=progress, eta=eta, diagnostics=diagnostics, diagnostics_map=diagnostics_map,
+                      latents=latents, init_latents=init_latents, dtype=dtype, method_name=meth.name)
             with rec.phase("denoise"):
-                for i, t in enumerate(iterator):
-                    t0 = time.perf_counter()
-                    x_in = scheduler.scale_model_input(latents, t)
-                    pred = fuse(x_in, t)
-                    latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
-                    if record:
-                        rec.sync()
-                    info = {
-                        "step": i, "timestep": t, "latents": latents, "prediction": pred,
-                        "step_seconds": time.perf_counter() - t0,
-                        "disagreement": fuse.last_disagreement,
-                        "disagreement_map": fuse.last_disagreement_map,
-                    }
-                    rec(info)
-                    if callback is not None:
-                        callback(info)
+                latents = meth.generate(run)
+            cost = run.finish()
             images = None
             vae_report: dict[str, Any] = {}
             if output_type != "latent":
                 with rec.phase("decode"):
                     images = self._postprocess(self.decode(latents, tiling=vae_opts, report=vae_report), output_type)
         rec.count("views", plan.n_views)
-        rec.count("steps", len(timesteps))
-        rec.count("model_forward_calls", fuse.forward_calls)
-        rec.count("model_evaluations", fuse.model_evaluations)
+        rec.count("steps", run.total_steps)
+        rec.count("model_forward_calls", cost.unet_calls + cost.unet_grad_calls)
+        rec.count("model_evaluations", cost.unet_evaluations + cost.unet_grad_evaluations)
         if record:
-            # sub-phases of the denoising loop, timed inside MultiDiffusion (time only)
-            rec.record.phases["model_forward"] = PhaseStats("model_forward", fuse.forward_seconds, fuse.forward_calls)
-            rec.record.phases["fusion"] = PhaseStats("fusion", fuse.fusion_seconds, fuse.forward_calls)
+            # sub-phases of the denoising loop, timed inside the fuser and the method (time only)
+            rec.record.phases["model_forward"] = PhaseStats("model_forward", cost.unet_seconds + cost.unet_grad_seconds,
+                                                            cost.unet_calls + cost.unet_grad_calls)
+            rec.record.phases["fusion"] = PhaseStats("fusion", run.fusion_total, cost.unet_calls)
             rec.record.extra["plan"] = plan.summary()
-            rec.record.extra["kernel"] = kern.describe()
-            rec.record.extra["scheduler"] = type(scheduler).__name__
+            rec.record.extra["kernel"] = call.kernel.describe() if call.kernel is not None else None
+            rec.record.extra["method"] = meth.describe()
+            rec.record.extra["method_draws"] = _jsonable(meth.draws)
+            rec.record.extra["cost"] = cost.to_dict()
+            rec.record.extra["stages"] = run.n_stages
+            if call.regions:
+                rec.record.extra["regions"] = [{"prompt": r.prompt, "box": r.box, "mask": r.mask is not None}
+                                               for r in call.regions]
+                rec.record.extra["bootstrap_steps"] = call.bootstrap_steps
+            rec.record.extra.update(run.extra)
+            rec.record.extra["scheduler"] = type(self.scheduler).__name__
             rec.record.extra["finite"] = bool(torch.isfinite(latents).all())
             rec.record.extra["vae_tiling"] = (vae_opts if vae_opts is None
                                               else {**vae_opts, "circular": str(plan.circular), **vae_report})
@@ -499,6 +523,17 @@ class MultiDiffusionPipeline:
             scores = evaluate(first, plan, metrics=list(metrics))
         return MultiDiffusionOutput(images=images, latents=latents, plan=plan, record=rec.record if record else None,
                                     metrics=scores)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    """Draws are small lists; anything bigger than a few thousand numbers is summarised."""
+    import json
+
+    out = {}
+    for k, v in d.items():
+        blob = json.dumps(v, default=str)
+        out[k] = v if len(blob) < 20000 else f"<{len(blob)} chars, not stored>"
+    return out
 
 
 def _is_sd_folder(path: str) -> bool:
@@ -517,15 +552,7 @@ def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
     return out
 
 
-def _progress(it: Any, enabled: bool) -> Any:
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc="denoise", unit="step", leave=False)
-
-
 __all__ = [
-    "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "resolve_model_path",
+    "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "prepare_call", "resolve_model_path",
     "read_scale_factor", "read_native_window", "OUTPUT_TYPES",
 ]

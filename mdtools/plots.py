@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .stats import summarize_groups
+
 SEAM = "metric.seam_structure"  # the structural seam score (docs/metrics.md)
 EVALS = "count.model_evaluations"
 
@@ -36,36 +38,49 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _mean_std(df: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
-    g = df.groupby(by, dropna=False)[y]
-    return g.agg(["mean", "std", "count"]).reset_index()
+def _mean_ci(df: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
+    """Per group: n seeds with a value, mean and its 95% percentile bootstrap interval (NaN when n < 2)."""
+    return summarize_groups(df, by, y).drop(columns="column")
+
+
+def _ci_errorbar(ax: Any, x: str, s: pd.DataFrame, label: str) -> None:
+    """Mean with its interval as asymmetric error bars; the label says how many seeds."""
+    yerr = np.vstack([s["mean"] - s["ci_lo"], s["ci_hi"] - s["mean"]])
+    ax.errorbar(s[x], s["mean"], yerr=np.nan_to_num(yerr), marker="o", capsize=3, label=f"{label} ({_n_label(s['n'])})")
+
+
+def _n_label(n: pd.Series) -> str:
+    lo, hi = int(n.min()), int(n.max())
+    return f"n={lo}" if lo == hi else f"n={lo}-{hi}"
+
+
+CI_NOTE = "mean, 95% bootstrap interval over seeds"
 
 
 def seam_vs_overlap(df: pd.DataFrame, *, metric: str = SEAM, ax: Any = None) -> plt.Figure:
-    """Seam score against overlap, one line per kernel, mean +- std over seeds."""
+    """Seam score against overlap, one line per kernel: mean with its 95% bootstrap interval over seeds, n in the legend."""
     df = ok_runs(df)
     fig, ax = _fig(ax)
     for kernel, sub in df.groupby("tiling.kernel"):
-        s = _mean_std(sub, ["tiling.overlap"], metric).sort_values("tiling.overlap")
-        ax.errorbar(s["tiling.overlap"], s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=kernel)
+        _ci_errorbar(ax, "tiling.overlap", _mean_ci(sub, ["tiling.overlap"], metric).sort_values("tiling.overlap"), str(kernel))
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="overlap (px)", ylabel=f"{metric.split('.')[-1]} (1 = no seam)", title="Seam strength vs overlap")
-    ax.legend(title="kernel")
+    ax.set(xlabel="overlap (px)", ylabel=f"{metric.split('.')[-1]} (1 = no seam)", title=f"Seam strength vs overlap\n({CI_NOTE})")
+    ax.legend(title="kernel (seeds)")
     return fig
 
 
 def cost_vs_overlap(df: pd.DataFrame) -> plt.Figure:
-    """Denoising time and model evaluations against overlap."""
+    """Denoising time (mean with its 95% bootstrap interval over seeds, n in the legend) and model evaluations
+    (fixed by the plan) against overlap."""
     df = ok_runs(df)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for kernel, sub in df.groupby("tiling.kernel"):
-        s = _mean_std(sub, ["tiling.overlap"], "time.denoise").sort_values("tiling.overlap")
-        a1.errorbar(s["tiling.overlap"], s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=kernel)
+        _ci_errorbar(a1, "tiling.overlap", _mean_ci(sub, ["tiling.overlap"], "time.denoise").sort_values("tiling.overlap"), str(kernel))
     e = df.groupby("tiling.overlap")[EVALS].mean()
     a2.plot(e.index, e.values, marker="o", color="k")
-    a1.set(xlabel="overlap (px)", ylabel="denoising time (s)", title="Time vs overlap")
+    a1.set(xlabel="overlap (px)", ylabel="denoising time (s)", title=f"Time vs overlap\n({CI_NOTE})")
     a2.set(xlabel="overlap (px)", ylabel="model evaluations", title="Evaluations vs overlap")
-    a1.legend(title="kernel")
+    a1.legend(title="kernel (seeds)")
     fig.tight_layout()
     return fig
 
@@ -125,26 +140,118 @@ def disagreement_per_step(df: pd.DataFrame, *, by: str = "tiling.kernel") -> plt
     return fig
 
 
+COST = "cost.unet_equivalents"  # measured cost of a run in no-grad UNet evaluations (methods.base.Cost)
+
+
+def method_label(row: pd.Series) -> str:
+    """'multidiffusion(gaussian)', 'syncdiffusion(sync_steps=3)': the method, its kernel when it
+    fuses with the call's kernel, and the method parameters the run set."""
+    name = row.get("method.name")
+    name = "multidiffusion" if name is None or (isinstance(name, float) and np.isnan(name)) else str(name)
+    if str(row.get("global_pass.enabled")) == "True":
+        name = "global_pass"
+    params = []
+    for k in sorted(row.index):
+        if k.startswith("method.") and k != "method.name":
+            v = row[k]
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                continue
+            params.append(f"{k[len('method.'):]}={v}")
+    if name in ("multidiffusion", "global_pass", "syncdiffusion", "spotdiffusion") and "tiling.kernel" in row:
+        params.insert(0, str(row["tiling.kernel"]))
+    return f"{name}({', '.join(params)})" if params else name
+
+
+def with_method_label(df: pd.DataFrame) -> pd.DataFrame:
+    """Add a `method.label` column (see `method_label`)."""
+    df = df.copy()
+    df["method.label"] = [method_label(r) for _, r in df.iterrows()] if len(df) else []
+    return df
+
+
+def cost_column(df: pd.DataFrame) -> str:
+    """The measured cost in UNet-forward equivalents when the table has it, else model evaluations."""
+    return COST if COST in df and df[COST].notna().any() else EVALS
+
+
 def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = None) -> plt.Figure:
-    """Seam score against model evaluations for every plan tried; diffusers' default plan
-    (uniform weights, stride = window / 8) marked with a star."""
-    df = ok_runs(df)
+    """Seam score (mean with its 95% bootstrap interval over seeds, n in the legend) against cost for
+    every plan and method tried: one line per MultiDiffusion kernel (over overlaps) and one series per
+    other method. Cost is the run's measured UNet-forward equivalents where recorded (SyncDiffusion's
+    gradients and decodes included), else model evaluations. Diffusers' default plan (uniform weights,
+    stride = window / 8) is marked with a star."""
+    df = with_method_label(ok_runs(df))
+    cost = cost_column(df)
+    name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
+    md_rows = df[(name == "multidiffusion") & (df["method.label"].str.startswith("multidiffusion"))]
+    other = df.drop(md_rows.index)
     fig, ax = _fig(None)
-    s = df.groupby(["tiling.kernel", "tiling.overlap"]).agg(
-        seam=(metric, "mean"), evals=(EVALS, "mean")).reset_index()
-    for kernel, sub in s.groupby("tiling.kernel"):
-        sub = sub.sort_values("evals")
-        ax.plot(sub["evals"], sub["seam"], marker="o", label=kernel)
+    s = pd.DataFrame()
+    if len(md_rows):
+        s = _mean_ci(md_rows, ["tiling.kernel", "tiling.overlap"], metric).rename(columns={"mean": "seam"})
+        s = s.merge(md_rows.groupby(["tiling.kernel", "tiling.overlap"])[cost].mean().rename("evals").reset_index(),
+                    on=["tiling.kernel", "tiling.overlap"])
+        for kernel, sub in s.groupby("tiling.kernel"):
+            sub = sub.sort_values("evals").rename(columns={"seam": "mean"})
+            _ci_errorbar(ax, "evals", sub, str(kernel))
+    if len(other):
+        o = _mean_ci(other, ["method.label", "tiling.overlap"], metric)
+        o = o.merge(other.groupby(["method.label", "tiling.overlap"])[cost].mean().rename("evals").reset_index(),
+                    on=["method.label", "tiling.overlap"])
+        for label, sub in o.groupby("method.label"):
+            yerr = np.vstack([sub["mean"] - sub["ci_lo"], sub["ci_hi"] - sub["mean"]])
+            ax.errorbar(sub["evals"], sub["mean"], yerr=np.nan_to_num(yerr), marker="s", ls="none", capsize=3,
+                        label=f"{label} ({_n_label(sub['n'])})")
     win = window_px or _window(df)
-    if win:
+    if win and len(s):
         ref = s[(s["tiling.kernel"] == "uniform") & (s["tiling.overlap"] == win - win // 8)]
         if len(ref):
             ax.scatter(ref["evals"], ref["seam"], marker="*", s=250, color="k", zorder=5,
                        label="diffusers default (uniform, stride 1/8)")
             ax.axhline(float(ref["seam"].iloc[0]), color="k", lw=0.6, ls=":")
-    ax.set(xscale="log", xlabel="model evaluations (log)", ylabel=f"{metric.split('.')[-1]}",
-           title="Seam quality per cost")
-    ax.legend()
+    xl = "UNet-forward equivalents, measured (log)" if cost == COST else "model evaluations (log)"
+    ax.set(xscale="log", xlabel=xl, ylabel=f"{metric.split('.')[-1]}", title=f"Seam quality per cost\n({CI_NOTE})")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def methods_bars(df: pd.DataFrame, *, metrics: Sequence[str] = (SEAM, COST, "time.denoise"),
+                 by: Sequence[str] = ("plan.width", "plan.height")) -> plt.Figure:
+    """One panel per figure (seam score, measured cost, time, ...): every method's mean with its 95%
+    bootstrap interval over seeds, one group of bars per canvas."""
+    df = with_method_label(ok_runs(df))
+    metrics = [m for m in metrics if m in df and df[m].notna().any()]
+    by = [b for b in by if b in df]
+    canvases = df.groupby(by).size().index.tolist() if by else [None]
+    labels = sorted(df["method.label"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.35 * len(labels) * len(canvases) + 1.8),
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        s = _mean_ci(df, ["method.label", *by], m)
+        ypos, ticks = 0, []
+        for ci, canvas in enumerate(canvases):
+            sub = s if canvas is None else s[(s[by] == pd.Series(canvas if isinstance(canvas, tuple) else (canvas,),
+                                                                    index=by)).all(axis=1)]
+            for lab in labels:
+                r = sub[sub["method.label"] == lab]
+                if not len(r):
+                    continue
+                r = r.iloc[0]
+                err = [[r["mean"] - r["ci_lo"]], [r["ci_hi"] - r["mean"]]]
+                ax.barh(ypos, r["mean"], xerr=np.nan_to_num(err), color=f"C{ci}", alpha=0.75, capsize=2)
+                ticks.append((ypos, f"{lab} [{'x'.join(str(int(v)) for v in (canvas[::-1] if isinstance(canvas, tuple) else (canvas,)))}]"
+                              if canvas is not None else lab))
+                ypos += 1
+            ypos += 0.5
+        ax.set_yticks([t for t, _ in ticks], [lab for _, lab in ticks], fontsize=7)
+        ax.set_title(m.split(".", 1)[-1], fontsize=9)
+        ax.invert_yaxis()
+        if m == SEAM:
+            ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    for ax in axes[0][1:]:
+        ax.set_yticklabels([])
+    fig.suptitle(f"Methods ({CI_NOTE}; canvas W x H in brackets)", fontsize=10)
+    fig.tight_layout()
     return fig
 
 

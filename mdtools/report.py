@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
+from . import plots, stats
 from .errors import ConfigError
 
 SUMMARY_COLUMNS = [
@@ -15,6 +15,9 @@ SUMMARY_COLUMNS = [
     "plan.n_views", "plan.redundancy", "time.denoise", "time.decode", "time.total", "peak_gb.total",
     "diag.disagreement_mean",
 ]
+#: The main figures: these also get n (seeds with a value) and a bootstrap interval of the mean.
+CI_COLUMNS = ["metric.seam_structure", "metric.seam_score", "metric.seam_score_lab", "metric.wrap_seam_score", "time.total",
+              "peak_gb.total"]
 
 
 def load_table(out_dir: str | Path) -> pd.DataFrame:
@@ -37,8 +40,9 @@ def swept_keys(df: pd.DataFrame) -> list[str]:
     return sorted(keys)
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and std over seeds) of the main figures per swept setting; failed runs counted."""
+def summarize(df: pd.DataFrame, *, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Per swept setting: run counts per status, mean and std over seeds of the main figures, and for
+    `CI_COLUMNS` `.n` (seeds with a value), `.ci_lo`, `.ci_hi` (`level` percentile bootstrap of the mean)."""
     df = plots.with_derived(df)
     by = [k for k in swept_keys(df) if k != "seed" and k in df.columns] or ["config.model"]
     by = [b for b in by if b in df.columns]
@@ -49,9 +53,56 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     agg = ok.groupby(by, dropna=False)[cols].agg(["mean", "std"]) if len(ok) else pd.DataFrame()
     if len(agg):
         agg.columns = [f"{c}.{s}" for c, s in agg.columns]
-        agg = agg.drop(columns=[c for c in agg.columns if c.endswith(".std") and agg[c].isna().all()])
+        ci = stats.summarize_groups(ok, by, [c for c in CI_COLUMNS if c in cols], level=level, n_boot=n_boot, seed=seed)
+        order = []
+        for c in cols:
+            order.append(f"{c}.mean")
+            part = ci[ci["column"] == c]
+            if len(part):
+                assert len(part) == len(agg), "summarize_groups and groupby disagree on the groups"
+                # same groupby (sorted, NaN keys kept) on both sides, so rows line up by position
+                for s in ("ci_lo", "ci_hi", "n"):
+                    agg[f"{c}.{s}"] = part[s].to_numpy()
+                order += [f"{c}.ci_lo", f"{c}.ci_hi", f"{c}.n"]
+            if not agg[f"{c}.std"].isna().all():
+                order.append(f"{c}.std")
+        agg = agg[order]
     counts = df.groupby(by, dropna=False)["status"].value_counts().unstack(fill_value=0)
+    if agg.empty:  # every run failed: the counts are the summary
+        return counts.reset_index()
     return counts.join(agg, how="left").reset_index()
+
+
+#: Figures of the methods table: seams, coherence where measured, cost, time, peak memory.
+METHOD_COLUMNS = ["metric.seam_structure", "metric.seam_score", "metric.intra_color", "metric.disc_count",
+                  "metric.horizon_continuity", "metric.sky_consistency", "metric.intra_lpips", "cost.unet_equivalents",
+                  "count.model_evaluations", "time.denoise", "time.total", "peak_gb.denoise", "peak_gb.sync"]
+
+
+def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "plan.width"), level: float = 0.95,
+                  n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """One row per method setting and canvas: n seeds, and per figure the mean with its bootstrap interval
+    ("mean [lo, hi]") for seams, coherence metrics, measured cost (UNet-forward equivalents), time and peak
+    memory (GB; `peak_gb.sync` is SyncDiffusion's gradient phase)."""
+    df = plots.with_method_label(plots.with_derived(df))
+    if "mem.peak_allocated.sync" in df or "mem.peak_rss.sync" in df:
+        alloc, rss = df.get("mem.peak_allocated.sync"), df.get("mem.peak_rss.sync")
+        df["peak_gb.sync"] = (alloc if alloc is not None and alloc.notna().any() else rss) / 2**30
+    ok = df[df["status"] == "ok"]
+    keys = ["method.label", *[b for b in by if b in df]]
+    cols = [c for c in METHOD_COLUMNS if c in ok and ok[c].notna().any()]
+    rows = []
+    for key, sub in ok.groupby(keys, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key))
+        row["n"] = int(sub["seed"].nunique()) if "seed" in sub else len(sub)
+        row["failed"] = int((df.loc[(df[keys] == pd.Series(key, index=keys)).all(axis=1), "status"] != "ok").sum())
+        for c in cols:
+            iv = stats.bootstrap_ci(sub[c].to_numpy(dtype=float), level=level, n_boot=n_boot, seed=seed)
+            row[c] = iv.estimate
+            row[f"{c}.ci"] = f"[{iv.lo:.3g}, {iv.hi:.3g}]" if iv.n >= 2 else "n < 2"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:
@@ -67,12 +118,15 @@ def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFram
         raise ConfigError(f"{out_dir}: no runs recorded yet")
     summary = summarize(df)
     summary.to_csv(out_dir / "summary.csv", index=False)
+    keys = set(swept_keys(df))
+    several_methods = "method.name" in df and (df["method.name"].nunique() > 1 or any(k.startswith("method") for k in keys))
+    if several_methods:
+        methods_table(df).to_csv(out_dir / "methods.csv", index=False)
     written: list[Path] = []
     if not make_plots:
         return summary, written
     pdir = out_dir / "plots"
     pdir.mkdir(exist_ok=True)
-    keys = set(swept_keys(df))
     ok = df[df["status"] == "ok"]
     todo = []
     # the headline seam score, or the step score when an experiment did not compute it
@@ -84,6 +138,8 @@ def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFram
         todo.append(("memory_time_vs_size", plots.memory_time_vs_size))
     if keys & {"canvas.aspect"} or ({"canvas.height", "canvas.width"} <= keys):
         todo.append(("cost_vs_aspect", plots.cost_vs_aspect))
+    if several_methods:
+        todo += [("methods", plots.methods_bars), ("frontier_methods", lambda d: plots.frontier(d, metric=seam or plots.SEAM))]
     if "diag.disagreement_trace" in ok and (ok["diag.disagreement_trace"] != "[]").any():
         todo.append(("disagreement_per_step", plots.disagreement_per_step))
     if "preview" in ok and ok["preview"].notna().any() and (out_dir / "images").is_dir():

@@ -21,14 +21,13 @@ import time
 import traceback
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .config import Experiment, RunConfig
-from .plan import TilePlan
 
 STATUS_OK, STATUS_FAILED, STATUS_OOM, STATUS_NAN = "ok", "failed", "oom", "nan"
 
@@ -119,19 +118,13 @@ def run_one(md: Any, cfg: RunConfig, images_dir: Path) -> dict[str, Any]:
     original_scheduler = md.pipe.scheduler
     if cfg.sampler.scheduler:
         md.set_scheduler(cfg.sampler.scheduler)
-    gp = cfg.global_pass
-    if gp.enabled:
-        from functools import partial
-
-        from .refine import generate_with_global_pass
-
-        generate = partial(generate_with_global_pass, md, factor=gp.factor, strength=gp.strength)
-    else:
-        generate = md
+    name, params = cfg.method_call()
     try:
-        out = generate(
+        out = md(
             cfg.prompt, negative_prompt=cfg.negative_prompt, height=h, width=w, window=cfg.tiling.window,
-            overlap=cfg.tiling.overlap, kernel=cfg.tiling.kernel, kernel_params=cfg.tiling.kernel_params,
+            overlap=cfg.tiling.overlap, kernel=cfg.kernel_arg(), kernel_params=cfg.tiling.kernel_params,
+            method=name, method_params=params, regions=[r.model_dump() for r in cfg.regions],
+            bootstrap_steps=cfg.bootstrap_steps,
             num_inference_steps=cfg.sampler.steps, guidance_scale=cfg.sampler.guidance,
             guidance_rescale=cfg.sampler.guidance_rescale, eta=cfg.sampler.eta,
             generator=torch.Generator("cpu").manual_seed(cfg.seed), circular=cfg.tiling.circular,
@@ -243,6 +236,7 @@ def build_table(out_dir: Path) -> pd.DataFrame:
             for key in ("peak_allocated", "peak_reserved", "peak_rss"):
                 row[f"mem.{key}.{name}"] = ph.get(key)
         row.update({f"count.{k}": v for k, v in (r.get("counts") or {}).items()})
+        row.update({f"cost.{k}": v for k, v in ((r.get("extra") or {}).get("cost") or {}).items()})
         dis = r.get("disagreement") or []
         row["diag.disagreement_mean"] = float(np.mean(dis)) if dis else None
         row["diag.disagreement_trace"] = json.dumps(dis)
@@ -266,15 +260,21 @@ def build_table(out_dir: Path) -> pd.DataFrame:
     return df
 
 
-def estimate_evaluations(cfg: RunConfig, scale: int, native: int | None) -> int:
-    """Model evaluations a run needs: views x steps x (2 with CFG). Solvers with more than
-    one model call per step (Heun) take more; the record counts the real number."""
-    from .plan import plan_views
+def estimate_work(cfg: RunConfig, scale: int, native: int | None) -> dict[str, float]:
+    """Expected work of a run, from its method: UNet sample evaluations (views x steps x 2
+    with CFG), and for SyncDiffusion gradient evaluations, backward passes and VAE decodes.
+    Solvers with more than one model call per step (Heun) take more; the record counts the
+    real numbers."""
+    from .config import prepare_run
 
-    h, w = cfg.canvas.resolve(scale)
-    plan: TilePlan = plan_views(h, w, window=cfg.tiling.window or native or 512, overlap=cfg.tiling.overlap,
-                                scale=scale, circular=cfg.tiling.circular)
-    return plan.n_views * cfg.sampler.steps * (2 if cfg.sampler.guidance > 1 else 1)
+    call, meth = prepare_run(cfg, scale, native)
+    return meth.estimate(call)
+
+
+def estimate_evaluations(cfg: RunConfig, scale: int, native: int | None) -> int:
+    """UNet sample evaluations (with and without gradients) a run needs."""
+    w = estimate_work(cfg, scale, native)
+    return int(round(w.get("unet_evaluations", 0) + w.get("unet_grad_evaluations", 0)))
 
 
 def execute(
@@ -302,20 +302,25 @@ def execute(
     if max_runs is not None:
         todo = todo[:max_runs]
     geometry: dict[str, tuple[int, int | None]] = {}  # model -> (scale, native window), read once
-    evals = 0
+    work: dict[str, float] = defaultdict(float)
     for _, c in todo:
         if c.model not in geometry:
             path = resolve_model_path(c.model)
             scale = read_scale_factor(path)
             geometry[c.model] = (scale, read_native_window(path, scale))
-        evals += estimate_evaluations(c, *geometry[c.model])
+        for k, v in estimate_work(c, *geometry[c.model]).items():
+            work[k] += v
+    evals = int(round(work["unet_evaluations"] + work.get("unet_grad_evaluations", 0)))
+    extra = ", ".join(f"{int(v):,} {k.replace('_', ' ')}" for k, v in work.items() if k != "unet_evaluations" and v)
     log(f"experiment {exp.name}: {len(unique)} runs, {len(unique) - len(todo)} already done, "
-        f"{len(todo)} to run, {evals:,} model evaluations")
+        f"{len(todo)} to run, {evals:,} model evaluations" + (f" (with {extra})" if extra else ""))
     models = models or ModelCache()
     if todo:
-        per_eval = _calibrate(models, todo[0][1])
-        log(f"estimated time: {per_eval * evals / 60:.1f} min ({per_eval * 1e3:.2f} ms per model evaluation, "
-            f"calibrated on {todo[0][1].model})")
+        units = _calibrate(models, todo[0][1], kinds=[k for k, v in work.items() if v])
+        seconds = sum(units.get(k, float("nan")) * v for k, v in work.items() if v)
+        log(f"estimated time: {seconds / 60:.1f} min ({units['unet_evaluations'] * 1e3:.2f} ms per model evaluation"
+            + "".join(f", {units[k] * 1e3:.1f} ms per {k.rstrip('s').replace('_', ' ')}" for k in units if k != "unet_evaluations")
+            + f", calibrated on {todo[0][1].model})")
     if dry_run:
         for rid, c in todo:
             log(f"  {rid}  " + ", ".join(f"{k}={c.flat().get(k, c.seed)}" for k in exp.swept_keys))
@@ -331,7 +336,7 @@ def execute(
             t0 = time.perf_counter()
             flat = cfg.flat()
             rec: dict[str, Any] = {"run_id": rid, "config": cfg.model_dump(mode="json"), "config_flat": flat,
-                                   "swept": {k: flat.get(k, cfg.seed) for k in exp.swept_keys}}
+                                   "swept": {k: flat.get(k) for k in exp.swept_keys}}
             try:
                 md = models.get(cfg)
                 rec.update(run_one(md, cfg, out_dir / "images"))
@@ -372,33 +377,78 @@ def _bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="runs", unit="run")
 
 
-def _calibrate(models: ModelCache, cfg: RunConfig) -> float:
-    """Seconds per model evaluation: a few batched forwards of the first run's window."""
+def _calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet_evaluations",)) -> dict[str, float]:
+    """Seconds per unit of work, measured on the first run's model and window: a no-grad UNet
+    evaluation, and where the sweep needs them a UNet evaluation with gradients, a backward
+    pass, a VAE decode (with and without gradients) and encode of one window."""
+    nan = float("nan")
     try:
         md = models.get(cfg)
     except Exception:
-        return float("nan")
+        return {k: nan for k in kinds} | {"unet_evaluations": nan}
     unet = md.unet
     window = cfg.tiling.window or md.native_window
     s = window // md.vae_scale_factor
-    b = cfg.tiling.view_batch_size * (2 if cfg.sampler.guidance > 1 else 1)
-    x = torch.randn(b, unet.config.in_channels, s, s, device=md.device, dtype=md.dtype)
+    cfg_mul = 2 if cfg.sampler.guidance > 1 else 1
+    b = cfg.tiling.view_batch_size * cfg_mul
     kw: dict[str, Any] = {}
-    if md.kind in ("sd", "sdxl"):
-        dim = unet.config.cross_attention_dim
-        kw["encoder_hidden_states"] = torch.zeros(b, 8, dim, device=md.device, dtype=md.dtype)
-    if md.kind == "sdxl":
-        n = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
-        kw["added_cond_kwargs"] = {"text_embeds": torch.zeros(b, n, device=md.device, dtype=md.dtype),
-                                   "time_ids": torch.zeros(b, 6, device=md.device, dtype=md.dtype)}
-    t = torch.tensor(500, device=md.device)
-    with torch.no_grad():
-        unet(x, t, **kw)  # warm-up
+
+    def inputs(n: int) -> dict[str, Any]:
+        kw = {}
+        if md.kind in ("sd", "sdxl"):
+            kw["encoder_hidden_states"] = torch.zeros(n, 8, unet.config.cross_attention_dim, device=md.device, dtype=md.dtype)
+        if md.kind == "sdxl":
+            m = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+            kw["added_cond_kwargs"] = {"text_embeds": torch.zeros(n, m, device=md.device, dtype=md.dtype),
+                                       "time_ids": torch.zeros(n, 6, device=md.device, dtype=md.dtype)}
+        return kw
+
+    def clock(fn: Callable[[], Any], reps: int = 2) -> float:
+        fn()  # warm-up
         if md.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(2):
-            unet(x, t, **kw)
+        for _ in range(reps):
+            fn()
         if md.device.type == "cuda":
             torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / (2 * b)
+        return (time.perf_counter() - t0) / reps
+
+    t = torch.tensor(500, device=md.device)
+    x = torch.randn(b, unet.config.in_channels, s, s, device=md.device, dtype=md.dtype)
+    kw = inputs(b)
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        out["unet_evaluations"] = clock(lambda: unet(x, t, **kw)) / b
+    one = inputs(cfg_mul)
+    x1 = torch.randn(cfg_mul, unet.config.in_channels, s, s, device=md.device, dtype=md.dtype)
+    if "unet_grad_evaluations" in kinds or "backward" in kinds:
+        def fwd() -> torch.Tensor:
+            with torch.enable_grad():
+                return unet(x1.clone().requires_grad_(True), t, **one).sample
+
+        out["unet_grad_evaluations"] = clock(fwd) / cfg_mul
+
+        def fwd_bwd() -> None:
+            with torch.enable_grad():
+                xg = x1.clone().requires_grad_(True)
+                torch.autograd.grad(unet(xg, t, **one).sample.sum(), xg)
+
+        out["backward"] = max(0.0, clock(fwd_bwd) - out["unet_grad_evaluations"] * cfg_mul)
+    vae = getattr(md, "vae", None)
+    if vae is not None and any(k.startswith("vae_") for k in kinds):
+        z = torch.randn(1, vae.config.latent_channels, s, s, device=md.device, dtype=vae.dtype)
+        with torch.no_grad():
+            out["vae_decodes"] = clock(lambda: vae.decode(z), reps=1)
+        if "vae_decodes_grad" in kinds:
+            def dec_bwd() -> None:
+                with torch.enable_grad():
+                    zg = z.clone().requires_grad_(True)
+                    torch.autograd.grad(vae.decode(zg).sample.sum(), zg)
+
+            out["vae_decodes_grad"] = clock(dec_bwd, reps=1)
+        if "vae_encodes" in kinds:
+            img = torch.zeros(1, 3, window, window, device=md.device, dtype=vae.dtype)
+            with torch.no_grad():
+                out["vae_encodes"] = clock(lambda: vae.encode(img), reps=1)
+    return out

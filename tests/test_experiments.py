@@ -240,3 +240,55 @@ def test_report_writes_summary_and_plots(tmp_path, saved_sd_dir):
     assert all(p.stat().st_size > 1000 for p in plots)
     assert (out / "summary.csv").exists()
     build_table(out)  # idempotent
+
+
+def synthetic_runs(seeds=range(5)) -> pd.DataFrame:
+    """A small runs table as the runner writes it (two swept keys, seeds), with one failed run and one NaN metric."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = [{"status": "ok", "swept": json.dumps(["tiling.kernel", "tiling.overlap", "seed"]), "tiling.kernel": k,
+             "tiling.overlap": o, "seed": s, "metric.seam_structure": 1 + o / 100 + rng.normal(0, 0.1),
+             "count.model_evaluations": 600 + 10 * o, "time.denoise": 2 + rng.normal(0, 0.1), "time.total": 3 + rng.normal(0, 0.1)}
+            for k in ("uniform", "gaussian") for o in (16, 32) for s in seeds]
+    rows[0]["metric.seam_structure"] = float("nan")
+    rows[1]["status"] = "failed"
+    return pd.DataFrame(rows)
+
+
+def test_summary_gives_n_and_bootstrap_intervals_of_the_main_figures():
+    from mdtools.report import summarize
+    from mdtools.stats import bootstrap_ci
+
+    df = synthetic_runs()
+    s = summarize(df, n_boot=2000).set_index(["tiling.kernel", "tiling.overlap"])
+    assert {"ok", "failed", "metric.seam_structure.mean", "metric.seam_structure.std", "time.total.std"} <= set(s.columns)
+    assert "count.model_evaluations.ci_lo" not in s.columns  # fixed by the plan: mean and std only
+    ok = df[df["status"] == "ok"]
+    for (k, o), r in s.iterrows():
+        for col in ("metric.seam_structure", "time.total"):
+            ref = bootstrap_ci(ok[(ok["tiling.kernel"] == k) & (ok["tiling.overlap"] == o)][col], n_boot=2000)
+            assert r[f"{col}.n"] == ref.n
+            assert (r[f"{col}.mean"], r[f"{col}.ci_lo"], r[f"{col}.ci_hi"]) == pytest.approx((ref.estimate, ref.lo, ref.hi), rel=1e-12)
+    assert s.loc[("uniform", 16), "metric.seam_structure.n"] == 3  # one failed run, one NaN
+    assert s.loc[("uniform", 16), "time.total.n"] == 4 and s.loc[("gaussian", 32), "time.total.n"] == 5
+    failed = synthetic_runs().assign(status="failed")
+    assert summarize(failed)[["tiling.kernel", "tiling.overlap", "failed"]].values.tolist() == [
+        ["gaussian", 16, 5], ["gaussian", 32, 5], ["uniform", 16, 5], ["uniform", 32, 5]]
+
+
+def test_plots_show_the_bootstrap_interval_and_n():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mdtools import plots
+    from mdtools.stats import bootstrap_ci
+
+    df = synthetic_runs()
+    ax = plots.seam_vs_overlap(df).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["gaussian (n=5)", "uniform (n=3-5)"] and "95% bootstrap interval" in ax.get_title()
+    ok = plots.ok_runs(df)
+    ref = bootstrap_ci(ok[(ok["tiling.kernel"] == "uniform") & (ok["tiling.overlap"] == 16)]["metric.seam_structure"])
+    uniform_bars = ax.containers[1].lines[2][0].get_segments()  # errorbar container: (line, caps, bars)
+    assert uniform_bars[0][:, 1] == pytest.approx([ref.lo, ref.hi], rel=1e-12)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._common import MetricUnavailable, Score, to_image_tensor
+from .coherence import disc_count, horizon_continuity, sky_consistency
 from .color import rgb_to_lab
 from .evaluate import METRICS, MetricSpec, evaluate
 from .functional import (
@@ -42,7 +43,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "METRICS", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "evaluate", "gram_matrix", "intra_lpips",
+    "METRICS", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "disc_count", "evaluate", "gram_matrix",
+    "horizon_continuity", "intra_lpips", "sky_consistency",
     "intra_color", "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "seam_structure", "ssim",
     "step_profiles", "to_image_tensor", "total_variation", "vae_seam", "wrap_seam_score", *_LAZY_CLASSES,
 ]

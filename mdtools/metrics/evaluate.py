@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import ConfigError
 from ..plan import TilePlan
+from . import coherence as C
 from . import functional as F
 from ._common import Score, to_image_tensor
 
@@ -74,6 +75,13 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("vae_seam", _vae, False, "intensity (0-1)", needs_reference=True,
                    description="tiled vs one-piece decode (reference = the one-piece decode): "
                                "mean |per-tile mean drift|; details hold PSNR, SSIM, std drift"),
+        MetricSpec("disc_count", lambda i, p, r, o: C.disc_count(i, p), None, "count (1 = one sun or moon)",
+                   description="bright compact round blobs above the horizon (suns / moons); 0 or 2+ are failures"),
+        MetricSpec("horizon_continuity", lambda i, p, r, o: C.horizon_continuity(i, p), False,
+                   "ratio (1 = as smooth at seams as elsewhere)",
+                   description="horizon step at seam lines vs interior lines (line fits over 4 columns each side)"),
+        MetricSpec("sky_consistency", lambda i, p, r, o: C.sky_consistency(i, p), False, "ratio (1 = one sky colour)",
+                   description="spread of the sky's CIELAB colour between views vs between the halves of a view"),
     )
 }
 
