@@ -396,6 +396,54 @@ def claim_c6(df: pd.DataFrame) -> Verdict:
                    {"cost_ratio": cost, "with_minus_without": {p: asdict(d) for p, d in diffs.items()}})
 
 
+#: The coherence metrics C6 is judged on with scenes (lower is better for each; disc_error = |suns - 1|).
+COHERENCE = ("metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency")
+
+
+def claim_c6_scenes(df: pd.DataFrame) -> Verdict:
+    """C6 on scenes with ground truth (experiments/coherence.yaml): the global pass against plain
+    MultiDiffusion on the coherence metrics (duplicated suns, horizon breaks at seams, sky drift),
+    paired on (prompt, seed) per canvas. Holds when the pass is better on at least one metric and
+    worse on none, on every canvas."""
+    df = with_derived(ok_runs(df))
+    name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
+    on = [c for c in ("prompt", "seed") if c in df and (c == "seed" or df[c].nunique() > 1)]
+    cols = [c for c in COHERENCE if c in df and df[c].notna().any()]
+    ev, diffs, results = [], {}, {}
+    for (h, w), sub in df.groupby(["plan.height", "plan.width"]):
+        a, b = sub[name.loc[sub.index] == "multidiffusion"], sub[name.loc[sub.index] == "global_pass"]
+        for c in cols:
+            iv = paired_difference(a, b, on=on, value=c, level=LEVEL, method=CI_METHOD)
+            key = f"{w}x{h} {c.split('.')[-1]}"
+            diffs[key] = iv
+            results[key] = verdict(iv, higher_is_better=False)
+            ev.append(f"{key}: multidiffusion {_fmt(_ci(a[c]))}, global pass {_fmt(_ci(b[c]))}, "
+                      f"difference {_fmt(iv)}: {results[key]}")
+    if not diffs:
+        return Verdict("C6", "A global low-resolution pass fixes cross-window inconsistencies", "not tested",
+                       "no global_pass and multidiffusion runs in the coherence table")
+    cost = (df[name == "global_pass"]["cost.unet_equivalents"].mean() / df[name == "multidiffusion"]["cost.unet_equivalents"].mean()
+            if "cost.unet_equivalents" in df else float("nan"))
+
+    def decide(m: int) -> str:
+        v = {k: verdict(d, higher_is_better=False, min_n=m) for k, d in diffs.items()}
+        canvases = sorted({k.split()[0] for k in v})
+        worse = [k for k in v if v[k] == "worse"]
+        better = [k for k in v if v[k] == "better"]
+        if worse:
+            return f"does not hold: the global pass is worse on {', '.join(worse)}"
+        if better and all(any(k.startswith(cv) for k in better) for cv in canvases):
+            return f"holds on the scenes model: better on {', '.join(better)}, worse on none"
+        if better:
+            return f"holds only partly: better on {', '.join(better)} (see evidence)"
+        return "not shown on the scenes model: no coherence gain shown"
+
+    return Verdict("C6 (scenes)", "A global low-resolution pass fixes cross-window inconsistencies",
+                   _decide(decide, *diffs.values()),
+                   "; ".join(ev) + f" (lower = more coherent); cost {cost:.2f}x the UNet-forward equivalents; {_rules()}",
+                   {"cost_ratio": cost, "global_pass_minus_multidiffusion": {k: asdict(d) for k, d in diffs.items()}})
+
+
 def all_verdicts(results: str | Path = "results") -> pd.DataFrame:
     """Every claim whose experiment table exists under `results`, as a table."""
     from .report import load_table
@@ -423,4 +471,7 @@ def all_verdicts(results: str | Path = "results") -> pd.DataFrame:
     gp = table("seed_claims")
     if gp is not None:
         out.append(claim_c6(gp))
+    co = table("coherence")
+    if co is not None:
+        out.append(claim_c6_scenes(co))
     return pd.DataFrame([v.row() for v in out])

@@ -45,7 +45,55 @@ def comparison_png(items: list[tuple[str, Path, dict]], out: Path) -> None:
     plt.close(fig)
 
 
-def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "results/demo/quickstart") -> int:
+SCENES_EXPERIMENT = "experiments/quickstart_scenes.yaml"
+
+
+def run_scenes(experiment: str, out_dir: Path, demo: Path) -> list[tuple[str, Path, dict]]:
+    """A scenes panorama two ways (multidiffusion vs the global pass) with the number of suns."""
+    exp = load_experiment(experiment)
+    execute(exp, out_dir)
+    items = []
+    for rec in load_records(out_dir).values():
+        if rec["status"] != "ok":
+            print(f"run {rec['run_id']} {rec['status']}: {rec.get('error')}")
+            continue
+        name = rec["config"].get("method", {}).get("name", "multidiffusion")
+        imgs = rec.get("images", {})
+        src = out_dir / "images" / imgs.get("full", "")
+        if not src.is_file():
+            src = out_dir / "images" / imgs["preview"]
+        dst = demo / f"scenes_{name}.png"
+        shutil.copyfile(src, dst)
+        items.append((name, dst, rec.get("metrics", {})))
+    items.sort(key=lambda it: it[0] != "multidiffusion")
+    if items:
+        scenes_png(items, demo / "scenes_comparison.png")
+    return items
+
+
+def scenes_png(items: list[tuple[str, Path, dict]], out: Path) -> None:
+    """The scene panoramas stacked, each titled with its method and number of suns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    imgs = [Image.open(p) for _, p, _ in items]
+    w, h = imgs[0].size
+    fig, axes = plt.subplots(len(imgs), 1, figsize=(12, 12 * h / w * len(imgs) + 0.6 * len(imgs)), squeeze=False)
+    for ax, img, (label, _, m) in zip(axes[:, 0], imgs, items):
+        ax.imshow(img)
+        ax.set_title(f"{label}: {m.get('disc_count', float('nan')):.0f} sun(s) (1 is right), horizon continuity "
+                     f"{m.get('horizon_continuity', float('nan')):.2f} (1 = unbroken)", fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "results/demo/quickstart",
+             scenes: str | None = SCENES_EXPERIMENT) -> int:
     t0 = time.perf_counter()
     exp = load_experiment(experiment)
     out_dir = Path(out)
@@ -69,6 +117,7 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
     items.sort(key=lambda it: order.get(it[0], 9))
     if items:
         comparison_png(items, demo / "comparison.png")
+    scene_items = run_scenes(scenes, Path(out).parent / "scenes", demo) if scenes and Path(scenes).is_file() else []
     print("\nmdtools demo done in {:.0f} s".format(time.perf_counter() - t0))
     for label, path, m in items:
         print(f"  image     {path}  seam_structure={m.get('seam_structure', float('nan')):.2f} (1 = seamless)")
@@ -78,4 +127,9 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
     for p in plots:
         print(f"  plot      {p}")
     print("  notebook  notebooks/01_quickstart.ipynb")
+    for label, path, m in scene_items:
+        print(f"  scene     {path}  {label}: disc_count={m.get('disc_count', float('nan')):.0f} sun(s) (1 is right), "
+              f"horizon_continuity={m.get('horizon_continuity', float('nan')):.2f} (1 = unbroken)")
+    if scene_items:
+        print(f"  compare   {demo / 'scenes_comparison.png'}  (notebook notebooks/07_coherence.ipynb)")
     return 0

@@ -128,13 +128,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model_path(id_or_path: str | os.PathLike) -> str:
-    """'toy' -> the embedded model's folder; an existing path -> itself; a hub-style id
-    ('org/name') -> itself; anything else -> ConfigError (path that does not exist)."""
+    """'toy' / 'toy-scenes' -> the embedded model's folder; an existing path -> itself; a hub-style
+    id ('org/name') -> itself; anything else -> ConfigError (path that does not exist)."""
     s = str(id_or_path)
-    if s == "toy":
+    from .toy import EMBEDDED_MODELS
+
+    if s in EMBEDDED_MODELS:
         from .toy import toy_model_dir
 
-        return str(toy_model_dir())
+        return str(toy_model_dir(EMBEDDED_MODELS[s]))
     p = Path(s).expanduser()
     if p.exists():
         if p.is_dir() and not (p / "model_index.json").exists():
@@ -146,7 +148,7 @@ def resolve_model_path(id_or_path: str | os.PathLike) -> str:
         return str(p)
     if _HUB_ID.match(s) and not s.startswith((".", "~")):
         return s
-    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a hub id, or 'toy'")
+    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a hub id, 'toy' or 'toy-scenes'")
 
 
 def read_scale_factor(path: str) -> int:
@@ -218,7 +220,9 @@ class MultiDiffusionPipeline:
         from diffusers import DiffusionPipeline
 
         path = resolve_model_path(id_or_path)
-        if str(id_or_path) == "toy":
+        from .toy import EMBEDDED_MODELS
+
+        if str(id_or_path) in EMBEDDED_MODELS:  # 'toy', 'toy-scenes': checked files, offline, safetensors only
             from .toy import load_toy_pipeline
 
             pipe = load_toy_pipeline(path, dtype=kwargs.pop("torch_dtype", torch.float32))

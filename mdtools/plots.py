@@ -29,6 +29,10 @@ def with_derived(df: pd.DataFrame) -> pd.DataFrame:
         df["megapixels"] = df["plan.height"] * df["plan.width"] / 1e6
         df["aspect"] = df["plan.width"] / df["plan.height"]
         df["orientation"] = np.where(df["aspect"] > 1, "wide", np.where(df["aspect"] < 1, "tall", "square"))
+    if "metric.disc_count" in df:
+        # duplicated (or missing) suns: 1 disc is right; one_disc is the share of runs that got it right
+        df["metric.disc_error"] = (df["metric.disc_count"] - 1).abs()
+        df["metric.one_disc"] = (df["metric.disc_count"] == 1).astype(float).where(df["metric.disc_count"].notna())
     for phase in ("total", "denoise", "decode"):
         alloc, rss = f"mem.peak_allocated.{phase}", f"mem.peak_rss.{phase}"
         if alloc in df and df[alloc].notna().any():
@@ -143,29 +147,36 @@ def disagreement_per_step(df: pd.DataFrame, *, by: str = "tiling.kernel") -> plt
 COST = "cost.unet_equivalents"  # measured cost of a run in no-grad UNet evaluations (methods.base.Cost)
 
 
-def method_label(row: pd.Series) -> str:
-    """'multidiffusion(gaussian)', 'syncdiffusion(sync_steps=3)': the method, its kernel when it
-    fuses with the call's kernel, and the method parameters the run set."""
+def method_label(row: pd.Series, extra: Sequence[str] = ()) -> str:
+    """'multidiffusion(gaussian)', 'syncdiffusion(gaussian, sync_steps=3)': the method, its kernel when it
+    fuses with the call's kernel, the method parameters the run set, and the `extra` columns
+    (e.g. swept `sampler.steps`) as short key=value."""
     name = row.get("method.name")
     name = "multidiffusion" if name is None or (isinstance(name, float) and np.isnan(name)) else str(name)
     if str(row.get("global_pass.enabled")) == "True":
         name = "global_pass"
     params = []
     for k in sorted(row.index):
-        if k.startswith("method.") and k != "method.name":
+        if k.startswith("method.") and k not in ("method.name", "method.label"):
             v = row[k]
             if v is None or (isinstance(v, float) and np.isnan(v)):
                 continue
-            params.append(f"{k[len('method.'):]}={v}")
+            params.append(f"{k[len('method.'):]}={_short(v)}")
     if name in ("multidiffusion", "global_pass", "syncdiffusion", "spotdiffusion") and "tiling.kernel" in row:
         params.insert(0, str(row["tiling.kernel"]))
+    params += [f"{k.split('.')[-1]}={_short(row[k])}" for k in extra if k in row]
     return f"{name}({', '.join(params)})" if params else name
 
 
-def with_method_label(df: pd.DataFrame) -> pd.DataFrame:
+def _short(v: Any) -> Any:
+    """2.0 -> 2 (integer parameters come back as floats from columns with gaps)."""
+    return int(v) if isinstance(v, (float, np.floating)) and float(v).is_integer() else v
+
+
+def with_method_label(df: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Add a `method.label` column (see `method_label`)."""
     df = df.copy()
-    df["method.label"] = [method_label(r) for _, r in df.iterrows()] if len(df) else []
+    df["method.label"] = [method_label(r, extra) for _, r in df.iterrows()] if len(df) else []
     return df
 
 
@@ -180,7 +191,8 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
     other method. Cost is the run's measured UNet-forward equivalents where recorded (SyncDiffusion's
     gradients and decodes included), else model evaluations. Diffusers' default plan (uniform weights,
     stride = window / 8) is marked with a star."""
-    df = with_method_label(ok_runs(df))
+    df = ok_runs(df)
+    df = df if "method.label" in df else with_method_label(df)
     cost = cost_column(df)
     name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
     md_rows = df[(name == "multidiffusion") & (df["method.label"].str.startswith("multidiffusion"))]
@@ -219,7 +231,8 @@ def methods_bars(df: pd.DataFrame, *, metrics: Sequence[str] = (SEAM, COST, "tim
                  by: Sequence[str] = ("plan.width", "plan.height")) -> plt.Figure:
     """One panel per figure (seam score, measured cost, time, ...): every method's mean with its 95%
     bootstrap interval over seeds, one group of bars per canvas."""
-    df = with_method_label(ok_runs(df))
+    df = ok_runs(df)
+    df = df if "method.label" in df else with_method_label(df)
     metrics = [m for m in metrics if m in df and df[m].notna().any()]
     by = [b for b in by if b in df]
     canvases = df.groupby(by).size().index.tolist() if by else [None]
@@ -251,6 +264,30 @@ def methods_bars(df: pd.DataFrame, *, metrics: Sequence[str] = (SEAM, COST, "tim
     for ax in axes[0][1:]:
         ax.set_yticklabels([])
     fig.suptitle(f"Methods ({CI_NOTE}; canvas W x H in brackets)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def method_images(df: pd.DataFrame, images_dir: str | Path, *, seed: int | None = None, metric: str = SEAM) -> plt.Figure:
+    """One preview per method setting (the lowest seed, or `seed`), stacked, titled with the setting,
+    its `metric` and its measured cost; pass the rows of one canvas."""
+    from PIL import Image
+
+    df = ok_runs(df).dropna(subset=["preview"])
+    df = df if "method.label" in df else with_method_label(df)
+    seed = int(df["seed"].min()) if seed is None else seed
+    rows = df[df["seed"] == seed].drop_duplicates("method.label")
+    images_dir = Path(images_dir)
+    rows = rows[[(images_dir / p).is_file() for p in rows["preview"]]]
+    n = max(1, len(rows))
+    first = np.asarray(Image.open(images_dir / rows["preview"].iloc[0])) if len(rows) else np.zeros((1, 4, 3))
+    aspect = first.shape[0] / first.shape[1]
+    fig, axes = plt.subplots(n, 1, figsize=(8, n * (8 * aspect + 0.35)), squeeze=False)
+    cost = cost_column(df)
+    for ax, (_, row) in zip(axes[:, 0], rows.iterrows()):
+        ax.imshow(Image.open(images_dir / row["preview"]))
+        ax.set_title(f"{row['method.label']}: {metric.split('.')[-1]} {row[metric]:.2f}, cost {row[cost]:.0f}", fontsize=8)
+        ax.axis("off")
     fig.tight_layout()
     return fig
 

@@ -74,17 +74,26 @@ def summarize(df: pd.DataFrame, *, level: float = 0.95, n_boot: int = 10_000, se
 
 
 #: Figures of the methods table: seams, coherence where measured, cost, time, peak memory.
-METHOD_COLUMNS = ["metric.seam_structure", "metric.seam_score", "metric.intra_color", "metric.disc_count",
-                  "metric.horizon_continuity", "metric.sky_consistency", "metric.intra_lpips", "cost.unet_equivalents",
+METHOD_COLUMNS = ["metric.seam_structure", "metric.seam_score", "metric.intra_color", "metric.disc_count", "metric.one_disc",
+                  "metric.horizon_continuity", "metric.sky_consistency", "metric.intra_lpips", "metric.intra_lpips_featnet",
+                  "metric.intra_style_featnet", "cost.unet_equivalents",
                   "count.model_evaluations", "time.denoise", "time.total", "peak_gb.denoise", "peak_gb.sync"]
+
+
+def label_extra(df: pd.DataFrame) -> list[str]:
+    """Swept keys that distinguish settings of one method beyond its parameters (steps, overlap, ...):
+    not the seed, the canvas or the method block itself."""
+    return [k for k in swept_keys(df) if k in df and k != "seed" and not k.startswith(("method", "canvas."))
+            and k != "tiling.kernel"]
 
 
 def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "plan.width"), level: float = 0.95,
                   n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """One row per method setting and canvas: n seeds, and per figure the mean with its bootstrap interval
-    ("mean [lo, hi]") for seams, coherence metrics, measured cost (UNet-forward equivalents), time and peak
-    memory (GB; `peak_gb.sync` is SyncDiffusion's gradient phase)."""
-    df = plots.with_method_label(plots.with_derived(df))
+    """One row per method setting and canvas: n seeds, runs failed, and per figure the mean with its
+    bootstrap interval (`<col>` and `<col>.ci`) for seams, coherence metrics, measured cost
+    (UNet-forward equivalents), time and peak memory (GB; `peak_gb.sync` is SyncDiffusion's gradient phase)."""
+    df = plots.with_derived(df)
+    df = df if "method.label" in df else plots.with_method_label(df, label_extra(df))
     if "mem.peak_allocated.sync" in df or "mem.peak_rss.sync" in df:
         alloc, rss = df.get("mem.peak_allocated.sync"), df.get("mem.peak_rss.sync")
         df["peak_gb.sync"] = (alloc if alloc is not None and alloc.notna().any() else rss) / 2**30
@@ -92,7 +101,7 @@ def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "pl
     keys = ["method.label", *[b for b in by if b in df]]
     cols = [c for c in METHOD_COLUMNS if c in ok and ok[c].notna().any()]
     rows = []
-    for key, sub in ok.groupby(keys, dropna=False):
+    for key, sub in ok.groupby(keys, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(keys, key))
         row["n"] = int(sub["seed"].nunique()) if "seed" in sub else len(sub)
@@ -102,6 +111,32 @@ def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "pl
             row[c] = iv.estimate
             row[f"{c}.ci"] = f"[{iv.lo:.3g}, {iv.hi:.3g}]" if iv.n >= 2 else "n < 2"
         rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.sort_values([k for k in (*by[::-1], "method.label") if k in out], kind="stable").reset_index(drop=True)
+
+
+def paired_vs(df: pd.DataFrame, reference: str, metric: str, *, higher_is_better: bool = False,
+              by: tuple[str, ...] = ("plan.height", "plan.width"), margin: float = 0.0) -> pd.DataFrame:
+    """Every method setting against `reference` (a `method.label`) on the same seeds (and prompts), per canvas:
+    the mean per-seed difference (setting - reference) of `metric` with its 95% bootstrap interval,
+    the number of pairs and the verdict (`mdtools.stats.verdict`: better / worse / no difference shown;
+    lower is better unless `higher_is_better`)."""
+    df = plots.with_derived(df)
+    df = df if "method.label" in df else plots.with_method_label(df, label_extra(df))
+    ok = df[(df["status"] == "ok") & df[metric].notna()]
+    rows = []
+    keys = [b for b in by if b in ok]
+    # pairs: the same seed, and the same prompt when several prompts were run
+    on = [c for c in ("prompt", "seed") if c in ok and (c == "seed" or ok[c].nunique() > 1)]
+    for canvas, sub in ok.groupby(keys):
+        ref = sub[sub["method.label"] == reference]
+        for label, other in sub.groupby("method.label", sort=False):
+            if label == reference:
+                continue
+            iv = stats.paired_difference(ref, other, on=on, value=metric)
+            rows.append({**dict(zip(keys, canvas if isinstance(canvas, tuple) else (canvas,))), "setting": label,
+                         "diff": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "pairs": iv.n,
+                         "verdict": stats.verdict(iv, higher_is_better=higher_is_better, margin=margin)})
     return pd.DataFrame(rows)
 
 
@@ -139,7 +174,14 @@ def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFram
     if keys & {"canvas.aspect"} or ({"canvas.height", "canvas.width"} <= keys):
         todo.append(("cost_vs_aspect", plots.cost_vs_aspect))
     if several_methods:
-        todo += [("methods", plots.methods_bars), ("frontier_methods", lambda d: plots.frontier(d, metric=seam or plots.SEAM))]
+        lab = plots.with_method_label(plots.with_derived(df), label_extra(df))
+        lab = lab[lab["status"] == "ok"]
+        todo.append(("methods", lambda d: plots.methods_bars(lab)))
+        for (h, w), sub in lab.groupby(["plan.height", "plan.width"]):
+            todo.append((f"frontier_methods_{w}x{h}", lambda d, sub=sub: plots.frontier(sub, metric=seam or plots.SEAM)))
+            if "preview" in sub and sub["preview"].notna().any() and (out_dir / "images").is_dir():
+                todo.append((f"method_images_{w}x{h}", lambda d, sub=sub: plots.method_images(sub, out_dir / "images",
+                                                                                              metric=seam or plots.SEAM)))
     if "diag.disagreement_trace" in ok and (ok["diag.disagreement_trace"] != "[]").any():
         todo.append(("disagreement_per_step", plots.disagreement_per_step))
     if "preview" in ok and ok["preview"].notna().any() and (out_dir / "images").is_dir():

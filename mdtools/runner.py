@@ -316,14 +316,16 @@ def execute(
         f"{len(todo)} to run, {evals:,} model evaluations" + (f" (with {extra})" if extra else ""))
     models = models or ModelCache()
     if todo:
-        units = _calibrate(models, todo[0][1], kinds=[k for k, v in work.items() if v])
+        sync_run = next((c for _, c in todo if c.method_call()[0] == "syncdiffusion"), None)
+        units = _calibrate(models, todo[0][1], kinds=[k for k, v in work.items() if v], loss_run=sync_run)
         seconds = sum(units.get(k, float("nan")) * v for k, v in work.items() if v)
         log(f"estimated time: {seconds / 60:.1f} min ({units['unet_evaluations'] * 1e3:.2f} ms per model evaluation"
-            + "".join(f", {units[k] * 1e3:.1f} ms per {k.rstrip('s').replace('_', ' ')}" for k in units if k != "unet_evaluations")
-            + f", calibrated on {todo[0][1].model})")
+            + "".join(f", {units[k] * 1e3:.1f} ms per {UNIT_NAMES.get(k, k)}" for k in units if k != "unet_evaluations")
+            + f", calibrated on {todo[0][1].model}; decode and metrics not included)")
     if dry_run:
         for rid, c in todo:
-            log(f"  {rid}  " + ", ".join(f"{k}={c.flat().get(k, c.seed)}" for k in exp.swept_keys))
+            flat = c.flat()
+            log(f"  {rid}  " + ", ".join(f"{k}={flat.get(k)}" for k in exp.swept_keys if flat.get(k) is not None))
         return build_table(out_dir) if done else pd.DataFrame()
     prov_base = {"git": git_hash(), "versions": package_versions(), "experiment": exp.name,
                  "experiment_file": exp.path}
@@ -377,10 +379,17 @@ def _bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="runs", unit="run")
 
 
-def _calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet_evaluations",)) -> dict[str, float]:
+UNIT_NAMES = {"unet_grad_evaluations": "UNet evaluation with gradients", "backward": "backward pass",
+              "vae_decodes": "VAE decode", "vae_decodes_grad": "VAE decode with backward", "vae_encodes": "VAE encode",
+              "loss_calls": "loss call with backward"}
+
+
+def _calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet_evaluations",),
+               loss_run: RunConfig | None = None) -> dict[str, float]:
     """Seconds per unit of work, measured on the first run's model and window: a no-grad UNet
     evaluation, and where the sweep needs them a UNet evaluation with gradients, a backward
-    pass, a VAE decode (with and without gradients) and encode of one window."""
+    pass, a VAE decode (with and without gradients) and encode of one window, and the first
+    SyncDiffusion run's loss with its backward pass."""
     nan = float("nan")
     try:
         md = models.get(cfg)
@@ -451,4 +460,19 @@ def _calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet
             img = torch.zeros(1, 3, window, window, device=md.device, dtype=vae.dtype)
             with torch.no_grad():
                 out["vae_encodes"] = clock(lambda: vae.encode(img), reps=1)
+    if "loss_calls" in kinds and loss_run is not None:
+        from .methods import get_method
+
+        loss = get_method("syncdiffusion", **loss_run.method_call()[1]).loss_fn()
+        if isinstance(loss, torch.nn.Module):
+            loss.to(md.device)
+        a = torch.rand(1, 3, window, window, device=md.device) * 2 - 1
+        b = torch.rand(1, 3, window, window, device=md.device) * 2 - 1
+
+        def loss_bwd() -> None:
+            with torch.enable_grad():
+                ag = a.clone().requires_grad_(True)
+                torch.autograd.grad(loss(ag, b).sum(), ag)
+
+        out["loss_calls"] = clock(loss_bwd, reps=1)
     return out

@@ -28,7 +28,9 @@ from mdtools.report import load_table, summarize
 
 ROOT = Path.cwd() if (Path.cwd() / "results").exists() else Path.cwd().parent
 R = ROOT / "results"
-pd.set_option("display.precision", 3)"""
+pd.set_option("display.precision", 3)
+pd.set_option("display.width", 250)
+pd.set_option("display.max_columns", 40)"""
 
 
 def md(text: str) -> nbformat.NotebookNode:
@@ -72,7 +74,7 @@ def nb_quickstart() -> list:
 def nb_overlap() -> list:
     return [
         md("# 02 - Overlap and blend kernels\n\n`experiments/overlap_kernel.yaml` (overlap 0 to half the "
-           "window x every kernel x 3 seeds) and `experiments/frontier.yaml` (seam score per model evaluation), "
+           "window x every kernel x 8 seeds, 128 x 512 px) and `experiments/frontier.yaml` (seam score per model evaluation), "
            "toy model on CPU. Seam score: 1 = no seam (docs/metrics.md)."),
         code(SETUP),
         code('ok = load_table(R / "overlap_kernel")\nsummarize(ok)'),
@@ -133,12 +135,75 @@ def nb_claims() -> list:
     ]
 
 
+def nb_methods() -> list:
+    return [
+        md("# 06 - Methods on one engine\n\n`experiments/methods.yaml`: MultiDiffusion, Mixture of Diffusers, "
+           "SyncDiffusion, SpotDiffusion, the global low-res pass and DemoFusion on the same loop (docs/methods.md), "
+           "each at its default and at a cost-matched setting, on a 1:4 panorama (128 x 512 px) and a 2x2-window "
+           "square (256 x 256 px), 8 seeds, the embedded toy model (128 px window) on CPU. Cost is the run's measured "
+           "UNet-forward equivalents (SyncDiffusion's gradients, backward passes, decodes and loss priced with the "
+           "run's own seconds per evaluation). Intervals: 95% bootstrap over seeds; comparisons are paired on seeds."),
+        code(SETUP + "\nfrom mdtools.report import methods_table, paired_vs, label_extra\n"
+             "m = plots.with_method_label(plots.with_derived(load_table(R / 'methods')), label_extra(load_table(R / 'methods')))"),
+        code('t = methods_table(m)\n'
+             'cols = ["method.label", "plan.width", "plan.height", "n", "metric.seam_structure", "metric.seam_structure.ci", '
+             '"cost.unet_equivalents", "count.model_evaluations", "time.denoise", "peak_gb.denoise", "peak_gb.sync"]\n'
+             't[[c for c in cols if c in t]]'),
+        code("fig = plots.methods_bars(m)"),
+        code('for (h, w), sub in m[m["status"] == "ok"].groupby(["plan.height", "plan.width"]):\n'
+             '    fig = plots.frontier(sub)\n    fig.axes[0].set_title(f"{w} x {h} px: seam score per measured cost")'),
+        code('ref = "multidiffusion(gaussian, steps=15, overlap=64)"\n'
+             'pd.set_option("display.max_colwidth", 80)\n'
+             'paired_vs(m, ref, "metric.seam_structure")'),
+        code('paired_vs(m, ref, "metric.intra_color")'),
+        code('import io\nfrom PIL import Image as PILImage\n'
+             'for name in ("method_images_512x128", "method_images_256x256"):\n'
+             '    png = R / "methods" / "plots" / f"{name}.png"  # written by mdtools report (previews of seed 0)\n'
+             '    if png.exists():\n        im = PILImage.open(png).convert("RGB")\n        im.thumbnail((640, 4000))\n'
+             '        buf = io.BytesIO()\n        im.save(buf, format="JPEG", quality=80)\n'
+             '        display(Image(data=buf.getvalue(), format="jpeg"))'),
+        md(FINDINGS.get("06", "_Findings are written after the runs._")),
+    ]
+
+
+def nb_coherence() -> list:
+    return [
+        md("# 07 - Coherence with ground truth\n\n`experiments/coherence.yaml`: the embedded scenes model "
+           "(`toy-scenes`; every training scene has exactly one sun or moon and one horizon, docs/scenes.md) on "
+           "panoramas of 1:4 and 1:8, every method at its default, 8 seeds. `disc_count` counts suns / moons (1 is "
+           "right; `one_disc` is the share of runs with exactly one), `horizon_continuity` and `sky_consistency` are 1 "
+           "when the horizon and the sky are as smooth at window seams as elsewhere (higher = broken, docs/metrics.md). "
+           "Intervals: 95% bootstrap over seeds (and prompts); comparisons are paired."),
+        code(SETUP + "\nfrom mdtools.report import methods_table, paired_vs, label_extra\n"
+             "raw = load_table(R / 'coherence')\nc = plots.with_method_label(plots.with_derived(raw), label_extra(raw))"),
+        code('import io\nfrom PIL import Image as PILImage\n'
+             'for name in ("method_images_512x128", "method_images_1024x128"):\n'
+             '    png = R / "coherence" / "plots" / f"{name}.png"  # written by mdtools report (previews of seed 0)\n'
+             '    if png.exists():\n        im = PILImage.open(png).convert("RGB")\n        im.thumbnail((760, 4000))\n'
+             '        buf = io.BytesIO()\n        im.save(buf, format="JPEG", quality=80)\n'
+             '        display(Image(data=buf.getvalue(), format="jpeg"))'),
+        code('t = methods_table(c)\n'
+             'cols = ["method.label", "plan.width", "n", "metric.disc_count", "metric.one_disc", "metric.one_disc.ci", '
+             '"metric.horizon_continuity", "metric.horizon_continuity.ci", "metric.sky_consistency", '
+             '"metric.sky_consistency.ci", "metric.intra_lpips", "cost.unet_equivalents", "time.denoise"]\n'
+             't[[x for x in cols if x in t]]'),
+        code('fig = plots.methods_bars(c, metrics=["metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency", '
+             '"cost.unet_equivalents"])'),
+        code('ref = "multidiffusion(gaussian)"\npd.set_option("display.max_colwidth", 60)\n'
+             'pd.concat([paired_vs(c, ref, m).assign(metric=m) for m in '
+             '["metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency"]])'),
+        md(FINDINGS.get("07", "_Findings are written after the runs._")),
+    ]
+
+
 NOTEBOOKS = {
     "01_quickstart": nb_quickstart,
     "02_overlap_and_kernels": nb_overlap,
     "03_aspect_ratio": nb_aspect,
     "04_cost_and_memory": nb_cost,
     "05_seed_claims": nb_claims,
+    "06_methods": nb_methods,
+    "07_coherence": nb_coherence,
 }
 
 

@@ -13,23 +13,24 @@ FINDINGS = {
   decoder blurs a tile boundary over ~8 px, so these seams are structural (content stops
   matching), not brightness steps. That is why `seam_structure` is the headline score
   (docs/metrics.md).""",
-    "02": """## Findings (toy model, CPU; 3 seeds per cell)
+    "02": """## Findings (toy model, CPU; 128 x 512 px, 15 steps, 8 seeds per cell, re-run 2026-11-30)
 
-- **Any overlap beats none by far**: 6.93 at 0 px, 1.15-1.75 for every kernel at 16-64 px.
-- **Centre-weighted kernels beat plain averaging at every overlap**: mean over overlaps > 0,
-  cosine 1.23, linear 1.32, gaussian 1.33, seed_gaussian 1.39, uniform 1.67. Uniform averaging
-  gets *worse* as overlap grows (1.40 at 16 px, 1.96 at 64 px): more inconsistent views are
-  averaged with a hard change of weight at each view edge. Cosine at 64 px (1.10) is within the
-  seamless range.
-- **Seams are not monotone in overlap** for any kernel: 32 px is worse than 16 px (gaussian 1.51
-  vs 1.21), with a large seed spread (+-0.46). More overlap is not automatically better.
-- **Cost** grows with overlap: 1080 model evaluations at 16 px, 1800 at 64 px (1.67x).
-- **View disagreement** (weighted variance of overlapping predictions, mean over steps) is
-  lowest for cosine (0.0096) and highest for uniform (0.028): the kernels that disagree less
-  leave weaker seams.
-- **Frontier**: diffusers' default plan (uniform weights, stride 1/8 of the window) scores 1.01
-  at 9000 evaluations; cosine at 64 px overlap scores 0.97 with 840 evaluations, **10.7x fewer**,
-  and gaussian / linear reach 1.11-1.14 at 840.""",
+- **Any overlap beats none by far**: 6.42 [5.12, 8.16] at 0 px; 0.78-1.36 for every centre-
+  weighted kernel at 16-64 px (for every kernel, paired against hard stitching: about -5.3).
+- **Centre-weighted kernels beat plain averaging** (claim C2 holds, paired over 8 seeds): mean over
+  overlaps cosine 0.98 [0.81, 1.16], linear 1.09, gaussian 1.10, seed_gaussian 1.15 vs uniform
+  1.44 [1.19, 1.75]; gaussian - uniform -0.34 [-0.47, -0.23], cosine - uniform -0.46 [-0.65, -0.31].
+  Uniform averaging gets *worse* as overlap grows (1.32 at 16 px, 1.75 at 64 px), the others better.
+- On this canvas 16 and 32 px give the same plan (5 evenly spread windows), hence equal numbers.
+- **Cost** grows with overlap: 150 model evaluations at 16 px, 210 at 64 px (1.40x).
+- **View disagreement** (weighted variance of overlapping predictions, mean over steps) is lowest
+  for cosine (0.010) and highest for uniform (0.029): the kernels that disagree less leave weaker seams.
+- **Frontier** (the performance goal: the default plan's seams at <= 1/3 of its evaluations):
+  diffusers' default plan (uniform, stride 1/8 window, 750 evaluations) scores 1.08 [0.80, 1.34].
+  The cheapest plans are not shown to be as good within 0.1 (Bonferroni-corrected 99.6%
+  intervals over the 12 plans under the budget): closest cosine at 64 px (210 evaluations, 0.28x),
+  difference -0.30 [-0.74, 0.27]. The earlier "10.7x fewer evaluations" (2 seeds) is not
+  confirmed: the seed spread is too large to call it at 8 seeds.""",
     "03": """## Findings (toy model, CPU; 2 seeds)
 
 - At a fixed 0.26 MP, 1:4 and 4:1 need 1320 model evaluations, 1:2 and 2:1 need 1280, the
@@ -55,18 +56,54 @@ FINDINGS = {
 - **Engine overhead**: mdtools' whole call takes 0.99x the time of the bare UNet forwards it
   needs and 0.99x diffusers' panorama pipeline, with latents equal to 7.6e-6; the recorder
   costs nothing measurable (on/off 0.99).""",
-    "05": """## Summary
+    "05": """## Summary (re-judged 2026-11-30 with 8 seeds and paired 95% intervals; n < 6 decides nothing)
 
 | claim | verdict on the toy model |
 |---|---|
-| C1 overlap | holds approximately: 0 px leaves strong seams (6.93), 1/8 window is at the edge of seamless (1.21 vs 1.20), more overlap does not help and costs up to 1.67x |
-| C2 blending | holds: cosine 1.23, gaussian 1.33 vs uniform 1.67 (and uniform worsens with overlap) |
+| C1 overlap | not shown: 0 px leaves strong seams (6.42 [5.12, 8.16]), but at 8 seeds neither "16 px is seamless" nor "more overlap gains nothing" is shown (64 - 16 px: -0.24 [-0.56, 0.06]); cost grows 1.40x |
+| C2 blending | holds: every centre-weighted kernel beats plain averaging, e.g. cosine - uniform -0.46 [-0.65, -0.31], gaussian - uniform -0.34 [-0.47, -0.23] |
+| frontier | not shown: no plan at <= 1/3 of the default plan's evaluations is shown as good within 0.1 (closest: cosine 64 px, -0.30 [-0.74, 0.27]) |
 | C3 cost | does not hold: 16x the area costs 12.4x the time (25x the evaluations), not 4-6x |
 | C4 memory | holds in shape: the full decode's memory grows 15.7x from 1024^2 to 4096^2, the bounded tiled decode 1.9x with its output canvas (0.96x without); the GB figures need a GPU run |
-| C5 aspect | holds only partly: extremes cost 1.32x the square, 1:2 already 1.28x; wide = tall |
-| C6 global pass | does not hold here: no consistent gain (brick: worse colour consistency, stars: better, both within the seed spread) |
+| C5 aspect | holds only partly: extremes cost 1.32x the square, 1:2 already 1.28x; wide = tall (2 seeds: seams not judged) |
+| C6 global pass (textures) | holds only for stars (intra_color -2.68 [-6.11, -0.52]); no difference shown on brick (+0.27 [-1.51, 1.64]) |
+| C6 global pass (scenes) | see the row "C6 (scenes)" when results/coherence exists (notebook 07) |
 
 Not tested: SDXL at non-native aspect ratios (no SDXL weights on a CPU machine). Every number
-comes from a 128 px-window model trained on seven textures; the recipes in
-`experiments/gpu/*_sd21.yaml` repeat each sweep on SD 2.1 base.""",
+comes from 128 px-window models trained on this CPU; the recipes in `experiments/gpu/*_sd21.yaml`
+repeat each sweep on SD 2.1 base.""",
+    "06": """## Findings (toy model "brick wall", CPU; 8 seeds per cell, paired on seeds)
+
+Reference: MultiDiffusion at its default (gaussian kernel, 64 px overlap = half the 128 px
+window, 15 DDIM steps): on the 1:4 panorama seam score 0.94 [0.82, 1.05] for 210 UNet-forward
+equivalents; on the 2x2 square 1.23 [1.01, 1.47] for 270. Differences are setting minus
+reference with 95% paired bootstrap intervals (not corrected for the ten comparisons per canvas).
+
+- **Mixture of Diffusers has the weakest seams at the same cost** on both canvases: 0.75
+  [0.62, 0.89] on the panorama, difference -0.19 [-0.28, -0.11]; on the square -0.12
+  [-0.23, -0.004]. Its near-hard hand-over (edge weight 4e-6) costs colour consistency on the
+  panorama (intra_color +0.10 [0.00, 0.19]).
+- **SpotDiffusion matches MultiDiffusion's seams at 0.57x the cost** (120 vs 210): no
+  difference shown (+0.09 [-0.22, 0.52] on the panorama, -0.36 [-0.73, 0.01] on the square),
+  and its colours are more consistent (intra_color -0.37 [-0.74, -0.03]; square -0.88
+  [-1.34, -0.52]). Spending the saved cost on 26 steps changes nothing shown.
+- **SyncDiffusion costs 30-35x** (6221 / 9452 UNet-forward equivalents, 46 / 62 s vs 0.9 /
+  1.8 s: 10 sync steps of a gradient through UNet, VAE decoder and LPIPS per view) and shows no
+  seam difference (+0.13 [-0.17, 0.53]); colour consistency improves on the square only (-0.48
+  [-0.84, -0.13]). Its cheapest syncing setting (1 sync step, no overlap, 474 eq.) keeps the
+  naive seams (6.67 vs 6.42 for plain tiles): gradient sync does not replace overlap. Caveat:
+  the loss here is `lpips_untrained` (the official ImageNet LPIPS cannot be downloaded), so this
+  is SyncDiffusion's mechanism with an uncalibrated perceptual distance.
+- **The global pass** (156 eq.) shows no seam difference at its default and is worse at the
+  cost-matched strength 0.9 (+0.31 [0.06, 0.54]): re-running more of the schedule tile by tile
+  undoes the low-res layout. On brick textures it has no structure to fix (C6 is judged on
+  scenes, notebook 07).
+- **DemoFusion** (1350 eq., 6.4x, 4 stages) gives the most consistent colour of all (intra_color
+  -0.65 [-1.48, -0.05]) with no seam difference shown; cut to the reference's cost (2 stages,
+  8 steps) its seams get worse (+0.44 [0.18, 0.74]) while colours stay consistent.
+- **Memory**: the denoising phase peaks at 1.26-1.31 GB process RSS for every method without
+  gradients (the model and libraries dominate at this size); SyncDiffusion's sync phase adds
+  70-100 MB (1.35-1.38 GB): one view's graph at a time.
+- Wall times were measured with a model training on the other core; the measured cost in
+  UNet-forward equivalents is a ratio taken within each run and does not depend on that.""",
 }

@@ -292,3 +292,16 @@ def test_plots_show_the_bootstrap_interval_and_n():
     ref = bootstrap_ci(ok[(ok["tiling.kernel"] == "uniform") & (ok["tiling.overlap"] == 16)]["metric.seam_structure"])
     uniform_bars = ax.containers[1].lines[2][0].get_segments()  # errorbar container: (line, caps, bars)
     assert uniform_bars[0][:, 1] == pytest.approx([ref.lo, ref.hi], rel=1e-12)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "experiments" / "gpu").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_experiment_files_validate(path, monkeypatch):
+    """Every shipped experiment validates as it is. GPU siblings use SyncDiffusion's official LPIPS(VGG16),
+    whose ImageNet weights a GPU user places in torch's hub cache; here a stand-in loss takes its place."""
+    import mdtools.methods.syncdiffusion as sync
+
+    monkeypatch.setattr(sync, "_lpips_pretrained", sync._mse)
+    monkeypatch.setattr(sync, "_NAMED", {})
+    exp = load_experiment(path)
+    assert exp.runs and len({r.run_id() for r in exp.runs}) == len(exp.runs)

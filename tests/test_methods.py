@@ -8,6 +8,7 @@ given the same initial noise and the same shifts, colours, jitter and loss modul
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -561,7 +562,57 @@ def test_dry_run_estimates_method_work(saved_sd_dir, tmp_path):
     md_, sync, demo = (estimate_work(r, 8, 64) for r in exp.runs)
     assert md_ == {"unet_evaluations": 5 * 4 * 2}
     assert sync["unet_grad_evaluations"] == 2 * 4 * 2 and sync["backward"] == 2 * 4 and sync["vae_decodes_grad"] == 8
+    assert sync["loss_calls"] == 8
     assert demo["unet_evaluations"] > md_["unet_evaluations"]
     lines = []
     execute(exp, tmp_path / "dry", dry_run=True, progress=False, log=lines.append)
-    assert "backward" in lines[0] and "estimated time" in lines[1] and "per backward" in lines[1]
+    assert "backward" in lines[0] and "estimated time" in lines[1] and "per backward pass" in lines[1]
+    assert "per loss call with backward" in lines[1]
+
+
+def test_methods_table_and_paired_comparisons_on_a_constructed_table():
+    import pandas as pd
+
+    from mdtools import stats
+    from mdtools.report import methods_table, paired_vs
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(8):
+        base = rng.normal(1.2, 0.05)
+        for name, extra, shift, cost in (("multidiffusion", None, 0.0, 210), ("spotdiffusion", None, 0.3, 120),
+                                         ("syncdiffusion", "mse", -0.1, 900)):
+            rows.append({"status": "ok", "seed": seed, "method.name": name, "method.loss": extra, "tiling.kernel": "gaussian",
+                         "plan.height": 128, "plan.width": 512, "metric.seam_structure": base + shift + rng.normal(0, 0.01),
+                         "cost.unet_equivalents": cost, "swept": json.dumps({"method.name": name, "seed": seed})})
+    df = pd.DataFrame(rows)
+    t = methods_table(df)
+    assert list(t["method.label"]) == ["multidiffusion(gaussian)", "spotdiffusion(gaussian)", "syncdiffusion(gaussian, loss=mse)"]
+    assert (t["n"] == 8).all() and t["cost.unet_equivalents"].tolist() == [210, 120, 900]
+    md_vals = df[df["method.name"] == "multidiffusion"]["metric.seam_structure"].to_numpy()
+    iv = stats.bootstrap_ci(md_vals)
+    assert t.loc[0, "metric.seam_structure"] == pytest.approx(md_vals.mean())
+    assert t.loc[0, "metric.seam_structure.ci"] == f"[{iv.lo:.3g}, {iv.hi:.3g}]"
+    p = paired_vs(df, "multidiffusion(gaussian)", "metric.seam_structure").set_index("setting")
+    assert p.loc["spotdiffusion(gaussian)", "verdict"] == "worse" and p.loc["spotdiffusion(gaussian)", "diff"] == pytest.approx(0.3, abs=0.02)
+    assert p.loc["syncdiffusion(gaussian, loss=mse)", "verdict"] == "better" and (p["pairs"] == 8).all()
+
+
+def test_claim_c6_on_scenes_is_judged_on_paired_coherence_metrics():
+    import pandas as pd
+
+    from mdtools.claims import claim_c6_scenes
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for prompt in ("day sky over the sea with a sun", "night sky over the sea with a moon"):
+        for seed in range(6):
+            for name, discs, horizon in (("multidiffusion", 3, 2.0), ("global_pass", 1, 2.0)):
+                rows.append({"status": "ok", "prompt": prompt, "seed": seed, "method.name": name, "plan.height": 128,
+                             "plan.width": 512, "metric.disc_count": discs + int(rng.integers(0, 2)),
+                             "metric.horizon_continuity": horizon + rng.normal(0, 0.05),
+                             "metric.sky_consistency": 1.2 + rng.normal(0, 0.05), "cost.unet_equivalents": 100.0})
+    v = claim_c6_scenes(pd.DataFrame(rows))
+    assert v.verdict.startswith("holds on the scenes model: better on 512x128 disc_error")
+    assert "horizon_continuity" in v.evidence and "no difference shown" in v.evidence
+    assert v.numbers["global_pass_minus_multidiffusion"]["512x128 disc_error"]["n"] == 12  # paired on (prompt, seed)

@@ -252,14 +252,16 @@ def random_vgg19_features():
     return vgg19(weights=None).features.eval()
 
 
-def test_intra_metrics_without_weights_give_nan_and_reason(tmp_path):
+def test_intra_metrics_without_weights_fall_back_or_give_nan_and_reason(tmp_path):
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path))  # an empty cache: what an offline machine sees
     try:
         pano = load("astronaut")[..., :64, :256]
-        for fn in (M.intra_lpips, M.intra_style):
-            s = fn(pano, crop=64)
+        for fn, vgg in ((M.intra_lpips, "lpips-vgg16"), (M.intra_style, "vgg19")):
+            s = fn(pano, crop=64, backbone=vgg)  # the VGG backbone by name: NaN, nothing downloaded
             assert math.isnan(s) and "not found" in s.reason and "no download" in s.reason
+            s = fn(pano, crop=64)  # default "auto": the shipped feature network (tests/test_features.py)
+            assert math.isfinite(s) and s.details["backbone"] == "mdtools-feature-net"
         with pytest.raises(M.MetricUnavailable):
             M.IntraLPIPS(crop=64)
     finally:

@@ -44,7 +44,7 @@ from .base import CallSpec, Method, Param, Run, is_int, is_num
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Loss names usable from configs and the CLI (Python callers may pass any callable).
-LOSSES = ("lpips", "lpips_untrained", "mse")
+LOSSES = ("lpips", "lpips_featnet", "lpips_untrained", "mse")
 
 
 def _lpips_pretrained() -> LossFn:
@@ -57,18 +57,29 @@ def _lpips_pretrained() -> LossFn:
         raise ConfigError(
             f"method.loss='lpips' (LPIPS with ImageNet VGG16, the official SyncDiffusion loss) is unavailable: {e}. "
             "Pass another loss: method_params={'loss': callable(img_a, img_b) -> scalar on images in [-1, 1]}, "
-            "or loss='lpips_untrained' (LPIPS layers on an untrained VGG, offline) or loss='mse'"
+            "or loss='lpips_featnet' (mdtools' shipped feature network, offline), 'lpips_untrained' or 'mse'"
         ) from None
 
 
 def _lpips_untrained() -> LossFn:
     """lpips.LPIPS(net='vgg') with its shipped linear layers on a VGG16 trunk initialised with
     seed 0: offline and deterministic, but not the calibrated perceptual distance."""
+    import warnings
+
     import lpips
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's deprecation notes about `pretrained`
         torch.manual_seed(0)
         return lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+
+
+def _lpips_featnet() -> LossFn:
+    """The LPIPS-style distance on mdtools' shipped feature network (mdtools.metrics.features):
+    offline and trained on scenes and textures, but not calibrated on human judgements."""
+    from ..metrics.features import FeatureLPIPS
+
+    return FeatureLPIPS().eval()
 
 
 def _mse() -> LossFn:
@@ -85,7 +96,8 @@ def resolve_loss(loss: Any) -> LossFn:
         return loss
     if loss in _NAMED:
         return _NAMED[loss]
-    build = {"lpips": _lpips_pretrained, "lpips_untrained": _lpips_untrained, "mse": _mse}.get(loss)
+    build = {"lpips": _lpips_pretrained, "lpips_featnet": _lpips_featnet, "lpips_untrained": _lpips_untrained,
+             "mse": _mse}.get(loss)
     if build is not None:
         _NAMED[loss] = build()
         return _NAMED[loss]
@@ -169,6 +181,7 @@ class SyncDiffusionMethod(Method):
             "backward": n_sync * (V - 1),
             "vae_decodes": n_sync,
             "vae_decodes_grad": n_sync * (V - 1),
+            "loss_calls": n_sync * (V - 1),
         }
 
     def generate(self, run: Run) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Seam, coherence and reference metrics for tiled generation (see docs/metrics.md).
 
 Functions return `Score`: a float with `.reason` (why it is NaN) and `.details`.
+Intra-LPIPS / Intra-Style / KID run offline on the shipped feature network (`features.py`,
+mdtools/assets/feature-net) when the ImageNet VGG weights are not cached.
 The torchmetrics classes (SeamScore, SeamScoreLab, WrapSeamScore, IntraLPIPS,
 IntraStyle) load lazily, because importing torchmetrics takes seconds.
 """
@@ -13,17 +15,23 @@ from ._common import MetricUnavailable, Score, to_image_tensor
 from .coherence import disc_count, horizon_continuity, sky_consistency
 from .color import rgb_to_lab
 from .evaluate import METRICS, MetricSpec, evaluate
+from .features import FeatureLPIPS, FeatureNet, load_feature_net, pooled_features
 from .functional import (
     crop_grid,
     gram_matrix,
     intra_color,
     intra_lpips,
     intra_style,
+    kid,
+    kid_from_features,
     lines_from_boxes,
+    mmd2_unbiased,
+    poly_kernel,
     psnr,
     seam_score,
     seam_score_lab,
     seam_structure,
+    sliding_crops,
     ssim,
     step_profiles,
     total_variation,
@@ -43,8 +51,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "METRICS", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "disc_count", "evaluate", "gram_matrix",
-    "horizon_continuity", "intra_lpips", "sky_consistency",
+    "METRICS", "FeatureLPIPS", "FeatureNet", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "disc_count", "evaluate",
+    "gram_matrix", "horizon_continuity", "intra_lpips", "kid", "kid_from_features", "load_feature_net", "mmd2_unbiased",
+    "poly_kernel", "pooled_features", "sky_consistency", "sliding_crops",
     "intra_color", "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "seam_structure", "ssim",
     "step_profiles", "to_image_tensor", "total_variation", "vae_seam", "wrap_seam_score", *_LAZY_CLASSES,
 ]

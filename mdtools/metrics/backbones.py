@@ -2,8 +2,10 @@
 
 Nothing here downloads: an offline machine (CI, a cluster node) would otherwise hang or
 fail deep inside torchvision. When the ImageNet weights are not in torch's hub cache the
-loaders raise `MetricUnavailable`, which the metric functions turn into NaN + reason.
-lpips ships its own linear-layer weights; only the VGG16 trunk comes from torchvision.
+loaders raise `MetricUnavailable`; `intra_lpips` / `intra_style` then fall back to the
+feature network that ships with mdtools (`features.load_feature_net`), or, when a VGG
+backbone is asked for by name, return NaN + reason. lpips ships its own linear-layer
+weights; only the VGG16 trunk comes from torchvision.
 """
 
 from __future__ import annotations

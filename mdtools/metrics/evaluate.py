@@ -22,6 +22,7 @@ class MetricSpec:
     unit: str
     needs_reference: bool = False
     description: str = ""
+    needs_option: str | None = None  # an evaluate() option it cannot run without (kid_featnet: reference_images)
 
 
 def _seam(img, plan, ref, opts):
@@ -37,11 +38,41 @@ def _wrap(img, plan, ref, opts):
 
 
 def _lpips(img, plan, ref, opts):
-    return F.intra_lpips(img, crop=opts.get("crop") or plan, net=opts.get("lpips_net"))
+    # The registry keeps one backbone per name, so a run table never mixes LPIPS-VGG values with
+    # feature-net values in one column: intra_lpips is LPIPS-VGG only (NaN offline), intra_lpips_featnet
+    # the shipped network everywhere. The function intra_lpips itself falls back ("auto").
+    if opts.get("lpips_net") is not None:
+        return F.intra_lpips(img, crop=opts.get("crop") or plan, net=opts["lpips_net"])
+    return _hint(F.intra_lpips(img, crop=opts.get("crop") or plan, backbone="lpips-vgg16"), "intra_lpips_featnet")
 
 
 def _style(img, plan, ref, opts):
-    return F.intra_style(img, crop=opts.get("crop") or plan, features=opts.get("style_features"))
+    if opts.get("style_features") is not None:
+        return F.intra_style(img, crop=opts.get("crop") or plan, features=opts["style_features"])
+    return _hint(F.intra_style(img, crop=opts.get("crop") or plan, backbone="vgg19"), "intra_style_featnet")
+
+
+def _hint(score: Score, alternative: str) -> Score:
+    if score.reason and "not found" in score.reason:
+        return Score.nan(f"{score.reason}; metric {alternative!r} runs offline on the shipped feature network", **score.details)
+    return score
+
+
+def _lpips_featnet(img, plan, ref, opts):
+    return F.intra_lpips(img, crop=opts.get("crop") or plan, backbone="mdtools-feature-net")
+
+
+def _style_featnet(img, plan, ref, opts):
+    return F.intra_style(img, crop=opts.get("crop") or plan, backbone="mdtools-feature-net")
+
+
+def _kid_featnet(img, plan, ref, opts):
+    crop = opts.get("crop") or (plan.window if plan is not None else min(512, *img.shape[-2:]))
+    size = crop if isinstance(crop, tuple) else (crop, crop)
+    # half-crop stride: a 512 x 2048 canvas gives 7 samples instead of 4 (overlapping crops are
+    # correlated, which widens the subset spread but does not bias the estimate)
+    stride = opts.get("kid_stride") or (max(1, size[0] // 2), max(1, size[1] // 2))
+    return F.kid(img, opts["reference_images"], crop=size, stride=stride)
 
 
 def _vae(img, plan, ref, opts):
@@ -61,9 +92,17 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("wrap_seam_score", _wrap, False, "ratio (1 = seamless)",
                    description="seam_score of the 360-degree wrap line"),
         MetricSpec("intra_lpips", _lpips, False, "LPIPS distance",
-                   description="mean LPIPS(VGG) over pairs of non-overlapping crops (SyncDiffusion)"),
+                   description="mean LPIPS(VGG16, ImageNet weights from the local cache) over pairs of non-overlapping crops "
+                               "(SyncDiffusion); NaN offline"),
         MetricSpec("intra_style", _style, False, "Gram MSE (summed over pairs)",
-                   description="VGG19 conv1..5 Gram-matrix MSE summed over crop pairs (SyncDiffusion)"),
+                   description="VGG19 conv1..5 Gram-matrix MSE summed over crop pairs (SyncDiffusion); NaN offline"),
+        MetricSpec("intra_lpips_featnet", _lpips_featnet, False, "LPIPS-style distance (feature net)",
+                   description="intra_lpips on the shipped mdtools-feature-net (uniform layer weights); runs offline"),
+        MetricSpec("intra_style_featnet", _style_featnet, False, "Gram MSE (summed over pairs, feature net)",
+                   description="intra_style on the five stages of the shipped mdtools-feature-net; runs offline"),
+        MetricSpec("kid_featnet", _kid_featnet, False, "MMD^2 (feature net)", needs_option="reference_images",
+                   description="KID between crops of the canvas and crops of reference_images (e.g. single-window "
+                               "generations), window-sized crops every half window, shipped mdtools-feature-net"),
         MetricSpec("intra_color", lambda i, p, r, o: F.intra_color(i, crop=o.get("crop") or p), False,
                    "CIELAB Delta E", description="mean Delta E between mean colours of non-overlapping window crops"),
         MetricSpec("psnr", lambda i, p, r, o: F.psnr(i, r), True, "dB", needs_reference=True,
@@ -101,12 +140,14 @@ def evaluate(
     TilePlan that made it (seam lines, crop size). `reference`: the image to compare with
     for psnr/ssim, or the one-piece decode for vae_seam. Default metrics: seam_score,
     seam_score_lab, wrap_seam_score (only for circular plans), tv, plus psnr and ssim when
-    a reference is given. `options`: band, crop, lpips_net, style_features, tiles.
-    A metric that cannot run here (no weights, no seams) gives NaN with `.reason`.
+    a reference is given. `options`: band, crop, lpips_net, style_features, tiles,
+    reference_images (a list of images for kid_featnet, e.g. single-window generations of the
+    same prompts), kid_stride. A metric that cannot run here (no weights, no seams) gives NaN
+    with `.reason`.
     """
     if plan is not None and not isinstance(plan, TilePlan):
         raise ConfigError(f"plan must be a TilePlan (from mdtools.plan_views) or None; got {type(plan).__name__}")
-    allowed_opts = {"band", "crop", "lpips_net", "style_features", "tiles"}
+    allowed_opts = {"band", "crop", "lpips_net", "style_features", "tiles", "reference_images", "kid_stride"}
     bad = set(options) - allowed_opts
     if bad:
         raise ConfigError(f"unknown option(s) {sorted(bad)}; valid options: {sorted(allowed_opts)}")
@@ -128,6 +169,10 @@ def evaluate(
     for m in names:
         if METRICS[m].needs_reference and ref is None:
             raise ConfigError(f"metric {m!r} needs reference= (an image of the same size)")
+        opt = METRICS[m].needs_option
+        if opt is not None and options.get(opt) is None:
+            raise ConfigError(f"metric {m!r} needs {opt}= (a list of reference images, e.g. single-window generations "
+                              "of the same prompts); see docs/metrics.md")
     if plan is not None and (plan.height, plan.width) != tuple(img.shape[-2:]):
         raise ConfigError(
             f"plan is for {plan.height}x{plan.width} px but image is {img.shape[-2]}x{img.shape[-1]} px"

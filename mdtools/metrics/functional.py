@@ -502,12 +502,46 @@ def _intra_lpips_update(
     crops: torch.Tensor, net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ) -> tuple[torch.Tensor, int]:
     """Sum of LPIPS over all crop pairs and the number of pairs (crops in [0, 1])."""
+    from .features import FeatureLPIPS, pairwise_lpips
+
     pairs = _pairs(crops.shape[0])
     x = crops * 2 - 1  # LPIPS expects [-1, 1]
     i, j = zip(*pairs)
     with torch.no_grad():
-        d = net(x[list(i)], x[list(j)])
+        if isinstance(net, FeatureLPIPS):  # same formula, each crop's features computed once instead of once per pair
+            d = pairwise_lpips(net.features(x), list(i), list(j))
+        else:
+            d = net(x[list(i)], x[list(j)])
     return d.sum().double(), len(pairs)
+
+
+LPIPS_BACKBONES = ("auto", "lpips-vgg16", "mdtools-feature-net")
+STYLE_BACKBONES = ("auto", "vgg19", "mdtools-feature-net")
+
+
+def _pick_backbone(backbone: str, pretrained: str, load_pretrained: Callable[[], Any], load_own: Callable[[], Any],
+                   choices: tuple[str, ...]) -> tuple[Any, dict[str, Any], str | None]:
+    """(network, details, reason-if-none): the pretrained one when asked for or cached, else the shipped one.
+
+    "auto" takes the pretrained ImageNet network when its weights are in the local torch hub
+    cache (numbers comparable with the literature) and the shipped feature network otherwise,
+    so the metric is never NaN offline; details record which ran and why.
+    """
+    check_choice("backbone", backbone, choices)
+    details: dict[str, Any] = {}
+    if backbone in ("auto", pretrained):
+        try:
+            return load_pretrained(), {"backbone": pretrained}, None
+        except MetricUnavailable as e:
+            if backbone == pretrained:
+                return None, {"backbone": pretrained}, str(e)
+            details["fallback_reason"] = str(e)
+    from .features import BACKBONE
+
+    try:
+        return load_own(), {"backbone": BACKBONE, **details}, None
+    except MetricUnavailable as e:
+        return None, {"backbone": BACKBONE, **details}, str(e)
 
 
 def intra_lpips(
@@ -515,27 +549,35 @@ def intra_lpips(
     *,
     crop: int | tuple[int, int] | TilePlan | None = None,
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    backbone: str = "auto",
 ) -> Score:
-    """Intra-LPIPS (SyncDiffusion): mean LPIPS(VGG) over all pairs of non-overlapping crops.
+    """Intra-LPIPS (SyncDiffusion): mean LPIPS over all pairs of non-overlapping crops.
 
     Lower = the crops look more alike (a more coherent panorama). `crop`: crop size in px,
     or a plan (its window); default 512 (or the image height if smaller). `net`: any
-    callable (x, y) in [-1, 1] -> per-pair distances, e.g. an `lpips.LPIPS` instance;
-    default LPIPS-VGG with ImageNet weights, or NaN with a reason when they are not
-    available offline.
+    callable (x, y) in [-1, 1] -> per-pair distances, e.g. an `lpips.LPIPS` instance.
+    Without `net`, `backbone` chooses: "lpips-vgg16" (LPIPS with the ImageNet VGG16 trunk from
+    the local torch hub cache; NaN with a reason when it is not there), "mdtools-feature-net"
+    (the shipped offline network, `features.FeatureLPIPS`: uniform layer and channel weights,
+    no human calibration, so its values are not comparable with LPIPS-VGG's), or "auto"
+    (default: the first when cached, else the second). `.details["backbone"]` says which ran.
     """
     crops, reason = _crops(image, crop)
     if reason:
         return Score.nan(reason)
-    if net is None:
+    if net is not None:
+        if backbone != "auto":
+            raise ConfigError(f"pass either net= or backbone= to intra_lpips, not both (got backbone={backbone!r})")
+        details = {"backbone": getattr(net, "backbone", "custom")}
+    else:
         from .backbones import load_lpips_vgg
+        from .features import FeatureLPIPS
 
-        try:
-            net = load_lpips_vgg()
-        except MetricUnavailable as e:
-            return Score.nan(str(e))
+        net, details, why = _pick_backbone(backbone, "lpips-vgg16", load_lpips_vgg, FeatureLPIPS, LPIPS_BACKBONES)
+        if net is None:
+            return Score.nan(why, **details)
     total, n = _intra_lpips_update(crops, net)
-    return Score(float(total) / n, details={"n_crops": crops.shape[0], "n_pairs": n})
+    return Score(float(total) / n, details={"n_crops": crops.shape[0], "n_pairs": n, **details})
 
 
 def gram_matrix(feat: torch.Tensor) -> torch.Tensor:
@@ -587,36 +629,169 @@ def intra_style(
     crop: int | tuple[int, int] | TilePlan | None = None,
     features: torch.nn.Module | None = None,
     reduction: Literal["sum", "mean"] = "sum",
+    backbone: str = "auto",
 ) -> Score:
-    """Intra-Style-L (SyncDiffusion): Gram-matrix MSE between crops over VGG19 conv1..conv5.
+    """Intra-Style-L (SyncDiffusion): Gram-matrix MSE between crops over a network's layers.
 
-    For each pair of non-overlapping crops, sum over the first five conv layers of the MSE
-    between Gram matrices; `reduction="sum"` (SyncDiffusion's) sums over pairs, so the
-    value grows with the number of crops; "mean" divides by the pair count. Lower = more
-    coherent. `features`: a VGG-style Sequential (e.g. `torchvision.models.vgg19().features`)
-    or a module returning a list of feature maps; default VGG19 with ImageNet weights, or NaN
-    with a reason when they are not available offline.
+    For each pair of non-overlapping crops, sum over layers of the MSE between Gram matrices
+    (`gram_matrix`); `reduction="sum"` (SyncDiffusion's) sums over pairs, so the value grows
+    with the number of crops; "mean" divides by the pair count. Lower = more coherent.
+    `features`: a VGG-style Sequential (e.g. `torchvision.models.vgg19().features`: its
+    first five conv outputs) or a module returning a list of feature maps of
+    ImageNet-normalised input. Without it, `backbone` chooses: "vgg19" (ImageNet VGG19 from
+    the local torch hub cache, NaN with a reason when absent), "mdtools-feature-net" (the
+    five stage outputs of the shipped network), or "auto" (default: the first when cached,
+    else the second). `.details["backbone"]` says which ran.
     """
     check_choice("reduction", reduction, ("sum", "mean"))
     crops, reason = _crops(image, crop)
     if reason:
         return Score.nan(reason)
-    if features is None:
+    if features is not None:
+        if backbone != "auto":
+            raise ConfigError(f"pass either features= or backbone= to intra_style, not both (got backbone={backbone!r})")
+        details = {"backbone": getattr(features, "backbone", "custom")}
+    else:
         from .backbones import load_vgg19_features
+        from .features import StyleFeatures
 
-        try:
-            features = load_vgg19_features()
-        except MetricUnavailable as e:
-            return Score.nan(str(e))
+        features, details, why = _pick_backbone(backbone, "vgg19", load_vgg19_features, StyleFeatures, STYLE_BACKBONES)
+        if features is None:
+            return Score.nan(why, **details)
     total, n = _intra_style_update(crops, features)
     value = float(total) if reduction == "sum" else float(total) / n
-    return Score(value, details={"n_crops": crops.shape[0], "n_pairs": n, "reduction": reduction})
+    return Score(value, details={"n_crops": crops.shape[0], "n_pairs": n, "reduction": reduction, **details})
+
+
+# ------------------------------------------------------------------------- KID
+
+
+def poly_kernel(x: torch.Tensor, y: torch.Tensor, *, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> torch.Tensor:
+    """Polynomial kernel (gamma x.y + coef)^degree between rows; gamma defaults to 1 / feature dimension (KID's)."""
+    g = 1.0 / x.shape[1] if gamma is None else gamma
+    return (x @ y.T * g + coef) ** degree
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, *, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> torch.Tensor:
+    """Unbiased estimate of the squared MMD between samples x (m, d) and y (n, d) with `poly_kernel`.
+
+    sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (n (n - 1))
+    - 2 sum_{i, j} k(x_i, y_j) / (m n); for m = n it is torchmetrics' `poly_mmd`. It can be
+    slightly negative when the two distributions are equal.
+    """
+    m, n = x.shape[0], y.shape[0]
+    if m < 2 or n < 2:
+        raise ConfigError(f"the unbiased MMD needs at least 2 samples on each side; got {m} and {n}")
+    kxx = poly_kernel(x, x, degree=degree, gamma=gamma, coef=coef)
+    kyy = poly_kernel(y, y, degree=degree, gamma=gamma, coef=coef)
+    kxy = poly_kernel(x, y, degree=degree, gamma=gamma, coef=coef)
+    return ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+            - 2 * kxy.sum() / (m * n))
+
+
+def kid_from_features(
+    x: torch.Tensor, y: torch.Tensor, *, subset_size: int | None = None, n_subsets: int = 100, degree: int = 3,
+    gamma: float | None = None, coef: float = 1.0, seed: int = 0,
+) -> tuple[float, float, int]:
+    """KID (Binkowski et al. 2018, as torchmetrics): mean and std over `n_subsets` random subsets of
+    `subset_size` rows from each side of `mmd2_unbiased`; returns (mean, std, subset size used).
+
+    `subset_size` defaults to min(m, n, 1000). When it covers both sets entirely every subset is
+    the same, so the estimate is computed once (std 0). Deterministic given `seed`.
+    """
+    x, y = x.double(), y.double()
+    m, n = x.shape[0], y.shape[0]
+    s = min(m, n, 1000) if subset_size is None else int(subset_size)
+    if s < 2 or s > min(m, n):
+        raise ConfigError(f"subset_size={s} must lie in [2, {min(m, n)}] (the smaller set has {min(m, n)} samples)")
+    check_positive_int("n_subsets", n_subsets)
+    kw = {"degree": degree, "gamma": gamma, "coef": coef}
+    if s == m and s == n:
+        return float(mmd2_unbiased(x, y, **kw)), 0.0, s
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.stack([mmd2_unbiased(x[torch.randperm(m, generator=g)[:s]], y[torch.randperm(n, generator=g)[:s]], **kw)
+                        for _ in range(n_subsets)])
+    return float(vals.mean()), float(vals.std(unbiased=False)), s
+
+
+def sliding_crops(image: Any, size: int | tuple[int, int], stride: int | tuple[int, int] | None = None, *,
+                  name: str = "image") -> torch.Tensor:
+    """(n, 3, h, w) crops of every image in `image` (one image or a batch) on a grid from the top left.
+
+    `stride` defaults to the crop size (non-overlapping, as `crop_grid`); the remainder at the
+    right / bottom is dropped. An image smaller than the crop gives none.
+    """
+    img = to_rgb(to_image_tensor(image, name=name, batch=True)).float()
+    ch, cw = size if isinstance(size, tuple) else (size, size)
+    sh, sw = (stride if isinstance(stride, tuple) else (stride, stride)) if stride is not None else (ch, cw)
+    for nm, v in (("crop", ch), ("crop", cw), ("stride", sh), ("stride", sw)):
+        check_positive_int(nm, v)
+    H, W = img.shape[-2:]
+    if ch > H or cw > W:
+        return img.new_zeros((0, 3, ch, cw))
+    boxes = [(i, j) for i in range(0, H - ch + 1, sh) for j in range(0, W - cw + 1, sw)]
+    return torch.cat([img[:, :, i:i + ch, j:j + cw] for i, j in boxes])
+
+
+def _image_set(images: Any, crop: int | tuple[int, int] | None, stride: int | tuple[int, int] | None, name: str) -> list[Any]:
+    """A set of images (a list, or one image / an (N, 3, H, W) batch) as a list of tensors or crops."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ConfigError(f"{name} must hold at least 2 images; got none")
+    if crop is None:
+        return [to_rgb(to_image_tensor(im, name=f"{name}[{i}]", batch=True)).float() for i, im in enumerate(items)]
+    return [sliding_crops(im, crop, stride, name=f"{name}[{i}]") for i, im in enumerate(items)]
+
+
+def kid(
+    images: Any,
+    reference_images: Any,
+    *,
+    crop: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] | None = None,
+    net: Any = None,
+    subset_size: int | None = None,
+    n_subsets: int = 100,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    seed: int = 0,
+) -> Score:
+    """Kernel Inception Distance between a set of images and a reference set, on the shipped feature network.
+
+    Each image (a list of images of any sizes, or an (N, 3, H, W) batch in [0, 1]) gives one
+    feature vector: the global average of the network's last stage (256-d), as KID uses
+    Inception's pool features. With `crop`, every image is first cut into crop x crop tiles
+    every `stride` px (default: non-overlapping) and each tile is a sample. The value is the
+    unbiased polynomial-kernel MMD^2 (`kid_from_features`; degree 3, gamma 1 / 256, coef 1),
+    the mean over `n_subsets` subsets of `subset_size` samples per side; `.details["std"]` is
+    its spread over subsets. 0 = same distribution (slightly negative values happen); lower
+    is better. Values are not comparable with Inception-based KID. `net`: a FeatureNet
+    (default: the shipped one).
+    """
+    from .features import BACKBONE, load_feature_net, pooled_features
+
+    try:
+        net = net if net is not None else load_feature_net()
+    except MetricUnavailable as e:
+        return Score.nan(str(e), backbone=BACKBONE)
+    a = _image_set(images, crop, stride, "images")
+    b = _image_set(reference_images, crop, stride, "reference_images")
+    fa, fb = pooled_features(a, net=net), pooled_features(b, net=net)
+    if fa.shape[0] < 2 or fb.shape[0] < 2:
+        return Score.nan(f"KID needs at least 2 samples per side; got {fa.shape[0]} images and {fb.shape[0]} reference "
+                         "samples (use more images, or a smaller crop / stride)", backbone=BACKBONE)
+    mean, std, s = kid_from_features(fa, fb, subset_size=subset_size, n_subsets=n_subsets, degree=degree,
+                                     gamma=gamma, coef=coef, seed=seed)
+    return Score(mean, details={"std": std, "n_images": fa.shape[0], "n_reference": fb.shape[0], "subset_size": s,
+                                "n_subsets": 1 if s == fa.shape[0] == fb.shape[0] else n_subsets,
+                                "feature_dim": fa.shape[1], "backbone": getattr(net, "backbone", "custom")})
 
 
 __all__ = [
-    "SeamStats", "control_lines", "conv_features", "crop_grid", "gram_matrix", "intra_lpips", "intra_style",
-    "lines_from_boxes", "psnr", "resolve_lines", "seam_score", "seam_score_lab", "ssim", "step_profiles",
-    "total_variation", "vae_seam", "wrap_seam_score",
+    "SeamStats", "control_lines", "conv_features", "crop_grid", "gram_matrix", "intra_lpips", "intra_style", "kid",
+    "kid_from_features", "lines_from_boxes", "mmd2_unbiased", "poly_kernel", "psnr", "resolve_lines", "seam_score",
+    "seam_score_lab", "sliding_crops", "ssim", "step_profiles", "total_variation", "vae_seam", "wrap_seam_score",
 ]
 
 

@@ -14,8 +14,14 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
-#: Folder of the shipped model (diffusers layout, safetensors only).
+#: Folder of the shipped texture model (diffusers layout, safetensors only).
 TOY_MODEL_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "toy-sd"
+
+#: Folder of the shipped scenes model (`mdtools train-toy --data scenes`; prompts in scenes.SCENE_PROMPTS).
+TOY_SCENES_MODEL_DIR: Path = TOY_MODEL_DIR.parent / "toy-scenes"
+
+#: Names accepted wherever a model is given (`from_pretrained`, `--model`, `model:` in configs) -> folder.
+EMBEDDED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "toy-scenes": TOY_SCENES_MODEL_DIR}
 
 #: Files a complete toy model folder must have; weights are checked for being readable.
 REQUIRED_FILES: tuple[str, ...] = (
@@ -109,8 +115,10 @@ def load_toy_pipeline(
 
 
 __all__ = [
+    "EMBEDDED_MODELS",
     "REQUIRED_FILES",
     "TOY_MODEL_DIR",
+    "TOY_SCENES_MODEL_DIR",
     "ToyModelError",
     "load_toy_pipeline",
     "toy_model_dir",

@@ -113,6 +113,9 @@ class CropSampler:
     Scale-jittered copies of every training region are made once, so sampling is cheap.
     """
 
+    n_classes: int = len(SOURCES)
+    prompts: tuple[str, ...] = PROMPTS
+
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
         self.regions: list[list[np.ndarray]] = []  # [class][jitter index]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from .data import PROMPTS
 
@@ -29,6 +29,56 @@ EXTRA_WORDS: tuple[str, ...] = (
     "red", "green", "gray", "grey", "black", "white", "blue", "orange", "wall",
 )
 
+#: Extra whole words of the scenes model (`mdtools train-toy --data scenes`) besides its prompt words.
+SCENE_EXTRA_WORDS: tuple[str, ...] = (
+    "sand", "grass", "water", "snow", "mountain", "ocean", "lake", "desert", "beach", "hills",
+    "cloud", "clouds", "cloudy", "evening", "dusk", "dawn", "sunrise", "morning", "starry", "landscape",
+    "panorama", "horizon", "yellow", "purple", "dark", "bright",
+)
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE of one word (as CLIPTokenizer.bpe does it): repeatedly merge the lowest-ranked pair."""
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+    return parts
+
+
+def _whole_word_order(words: Sequence[str], max_rounds: int = 50) -> list[str]:
+    """The words, reordered so that every one of them tokenizes whole with `build_vocab`'s merges.
+
+    `build_vocab` builds each word left to right and BPE applies merges by rank, so an earlier
+    word's merge can cut a later word ("s"+"e" of "seamless" cuts "sunset" into "sun", "se",
+    "t"). Words that come out cut are moved to the front (their merges then rank first) until
+    none is cut; raises RuntimeError if that does not settle.
+    """
+    order = list(dict.fromkeys(words))
+    for _ in range(max_rounds):
+        _, merges = build_vocab((), order)
+        ranks = {m: i for i, m in enumerate(merges)}
+        cut = [w for w in order if _bpe(w, ranks) != [w + "</w>"]]
+        if not cut:
+            return order
+        order = cut + [w for w in order if w not in cut]
+    raise RuntimeError(f"no merge order keeps these words whole: {cut}")
+
+
+def scene_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(prompts, extra words) to pass to `build_vocab` / `build_tokenizer` for the scenes model.
+
+    All words (of SCENE_PROMPTS, EXTRA_WORDS and SCENE_EXTRA_WORDS) go in as extra words, in an
+    order that keeps every one of them a single token (`_whole_word_order`).
+    """
+    from .scenes import SCENE_PROMPTS
+
+    words = [w for p in SCENE_PROMPTS for w in p.split()] + list(EXTRA_WORDS) + list(SCENE_EXTRA_WORDS)
+    return (), tuple(_whole_word_order(words))
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable unicode map (re-implemented, it is tiny)."""
@@ -43,8 +93,14 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(vocab, merges) for the toy tokenizer; deterministic."""
+def build_vocab(
+    prompts: Sequence[str] = PROMPTS, extra_words: Sequence[str] = EXTRA_WORDS
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) for the toy tokenizer over the words of `prompts` then `extra_words`; deterministic.
+
+    The defaults are the texture model's vocabulary; its token ids depend on the word order, so
+    other word lists (the scenes model's) are passed in rather than appended to the defaults.
+    """
     chars = sorted(set(_bytes_to_unicode().values()))
     vocab: dict[str, int] = {}
     for c in chars:
@@ -52,7 +108,7 @@ def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     for c in chars:
         vocab.setdefault(c + "</w>", len(vocab))
     words: list[str] = []
-    for w in [w for p in PROMPTS for w in p.split()] + list(EXTRA_WORDS):
+    for w in [w for p in prompts for w in p.split()] + list(extra_words):
         if w not in words:
             words.append(w)
     merges: list[tuple[str, str]] = []
@@ -70,26 +126,26 @@ def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_tokenizer() -> "CLIPTokenizer":
-    """A CLIPTokenizer over the in-code vocabulary with model_max_length = MAX_LENGTH."""
+def build_tokenizer(prompts: Sequence[str] = PROMPTS, extra_words: Sequence[str] = EXTRA_WORDS) -> "CLIPTokenizer":
+    """A CLIPTokenizer over the in-code vocabulary (`build_vocab`) with model_max_length = MAX_LENGTH."""
     import transformers
     from transformers import CLIPTokenizer
 
     if int(transformers.__version__.split(".")[0]) >= 5:
-        vocab, merges = build_vocab()
+        vocab, merges = build_vocab(prompts, extra_words)
         # transformers 5 builds the BPE model from an in-memory vocab only with tuple merges.
         return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
     # transformers 4 wants vocab.json / merges.txt files.
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_vocab_files(Path(tmp))
+        write_vocab_files(Path(tmp), prompts, extra_words)
         return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=MAX_LENGTH)
 
 
-def write_vocab_files(directory: Path) -> None:
-    """Also write vocab.json / merges.txt so tokenizer loaders that want them find them."""
-    vocab, merges = build_vocab()
+def write_vocab_files(directory: Path, prompts: Sequence[str] = PROMPTS, extra_words: Sequence[str] = EXTRA_WORDS) -> None:
+    """Also write vocab.json / merges.txt (of `build_vocab(prompts, extra_words)`) so tokenizer loaders that want them find them."""
+    vocab, merges = build_vocab(prompts, extra_words)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]

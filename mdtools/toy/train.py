@@ -1,9 +1,13 @@
-"""Train the toy Stable Diffusion from scratch on CPU: `mdtools train-toy --out DIR`.
+"""Train the toy Stable Diffusion from scratch on CPU: `mdtools train-toy --out DIR [--data scenes]`.
 
 Two phases, as Stable Diffusion itself was made: an AutoencoderKL (factor 8, 4 latent
 channels) is trained on image crops and frozen, then a text-conditioned UNet and a small
 CLIP text encoder learn epsilon prediction on its scaled latents. The result is saved as a
 diffusers StableDiffusionPipeline folder (safetensors only) that loads offline.
+
+`--data textures` (the default, mdtools/assets/toy-sd) trains on crops of scikit-image
+pictures (mdtools/toy/data.py); `--data scenes` (mdtools/assets/toy-scenes) on procedural
+landscapes with ground-truth labels (mdtools/toy/scenes.py, mdtools/toy/scene_data.py).
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import check_choice
 from .data import PROMPTS, SOURCES, WINDOW, CropSampler
-from .tokenizer import MAX_LENGTH, build_tokenizer, write_vocab_files
+from .tokenizer import EXTRA_WORDS, MAX_LENGTH, build_tokenizer, scene_words, write_vocab_files
 
 log = logging.getLogger("mdtools.toy.train")
 
 # Stable Diffusion's training noise schedule; the saved DDIM config repeats it.
 BETA_START, BETA_END, NUM_TRAIN_TIMESTEPS = 0.00085, 0.012, 1000
+
+#: Training data sets: crops of bundled pictures (the texture model) or procedural scenes.
+DATASETS: tuple[str, ...] = ("textures", "scenes")
 
 
 @dataclass
@@ -36,6 +44,7 @@ class ToyTrainConfig:
     """Budget and optimisation knobs of train_toy (defaults: well under an hour on 2 CPU cores)."""
 
     seed: int = 0
+    data: str = "textures"  # one of DATASETS
     # One thread: with other jobs on the CPU, OpenMP threads that get preempted at barriers make
     # 2 threads ~6x slower than 1 (seen here: 12 s vs 2 s per VAE step); on an idle machine use 2.
     threads: int = 1
@@ -59,6 +68,12 @@ class ToyTrainConfig:
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
     prompt_drop: float = 0.1
+    # Offset noise (Guttenberg 2023): a per-image, per-channel constant of this std joins the
+    # training noise. At t = 1000 SD's schedule keeps 7 % of the signal, and the mean of a 16 x 16
+    # latent is only 1/16 noise, so without it the UNet reads each window's mean colour from the
+    # starting noise instead of the prompt (texture v1 drew grey materials in the all-class
+    # average orange, MODEL_CARD.md). 0 (texture v1's setting) draws no extra random numbers.
+    offset_noise: float = 0.0
     log_every: int = 50
 
 
@@ -174,9 +189,12 @@ def _progress(iterable: Any, desc: str) -> Any:
 # ----------------------------------------------------------------------------- phases
 
 
-def train_vae(cfg: ToyTrainConfig, sampler: CropSampler, history: dict[str, list]) -> Any:
-    """Phase 1: train the autoencoder on augmented crops (L1 + gradient L1 + small KL)."""
-    vae = build_vae(cfg.latent_channels).train()
+def train_vae(cfg: ToyTrainConfig, sampler: Any, history: dict[str, list], init: Any = None) -> Any:
+    """Phase 1: train the autoencoder on augmented crops (L1 + gradient L1 + small KL).
+
+    init: an AutoencoderKL to continue training (warm start) instead of a fresh one.
+    """
+    vae = (init if init is not None else build_vae(cfg.latent_channels)).train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     full_from = int(cfg.vae_steps * (1.0 - cfg.vae_full_frac))
     running: list[float] = []
@@ -205,9 +223,12 @@ def train_vae(cfg: ToyTrainConfig, sampler: CropSampler, history: dict[str, list
 
 
 @torch.no_grad()
-def encode_pool(vae: Any, cfg: ToyTrainConfig, sampler: CropSampler) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Encode a fixed pool of augmented full windows once: (mean, std, labels)."""
-    n = cfg.pool_per_class * len(SOURCES)
+def encode_pool(vae: Any, cfg: ToyTrainConfig, sampler: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encode a fixed pool of augmented full windows once: (mean, std, labels).
+
+    sampler: a CropSampler or SceneSampler (anything with `n_classes` and `sample(n, size)`).
+    """
+    n = cfg.pool_per_class * sampler.n_classes
     means, stds, labels = [], [], []
     for _ in _progress(range(0, n, 32), "encode"):
         imgs, lab = sampler.sample(32, WINDOW)
@@ -224,8 +245,12 @@ def train_unet(
     scaling_factor: float,
     tokenizer: Any,
     history: dict[str, list],
+    prompts: Sequence[str] = PROMPTS,
 ) -> tuple[Any, Any]:
-    """Phase 2: train UNet + text encoder on latents (epsilon, min-SNR weighting, EMA, CFG drop)."""
+    """Phase 2: train UNet + text encoder on latents (epsilon, min-SNR weighting, EMA, CFG drop).
+
+    The pool's label c means prompts[c].
+    """
     from diffusers import DDPMScheduler
 
     unet = build_unet(cfg.latent_channels).train()
@@ -238,8 +263,8 @@ def train_unet(
     )
     alphas_cumprod = noise_sched.alphas_cumprod
     snr_all = alphas_cumprod / (1.0 - alphas_cumprod)
-    # Index len(PROMPTS) is the empty prompt used for classifier-free guidance.
-    ids = tokenizer(list(PROMPTS) + [""], padding="max_length", max_length=MAX_LENGTH,
+    # Index len(prompts) is the empty prompt used for classifier-free guidance.
+    ids = tokenizer(list(prompts) + [""], padding="max_length", max_length=MAX_LENGTH,
                     truncation=True, return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-4)
@@ -252,8 +277,10 @@ def train_unet(
         idx = torch.randint(0, mean.shape[0], (cfg.unet_batch,), generator=gen)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
         lab = labels[idx].clone()
-        lab[torch.rand(cfg.unet_batch, generator=gen) < cfg.prompt_drop] = len(PROMPTS)
+        lab[torch.rand(cfg.unet_batch, generator=gen) < cfg.prompt_drop] = len(prompts)
         noise = torch.randn(z0.shape, generator=gen)
+        if cfg.offset_noise > 0:
+            noise = noise + cfg.offset_noise * torch.randn((*z0.shape[:2], 1, 1), generator=gen)
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (cfg.unet_batch,), generator=gen)
         zt = noise_sched.add_noise(z0, noise, t)
         for g in opt.param_groups:
@@ -298,10 +325,14 @@ def train_toy(
     threads: int | None = None,
     vae_from: Path | None = None,
     config: ToyTrainConfig | None = None,
+    data: str | None = None,
+    vae_init: Path | None = None,
 ) -> Path:
     """Train the toy model from scratch and save it as a diffusers pipeline folder in out_dir.
 
     vae_from: reuse the VAE of an existing toy model folder (skips phase 1).
+    vae_init: start phase 1 from the VAE of this folder and train it `vae_steps` more (warm start).
+    data: "textures" (the default) or "scenes"; overrides config.data.
     Returns out_dir. Deterministic for a seed on a given machine/torch build.
     """
     cfg = config or ToyTrainConfig()
@@ -312,31 +343,46 @@ def train_toy(
         cfg.unet_steps = unet_steps
     if threads is not None:
         cfg.threads = threads
+    if data is not None:
+        cfg.data = data
+    check_choice("data", cfg.data, DATASETS)
     out_dir = Path(out_dir)
     # Global torch settings are restored afterwards: callers (tests, the CLI) keep theirs.
     old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train_toy(out_dir, cfg, vae_from)
+        return _train_toy(out_dir, cfg, vae_from, vae_init)
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
 
 
-def _train_toy(out_dir: Path, cfg: ToyTrainConfig, vae_from: Path | None) -> Path:
+def _train_toy(out_dir: Path, cfg: ToyTrainConfig, vae_from: Path | None, vae_init: Path | None = None) -> Path:
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     t0 = time.perf_counter()
     history: dict[str, list] = {"vae_l1": [], "unet_mse": []}
-    sampler = CropSampler(seed=cfg.seed)
+    if cfg.data == "scenes":
+        from .scene_data import SceneSampler
+
+        sampler: Any = SceneSampler(seed=cfg.seed)
+        # All scene words in one order that keeps each a single token (tokenizer.scene_words).
+        vocab_words: tuple[Sequence[str], Sequence[str]] = scene_words()
+    else:
+        sampler = CropSampler(seed=cfg.seed)
+        vocab_words = (PROMPTS, EXTRA_WORDS)
     if vae_from is not None:
         vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae", use_safetensors=True).eval().requires_grad_(False)
         log.info("reusing VAE from %s", vae_from)
     else:
-        vae = train_vae(cfg, sampler, history)
+        init = None
+        if vae_init is not None:
+            init = AutoencoderKL.from_pretrained(Path(vae_init) / "vae", use_safetensors=True)
+            log.info("continuing VAE training from %s", vae_init)
+        vae = train_vae(cfg, sampler, history, init)
         # Saved early so a failed UNet phase can restart from it with --vae-from.
         vae.save_pretrained(out_dir / "vae", safe_serialization=True)
     t_vae = time.perf_counter() - t0
@@ -351,8 +397,8 @@ def _train_toy(out_dir: Path, cfg: ToyTrainConfig, vae_from: Path | None) -> Pat
     log.info("latent std %.4f -> scaling_factor %.5f", float(lat.std()), scaling_factor)
     t_pool = time.perf_counter() - t0 - t_vae
 
-    tokenizer = build_tokenizer()
-    unet, text_encoder = train_unet(cfg, pool, scaling_factor, tokenizer, history)
+    tokenizer = build_tokenizer(*vocab_words)
+    unet, text_encoder = train_unet(cfg, pool, scaling_factor, tokenizer, history, sampler.prompts)
     t_total = time.perf_counter() - t0
 
     pipe = StableDiffusionPipeline(
@@ -362,11 +408,14 @@ def _train_toy(out_dir: Path, cfg: ToyTrainConfig, vae_from: Path | None) -> Pat
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    write_vocab_files(out_dir / "tokenizer")
+    write_vocab_files(out_dir / "tokenizer", *vocab_words)
+    sources: Any = [asdict(s) for s in SOURCES]
+    if cfg.data == "scenes":
+        sources = "mdtools.toy.scenes: a fresh random scene per window (scene_data.SceneSampler, balanced classes)"
     info = {
         "config": asdict(cfg),
-        "prompts": list(PROMPTS),
-        "sources": [asdict(s) for s in SOURCES],
+        "prompts": list(sampler.prompts),
+        "sources": sources,
         "scaling_factor": scaling_factor,
         "parameters": {
             "vae": n_params(vae), "unet": n_params(unet), "text_encoder": n_params(text_encoder),
@@ -375,16 +424,20 @@ def _train_toy(out_dir: Path, cfg: ToyTrainConfig, vae_from: Path | None) -> Pat
         "torch": torch.__version__,
         "history": history,
     }
+    if vae_from is not None or vae_init is not None:  # provenance of a VAE trained in an earlier run
+        info["vae_from" if vae_from is not None else "vae_init"] = str(vae_from or vae_init)
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     log.info("saved toy model to %s in %.1f min", out_dir, t_total / 60)
     return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: `mdtools train-toy --out DIR [--seed N] [--vae-steps N] [--unet-steps N]`."""
+    """CLI: `mdtools train-toy --out DIR [--data textures|scenes] [--seed N] [--vae-steps N] [--unet-steps N]`."""
     d = ToyTrainConfig()
     ap = argparse.ArgumentParser(prog="mdtools train-toy", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="output folder (diffusers layout)")
+    ap.add_argument("--data", choices=DATASETS, default=d.data,
+                    help="textures: crops of bundled pictures (toy-sd); scenes: procedural landscapes (toy-scenes)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--vae-steps", type=int, default=d.vae_steps)
     ap.add_argument("--unet-steps", type=int, default=d.unet_steps)
@@ -392,15 +445,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoded training windows per class for the UNet phase")
     ap.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     ap.add_argument("--latent-channels", type=int, default=d.latent_channels, help="VAE latent channels (SD: 4)")
+    ap.add_argument("--offset-noise", type=float, default=d.offset_noise,
+                    help="std of a per-channel constant added to the training noise (0: off; scenes model: 0.1)")
+    ap.add_argument("--unet-batch", type=int, default=d.unet_batch)
     ap.add_argument("--vae-from", type=Path, default=None, help="reuse the VAE of this toy model folder")
+    ap.add_argument("--vae-init", type=Path, default=None, help="continue training the VAE of this toy model folder")
     args = ap.parse_args(argv)
     if args.latent_channels < 1:
         ap.error(f"--latent-channels must be >= 1 (SD uses 4), got {args.latent_channels}")
+    if args.vae_from is not None and args.vae_init is not None:
+        ap.error("give --vae-from (reuse a VAE) or --vae-init (continue training one), not both")
+    if not 0.0 <= args.offset_noise <= 1.0:
+        ap.error(f"--offset-noise must lie in [0, 1] (e.g. 0.1), got {args.offset_noise}")
+    if args.unet_batch < 1:
+        ap.error(f"--unet-batch must be >= 1 (e.g. 32), got {args.unet_batch}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cfg = ToyTrainConfig(pool_per_class=args.pool_per_class, latent_channels=args.latent_channels)
+    cfg = ToyTrainConfig(pool_per_class=args.pool_per_class, latent_channels=args.latent_channels, data=args.data,
+                         offset_noise=args.offset_noise, unet_batch=args.unet_batch)
     train_toy(args.out, seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-              threads=args.threads, vae_from=args.vae_from, config=cfg)
+              threads=args.threads, vae_from=args.vae_from, config=cfg, vae_init=args.vae_init)
     return 0
 
 
