@@ -148,7 +148,8 @@ def resolve_model_path(id_or_path: str | os.PathLike) -> str:
         return str(p)
     if _HUB_ID.match(s) and not s.startswith((".", "~")):
         return s
-    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a hub id, 'toy' or 'toy-scenes'")
+    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a hub id, "
+                      f"or one of {sorted(EMBEDDED_MODELS)}")
 
 
 def read_scale_factor(path: str) -> int:
@@ -222,7 +223,7 @@ class MultiDiffusionPipeline:
         path = resolve_model_path(id_or_path)
         from .toy import EMBEDDED_MODELS
 
-        if str(id_or_path) in EMBEDDED_MODELS:  # 'toy', 'toy-scenes': checked files, offline, safetensors only
+        if str(id_or_path) in EMBEDDED_MODELS:  # 'toy', 'toy-v2', 'toy-scenes': checked files, offline
             from .toy import load_toy_pipeline
 
             pipe = load_toy_pipeline(path, dtype=kwargs.pop("torch_dtype", torch.float32))

@@ -67,7 +67,7 @@ FINDINGS = {
 | C4 memory | holds in shape: the full decode's memory grows 15.7x from 1024^2 to 4096^2, the bounded tiled decode 1.9x with its output canvas (0.96x without); the GB figures need a GPU run |
 | C5 aspect | holds only partly: extremes cost 1.32x the square, 1:2 already 1.28x; wide = tall (2 seeds: seams not judged) |
 | C6 global pass (textures) | holds only for stars (intra_color -2.68 [-6.11, -0.52]); no difference shown on brick (+0.27 [-1.51, 1.64]) |
-| C6 global pass (scenes) | see the row "C6 (scenes)" when results/coherence exists (notebook 07) |
+| C6 global pass (scenes) | holds on the scenes model (6 seeds): |suns - 1| lower by 2.67 [0.67, 5.17] on 1:4 and 9.83 [8.50, 11.33] on 1:8, sky more uniform on 1:8 (-0.43), worse on nothing shown; it fixes the duplicated sun, not the horizon (no difference shown) |
 
 Not tested: SDXL at non-native aspect ratios (no SDXL weights on a CPU machine). Every number
 comes from 128 px-window models trained on this CPU; the recipes in `experiments/gpu/*_sd21.yaml`
@@ -106,4 +106,29 @@ reference with 95% paired bootstrap intervals (not corrected for the ten compari
   70-100 MB (1.35-1.38 GB): one view's graph at a time.
 - Wall times were measured with a model training on the other core; the measured cost in
   UNet-forward equivalents is a ratio taken within each run and does not depend on that.""",
+    "07": """## Findings (toy-scenes, "day sky over grassy mountains with a sun", 15 DDIM steps, 6 seeds per cell)
+
+Every training scene of this model has exactly one sun. Differences are paired on seeds
+against MultiDiffusion (gaussian, 64 px overlap), with 95% bootstrap intervals (not corrected
+for the comparisons per canvas).
+
+- **Plain MultiDiffusion paints a sun in nearly every window**: 5.0 [3.3, 6.5] suns on the 1:4
+  panorama and 11.8 [10.5, 13.7] on the 1:8 (15 windows); not one run of 12 has exactly one.
+  Mixture of Diffusers (4.5 / 11.7) and SpotDiffusion (4.8 / 10.5) are no different: blending and
+  shifting fix seams, not composition.
+- **Methods that see the whole canvas fix the duplicated sun**: the global pass 1.3 / 1.7 suns
+  (|suns - 1| lower by 2.7 [1.0, 4.5] and 9.8 [8.8, 11.0]) at 0.74x / 0.80x the cost;
+  DemoFusion (2 stages) 0.17 / 0.33 (lower by 3.2 [1.5, 4.5] and 10.2 [8.7, 11.8]) at 2.0x / 1.7x,
+  but it mostly loses the sun instead (one_disc 1 of 6 and 2 of 6 runs).
+- **SyncDiffusion** (loss `lpips_featnet`, 5 sync steps) reduces the duplicates (2.8 / 6.2 suns,
+  lower by 1.8 [0.5, 3.0] and 5.7 [3.0, 8.2]) at 7.1x / 8.3x the cost, and has the lowest
+  Intra-LPIPS on the 1:4 panorama (-0.089 [-0.128, -0.050]): its gradient pulls views towards
+  the anchor view's appearance, not towards one composition.
+- **Horizon and sky**: no method differs from MultiDiffusion on horizon_continuity except the
+  global pass on the 1:4 panorama (worse, +1.15 [0.22, 2.08]: its tiled pass re-draws a horizon
+  over the upscaled one); on the 1:8 the global pass has the most uniform sky (-0.43 [-0.72, -0.19]),
+  and Mixture the least (+0.22 [0.06, 0.41]).
+- Caveats: the model makes exactly one disc in only ~35 % of single windows (MODEL_CARD.md), so
+  the "1 is right" target is not met even without tiling; a single prompt; SyncDiffusion and
+  DemoFusion ran at reduced settings (5 sync steps, 2 stages) to fit the CPU session.""",
 }

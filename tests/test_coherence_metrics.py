@@ -258,3 +258,21 @@ def test_bad_inputs_raise_config_error_naming_the_field(scenes):
         M.disc_count(img, {"x": [64]})
     with pytest.raises(ConfigError, match="image"):
         M.disc_count("not an image")
+
+
+def test_horizon_continuity_on_a_dense_plan_judges_the_view_edges():
+    """Half-window overlaps cover the canvas (no interior reference): the view edges become the zones,
+    clean panoramas stay near 1 and a horizon stepped at every edge scores high."""
+    from mdtools.toy import scenes as S
+
+    plan = plan_views(128, 512, window=128, overlap=64)
+    clean, broken = [], []
+    for seed in range(4):
+        p = S.sample_params(np.random.default_rng(seed), terrain="sea")
+        img, _ = S.make_scene(p, 128, 512)
+        clean.append(float(M.evaluate(img, plan, metrics=["horizon_continuity"])["horizon_continuity"]))
+        stepped, _ = S.make_scene(p, 128, 512, horizon_offset=S.strip_profile(512, list(plan.seam_lines["x"])) * 8)
+        s = M.evaluate(stepped, plan, metrics=["horizon_continuity"])["horizon_continuity"]
+        assert s.details["zones"] == "view edges (the overlaps cover the canvas)"
+        broken.append(float(s))
+    assert max(clean) < 1.5 and min(broken) > 3 * max(clean), (clean, broken)

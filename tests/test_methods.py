@@ -403,20 +403,22 @@ def test_demofusion_equals_the_official_algorithm(md):
 
 # ---- every method, every scheduler -----------------------------------------------------------
 
-FAST = {"syncdiffusion": {"loss": "mse", "sync_steps": 2}, "demofusion": {"stages": 2}, "global_pass": {"factor": 2}}
+FAST = {"syncdiffusion": {"loss": "mse", "sync_steps": 1}, "demofusion": {"stages": 2}, "global_pass": {"factor": 2}}
 SCHEDULERS = ["ddim", "dpmpp_2m", "euler", "euler_a", "heun", "unipc", "pndm", "lms"]
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_runs_with_every_scheduler(md, name):
+    # the costly methods (gradients, stages) on a two-window canvas, to keep the suite fast
+    width = 128 if name in ("syncdiffusion", "demofusion") else 192
     for sched in SCHEDULERS:
         md.set_scheduler(sched)
         overlap = 0 if name == "spotdiffusion" else 32
         # 4 steps: diffusers' PNDM needs at least its order (4) of steps
-        out = md(PROMPT, height=64, width=192, overlap=overlap, num_inference_steps=4, generator=0, method=name,
+        out = md(PROMPT, height=64, width=width, overlap=overlap, num_inference_steps=4, generator=0, method=name,
                  method_params=FAST.get(name), output_type="latent", progress=False)
         assert torch.isfinite(out.latents).all(), (name, sched)
-        assert out.latents.shape == (1, 4, 8, 24)
+        assert out.latents.shape == (1, 4, 8, width // 8)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

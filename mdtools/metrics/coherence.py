@@ -125,6 +125,8 @@ def horizon_continuity(
     every seam zone, are the reference. Score = (mean seam-zone step + floor) / (mean
     interior-zone step + floor); `floor` (px) keeps a flat sea (interior steps ~0) from
     turning sub-pixel noise into a large ratio. On a circular plan the wrap counts as a zone.
+    When the overlaps cover the whole canvas (no interior reference), the view edges
+    (+-`tolerance`) are the zones instead (`details["zones"]` says which were used).
     NaN with `.reason` when there is no seam or the horizon is found in fewer than half of
     the columns. `.details["per_zone"]` gives each zone's lines and step (px).
     """
@@ -144,6 +146,25 @@ def horizon_continuity(
     if found < 0.5:
         return Score.nan(f"no horizon: a sky-to-ground boundary was found in {found:.0%} of the columns", horizon_found=found)
     steps = line_steps(h, np.arange(W), window, periodic=periodic)  # entry p: the line at p (p = 0 only when periodic)
+    out = _zone_score(steps, zones, W, window=window, floor=floor, periodic=periodic)
+    if isinstance(out, str) and isinstance(plan_or_lines, TilePlan) and plan_or_lines.seam_lines["x"]:
+        # Dense plans (e.g. half-window overlap) leave no column outside an overlap, so no interior
+        # reference exists; judge the view edges themselves (+-tolerance) against the lines >= window
+        # px from every edge instead.
+        edges = [(max(1, e - tolerance), min(W - 1, e + tolerance)) for e in plan_or_lines.seam_lines["x"]]
+        out = _zone_score(steps, edges, W, window=window, floor=floor, periodic=periodic)
+        if not isinstance(out, str):
+            out.details["zones"] = "view edges (the overlaps cover the canvas)"
+    if isinstance(out, str):
+        return Score.nan(out, horizon_found=found)
+    out.details.update({"tolerance": tolerance, "horizon_found": found})
+    out.details.setdefault("zones", "overlaps")
+    return out
+
+
+def _zone_score(steps: np.ndarray, zones: list[tuple[int, int]], W: int, *, window: int, floor: float,
+                periodic: bool) -> Score | str:
+    """The horizon_continuity ratio for these seam zones, or the reason it cannot be computed."""
     per_zone, seam_vals = [], []
     near = np.zeros(W, dtype=bool)  # lines whose own windows reach a seam zone
     for z in zones:
@@ -157,7 +178,7 @@ def horizon_continuity(
         seam_vals.append(v)
         per_zone.append({"lines": (int(z[0]), int(z[1])), "step": v, "at": int(lines[int(np.nanargmax(vals))])})
     if not seam_vals:
-        return Score.nan(f"no seam zone has {window} columns of horizon on both sides", horizon_found=found)
+        return f"no seam zone has {window} columns of horizon on both sides"
     width = int(np.median([len(_zone_lines(z, W)) for z in zones]))
     ok = ~near & ~np.isnan(steps)
     if not periodic:
@@ -169,7 +190,7 @@ def horizon_continuity(
         idx %= W
     usable = ok[idx].all(1)
     if not usable.any():
-        return Score.nan(f"no interior run of {width} lines lies {window} px from every seam zone", horizon_found=found)
+        return f"no interior run of {width} lines lies {window} px from every seam zone"
     interior = steps[idx[usable]].max(1)
     seam_mean, int_mean = float(np.mean(seam_vals)), float(interior.mean())
     return Score(
@@ -177,7 +198,7 @@ def horizon_continuity(
         details={
             "per_zone": per_zone, "seam_step": seam_mean, "interior_step": int_mean,
             "interior_step_p90": float(np.percentile(interior, 90)), "n_interior": int(usable.sum()), "zone_width": width,
-            "window": window, "floor": floor, "tolerance": tolerance, "horizon_found": found,
+            "window": window, "floor": floor,
         },
     )
 
