@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .plots import ok_runs, with_derived
-from .stats import MIN_PAIRS, Interval, bootstrap_ci, non_inferior, paired_difference, verdict
+from .stats import MIN_PAIRS, Interval, bootstrap_ci, non_inferior, paired_difference, pairing_keys, verdict
 
 SEAM = "metric.seam_structure"
 EVALS = "count.model_evaluations"
@@ -407,7 +407,7 @@ def claim_c6_scenes(df: pd.DataFrame) -> Verdict:
     worse on none, on every canvas."""
     df = with_derived(ok_runs(df))
     name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
-    on = [c for c in ("prompt", "seed") if c in df and (c == "seed" or df[c].nunique() > 1)]
+    on = pairing_keys(df)
     cols = [c for c in COHERENCE if c in df and df[c].notna().any()]
     ev, diffs, results = [], {}, {}
     for (h, w), sub in df.groupby(["plan.height", "plan.width"]):

@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from .config import load_experiment
 from .report import report
@@ -24,55 +25,21 @@ def _label(cfg: dict) -> str:
     return "naive" if t["overlap"] == 0 else t["kernel"]
 
 
-def comparison_png(items: list[tuple[str, Path, dict]], out: Path) -> None:
-    """Stack the images vertically, each titled with its label and seam score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    imgs = [Image.open(p) for _, p, _ in items]
-    w, h = imgs[0].size
-    fig, axes = plt.subplots(len(imgs), 1, figsize=(12, 12 * h / w * len(imgs) + 0.5 * len(imgs)), squeeze=False)
-    for ax, img, (label, _, metrics) in zip(axes[:, 0], imgs, items):
-        ax.imshow(img)
-        s = metrics.get("seam_structure")
-        ax.set_title(f"{label}: structural seam score {s:.2f} (1 = seamless)" if isinstance(s, (int, float)) else label, fontsize=10)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+Item = tuple[str, Path, dict]
 
 
-SCENES_EXPERIMENT = "experiments/quickstart_scenes.yaml"
+def _seam_title(label: str, m: dict) -> str:
+    s = m.get("seam_structure")
+    return f"{label}: structural seam score {s:.2f} (1 = seamless)" if isinstance(s, (int, float)) else label
 
 
-def run_scenes(experiment: str, out_dir: Path, demo: Path) -> list[tuple[str, Path, dict]]:
-    """A scenes panorama two ways (multidiffusion vs the global pass) with the number of suns."""
-    exp = load_experiment(experiment)
-    execute(exp, out_dir)
-    items = []
-    for rec in load_records(out_dir).values():
-        if rec["status"] != "ok":
-            print(f"run {rec['run_id']} {rec['status']}: {rec.get('error')}")
-            continue
-        name = rec["config"].get("method", {}).get("name", "multidiffusion")
-        imgs = rec.get("images", {})
-        src = out_dir / "images" / imgs.get("full", "")
-        if not src.is_file():
-            src = out_dir / "images" / imgs["preview"]
-        dst = demo / f"scenes_{name}.png"
-        shutil.copyfile(src, dst)
-        items.append((name, dst, rec.get("metrics", {})))
-    items.sort(key=lambda it: it[0] != "multidiffusion")
-    if items:
-        scenes_png(items, demo / "scenes_comparison.png")
-    return items
+def _suns_title(label: str, m: dict) -> str:
+    return (f"{label}: {m.get('disc_count', float('nan')):.0f} sun(s) (1 is right), horizon continuity "
+            f"{m.get('horizon_continuity', float('nan')):.2f} (1 = unbroken)")
 
 
-def scenes_png(items: list[tuple[str, Path, dict]], out: Path) -> None:
-    """The scene panoramas stacked, each titled with its method and number of suns."""
+def comparison_png(items: list[Item], out: Path, title: Callable[[str, dict], str] = _seam_title) -> None:
+    """Stack the images vertically, each titled by `title(label, metrics)` (default: its seam score)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,14 +49,44 @@ def scenes_png(items: list[tuple[str, Path, dict]], out: Path) -> None:
     imgs = [Image.open(p) for _, p, _ in items]
     w, h = imgs[0].size
     fig, axes = plt.subplots(len(imgs), 1, figsize=(12, 12 * h / w * len(imgs) + 0.6 * len(imgs)), squeeze=False)
-    for ax, img, (label, _, m) in zip(axes[:, 0], imgs, items):
+    for ax, img, (label, _, metrics) in zip(axes[:, 0], imgs, items):
         ax.imshow(img)
-        ax.set_title(f"{label}: {m.get('disc_count', float('nan')):.0f} sun(s) (1 is right), horizon continuity "
-                     f"{m.get('horizon_continuity', float('nan')):.2f} (1 = unbroken)", fontsize=10)
+        ax.set_title(title(label, metrics), fontsize=10)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def collect_images(out_dir: Path, demo: Path, label: Callable[[dict], str], prefix: str = "") -> list[Item]:
+    """Copy each finished run's image (full size when saved, else the preview) to demo/<prefix><label>.png."""
+    items = []
+    for rec in sorted(load_records(out_dir).values(), key=lambda r: json.dumps(r["config"], sort_keys=True)):
+        if rec["status"] != "ok":
+            print(f"run {rec['run_id']} {rec['status']}: {rec.get('error')}")
+            continue
+        imgs = rec.get("images", {})
+        src = out_dir / "images" / imgs.get("full", "")
+        if not src.is_file():  # full-size images are optional; the preview always exists
+            src = out_dir / "images" / imgs["preview"]
+        name = label(rec["config"])
+        dst = demo / f"{prefix}{name}.png"
+        shutil.copyfile(src, dst)
+        items.append((name, dst, rec.get("metrics", {})))
+    return items
+
+
+SCENES_EXPERIMENT = "experiments/quickstart_scenes.yaml"
+
+
+def run_scenes(experiment: str, out_dir: Path, demo: Path) -> list[Item]:
+    """A scenes panorama two ways (multidiffusion vs the global pass) with the number of suns."""
+    execute(load_experiment(experiment), out_dir)
+    items = collect_images(out_dir, demo, lambda cfg: cfg.get("method", {}).get("name", "multidiffusion"), "scenes_")
+    items.sort(key=lambda it: it[0] != "multidiffusion")
+    if items:
+        comparison_png(items, demo / "scenes_comparison.png", _suns_title)
+    return items
 
 
 def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "results/demo/quickstart",
@@ -101,18 +98,7 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
     summary, plots = report(out_dir)
     demo = Path("results/demo")
     demo.mkdir(parents=True, exist_ok=True)
-    items = []
-    for rec in sorted(load_records(out_dir).values(), key=lambda r: json.dumps(r["config"]["tiling"])):
-        if rec["status"] != "ok":
-            print(f"run {rec['run_id']} {rec['status']}: {rec.get('error')}")
-            continue
-        imgs = rec.get("images", {})
-        src = out_dir / "images" / imgs.get("full", "")
-        if not src.is_file():  # full-size images are optional; the preview always exists
-            src = out_dir / "images" / imgs["preview"]
-        dst = demo / f"{_label(rec['config'])}.png"
-        shutil.copyfile(src, dst)
-        items.append((_label(rec["config"]), dst, rec.get("metrics", {})))
+    items = collect_images(out_dir, demo, _label)
     order = {"naive": 0, "uniform": 1, "gaussian": 2}
     items.sort(key=lambda it: order.get(it[0], 9))
     if items:

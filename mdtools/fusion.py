@@ -87,6 +87,7 @@ class ViewSet:
     guidance: torch.Tensor | None = None
     _den: torch.Tensor | None = field(default=None, repr=False)
     _overlap: torch.Tensor | None = field(default=None, repr=False)
+    _padded: bool | None = field(default=None, repr=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -98,8 +99,11 @@ class ViewSet:
 
     @property
     def padded(self) -> bool:
-        H, W = self.canvas
-        return bool((self.index == H * W).any())
+        """Whether some entry reaches over the canvas edge (reads the padding index), cached."""
+        if self._padded is None:
+            H, W = self.canvas
+            self._padded = bool((self.index == H * W).any())
+        return self._padded
 
     @classmethod
     def build(cls, views: Sequence[View], canvas: tuple[int, int], *, kernel: Kernel | None = None,
@@ -211,16 +215,24 @@ class MultiDiffusion:
         return self.fuse(x, t, self.viewset)
 
     @staticmethod
-    def gather(x: torch.Tensor, vs: ViewSet, start: int, end: int) -> torch.Tensor:
-        """Crops of entries [start, end) of `vs` from canvas `x` (B, C, H, W): ((end-start)*B, C, h, w), view-major."""
+    def _flat(x: torch.Tensor, vs: ViewSet) -> torch.Tensor:
+        """(B, C, H*W) view of the canvas, with one zero pixel appended when `vs` reads padding."""
         B, C, H, W = x.shape
+        flat = x.reshape(B, C, H * W)
+        return torch.cat([flat, flat.new_zeros(B, C, 1)], dim=2) if vs.padded else flat
+
+    @staticmethod
+    def _take(flat: torch.Tensor, vs: ViewSet, start: int, end: int) -> torch.Tensor:
+        B, C, _ = flat.shape
         h, w = vs.size
         k = end - start
-        flat = x.reshape(B, C, H * W)
-        if vs.padded:
-            flat = torch.cat([flat, flat.new_zeros(B, C, 1)], dim=2)
         idx = vs.index[start:end].reshape(-1)
         return flat.index_select(2, idx).reshape(B, C, k, h, w).permute(2, 0, 1, 3, 4).reshape(k * B, C, h, w)
+
+    @staticmethod
+    def gather(x: torch.Tensor, vs: ViewSet, start: int, end: int) -> torch.Tensor:
+        """Crops of entries [start, end) of `vs` from canvas `x` (B, C, H, W): ((end-start)*B, C, h, w), view-major."""
+        return MultiDiffusion._take(MultiDiffusion._flat(x, vs), vs, start, end)
 
     @staticmethod
     def scatter(values: torch.Tensor, vs: ViewSet, batch: int) -> torch.Tensor:
@@ -244,11 +256,12 @@ class MultiDiffusion:
         vb = self.view_batch_size
         num: torch.Tensor | None = None
         num2: torch.Tensor | None = None
+        flat = self._flat(x, vs)  # once per call, not per view batch
         for s in range(0, vs.n, vb):
             e = min(s + vb, vs.n)
             k = e - s
             t0 = time.perf_counter()
-            crops = self.gather(x, vs, s, e)
+            crops = self._take(flat, vs, s, e)
             if input_fn is not None:
                 crops = input_fn(crops, s, e)
             self._sync()

@@ -126,8 +126,7 @@ def paired_vs(df: pd.DataFrame, reference: str, metric: str, *, higher_is_better
     ok = df[(df["status"] == "ok") & df[metric].notna()]
     rows = []
     keys = [b for b in by if b in ok]
-    # pairs: the same seed, and the same prompt when several prompts were run
-    on = [c for c in ("prompt", "seed") if c in ok and (c == "seed" or ok[c].nunique() > 1)]
+    on = stats.pairing_keys(ok)
     for canvas, sub in ok.groupby(keys):
         ref = sub[sub["method.label"] == reference]
         for label, other in sub.groupby("method.label", sort=False):

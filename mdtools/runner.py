@@ -400,7 +400,6 @@ def _calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet
     s = window // md.vae_scale_factor
     cfg_mul = 2 if cfg.sampler.guidance > 1 else 1
     b = cfg.tiling.view_batch_size * cfg_mul
-    kw: dict[str, Any] = {}
 
     def inputs(n: int) -> dict[str, Any]:
         kw = {}

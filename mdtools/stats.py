@@ -172,6 +172,11 @@ def _per_key(x: pd.Series | pd.DataFrame, on: str | Sequence[str], value: str | 
     return x.astype(float)
 
 
+def pairing_keys(df: pd.DataFrame) -> list[str]:
+    """The columns runs of two settings are paired on: the seed, and the prompt when a table has several."""
+    return [c for c in ("prompt", "seed") if c in df and (c == "seed" or df[c].nunique() > 1)]
+
+
 def paired_difference(a: pd.Series | pd.DataFrame, b: pd.Series | pd.DataFrame, *, on: str | Sequence[str] = "seed",
                       value: str | None = None, stat: Stat = "mean", level: float = 0.95, n_boot: int = 10_000,
                       seed: int = 0, method: str = "percentile") -> Interval:

@@ -168,13 +168,14 @@ class RegionState:
 
         def fn(crops: torch.Tensor, start: int, end: int) -> torch.Tensor:
             out = crops.clone()
+            noise_crops = MultiDiffusion.gather(noise, vs, start, end)  # the run's initial noise, once per batch
             for j in range(start, end):
                 r = int(self.region_of[j])
                 if r < 0:
                     continue
                 c = int(self.choices[i, int(self.view_of[j]), r])
                 bg = self.backgrounds[c:c + 1].expand(B, -1, -1, -1)
-                nz = MultiDiffusion.gather(noise, vs, j, j + 1)
+                nz = noise_crops[(j - start) * B:(j - start + 1) * B]
                 noised = sch.add_noise(bg, nz, t.reshape(1).repeat(B))
                 noised = sch.scale_model_input(noised, t)
                 m = self.masks_of[j].reshape(1, 1, h, w).to(crops.dtype)

@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -106,15 +106,15 @@ def untrained_pipeline(model_dir: Path, seed: int = 0) -> Any:
     return pipe
 
 
-def samples_grid(real: np.ndarray, fake: np.ndarray, n_per_class: int, cols: int = 4, tile: int = 96) -> "Any":
+def samples_grid(real: np.ndarray, fake: np.ndarray, n_per_class: int, cols: int = 4, tile: int = 96, *,
+                 prompts: "Sequence[str]" = PROMPTS, label_w: int = 110) -> "Any":
     """PIL image: one row per prompt, first column a held-out real crop, then generated ones."""
     from PIL import Image, ImageDraw
 
-    k = len(PROMPTS)
-    label_w = 110
+    k = len(prompts)
     grid = Image.new("RGB", (label_w + (cols + 1) * (tile + 2), k * (tile + 2)), "white")
     draw = ImageDraw.Draw(grid)
-    for c, prompt in enumerate(PROMPTS):
+    for c, prompt in enumerate(prompts):
         y = c * (tile + 2)
         draw.text((4, y + tile // 2 - 6), prompt, fill="black")
         row = [real[c]] + [fake[c * n_per_class + j] for j in range(cols)]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .quality import psnr
+from .report import samples_grid
 from .scene_data import heldout_scenes
 from .scenes import SCENE_PROMPTS, analyse_scene, parse_prompt
 from .texture_stats import wilson_interval
@@ -79,24 +80,6 @@ def reconstruct(vae: Any, images: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate(out)
 
 
-def samples_grid(real: np.ndarray, fake: np.ndarray, n_per_prompt: int, cols: int = 4, tile: int = 96) -> Any:
-    """PIL image: one row per scene prompt, first column a held-out rendered scene, then generated windows."""
-    from PIL import Image, ImageDraw
-
-    k = len(SCENE_PROMPTS)
-    label_w = 230
-    grid = Image.new("RGB", (label_w + (cols + 1) * (tile + 2), k * (tile + 2)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, prompt in enumerate(SCENE_PROMPTS):
-        y = c * (tile + 2)
-        draw.text((4, y + tile // 2 - 6), prompt, fill="black")
-        row = [real[c]] + [fake[c * n_per_prompt + j] for j in range(cols)]
-        for j, im in enumerate(row):
-            pil = Image.fromarray((np.clip(im, 0, 1) * 255).round().astype(np.uint8)).resize((tile, tile), Image.LANCZOS)
-            grid.paste(pil, (label_w + j * (tile + 2), y))
-    return grid
-
-
 def evaluate_scenes(model_dir: Path, *, n_per_prompt: int = 16, steps: int = 25, guidance: float = 5.0, seed: int = 0,
                     n_real_per_prompt: int = 16, references: bool = True, grid: bool = True) -> dict[str, Any]:
     """All figures of the scenes model card for model_dir (see the module docstring)."""
@@ -126,7 +109,8 @@ def evaluate_scenes(model_dir: Path, *, n_per_prompt: int = 16, steps: int = 25,
         res["untrained_unet_trained_vae"] = fidelity(f0, p0)
     if grid:
         first = np.stack([real[real_lab == c][0] for c in range(len(SCENE_PROMPTS))])
-        samples_grid(first, fake, n_per_prompt, cols=min(4, n_per_prompt)).save(Path(model_dir) / "samples.png", optimize=True)
+        sheet = samples_grid(first, fake, n_per_prompt, cols=min(4, n_per_prompt), prompts=SCENE_PROMPTS, label_w=230)
+        sheet.save(Path(model_dir) / "samples.png", optimize=True)
     return res
 
 
