@@ -161,3 +161,31 @@ def test_toy_scenes_is_accepted_by_experiment_configs_and_the_cli(tmp_path: Path
     assert Image.open(out).size == (256, 128)
     with pytest.raises(ConfigError, match=r"or one of \['toy', 'toy-scenes', 'toy-v2'\]"):
         validate_runs([{"model": "toy-scenery", "prompt": "x"}])
+
+
+def test_disc_masks_follow_crop_and_mirror_and_weight_the_pool():
+    """The disc-weighted loss's masks sit on the detected disc of the (cropped, mirrored) window."""
+    imgs, classes, truth, masks = SceneSampler(seed=4).sample_with_discs(12, WINDOW)
+    same, same_classes, _ = SceneSampler(seed=4).sample_labelled(12, WINDOW)
+    np.testing.assert_array_equal(imgs, same)  # asking for masks draws no extra numbers
+    np.testing.assert_array_equal(classes, same_classes)
+    assert masks.shape == (12, WINDOW, WINDOW) and masks.dtype == bool
+    for img, m, lab in zip(imgs, masks, truth):
+        ((cy, cx, _r),) = analyse_scene(img).discs
+        ys, xs = np.nonzero(m)
+        assert abs(ys.mean() + 0.5 - cy) < 1.5 and abs(xs.mean() + 0.5 - cx) < 1.5  # mirrored too
+        assert abs(m.sum() - np.pi * lab.disc_radius**2) < 0.15 * np.pi * lab.disc_radius**2
+    crops, _, _, cmasks = SceneSampler(seed=4).sample_with_discs(6, 64)
+    assert crops.shape[:3] == cmasks.shape == (6, 64, 64)
+
+    from mdtools.toy.train import ToyTrainConfig, build_vae, encode_pool
+
+    cfg = ToyTrainConfig(data="scenes", pool_per_class=1, disc_weight=6.0)
+    pool = encode_pool(build_vae().eval(), cfg, SceneSampler(seed=4))
+    assert len(pool) == 4 and pool[3].shape == (12, 1, 16, 16)
+    assert set(torch.unique(pool[3]).tolist()) == {1.0, 7.0}
+    assert ((pool[3] > 1).sum(dim=(1, 2, 3)) >= 4).all()  # every window has its disc weighted
+    with pytest.raises(ValueError, match="disc_weight"):
+        from mdtools.toy.data import CropSampler
+
+        encode_pool(build_vae().eval(), ToyTrainConfig(pool_per_class=1, disc_weight=6.0), CropSampler(seed=0))

@@ -47,22 +47,36 @@ class SceneSampler:
 
     def sample_labelled(self, n: int, size: int) -> tuple[np.ndarray, np.ndarray, list[SceneLabels]]:
         """As `sample`, plus each scene's ground truth (of the full 128 px scene, before crop and mirror)."""
+        imgs, labels, truth, _ = self.sample_with_discs(n, size)
+        return imgs, labels, truth
+
+    def sample_with_discs(self, n: int, size: int) -> tuple[np.ndarray, np.ndarray, list[SceneLabels], np.ndarray]:
+        """As `sample_labelled`, plus each window's disc mask (n, size, size) bool, cropped and mirrored
+        as its image (the UNet's disc-weighted loss, `ToyTrainConfig.disc_weight`).
+
+        Draws the same random numbers as `sample`, so a training stream does not depend on
+        whether masks are asked for.
+        """
         k = self.n_classes
         # Balanced as in CropSampler: a shuffled repeat of all classes.
         labels = np.concatenate([self.rng.permutation(k) for _ in range((n + k - 1) // k)])[:n]
-        out, truth = [], []
+        out, truth, masks = [], [], []
+        rows, cols = np.mgrid[0:WINDOW, 0:WINDOW] + 0.5  # pixel centres
         for c in labels:
             img, lab = make_scene(class_params(int(c), self.rng), WINDOW, WINDOW)
             if scene_prompt(lab) != SCENE_PROMPTS[c]:  # the generator's contract; cheap to keep honest
                 raise RuntimeError(f"class {c} rendered {scene_prompt(lab)!r}, expected {SCENE_PROMPTS[c]!r}")
+            (cy, cx), r = lab.disc_center, lab.disc_radius
+            mask = (rows - cy) ** 2 + (cols - cx) ** 2 <= r * r
             if size < WINDOW:
                 y, x = (int(v) for v in self.rng.integers(WINDOW - size + 1, size=2))
-                img = img[y : y + size, x : x + size]
+                img, mask = img[y : y + size, x : x + size], mask[y : y + size, x : x + size]
             if self.rng.random() < 0.5:
-                img = img[:, ::-1]
+                img, mask = img[:, ::-1], mask[:, ::-1]
             out.append(np.ascontiguousarray(img))
+            masks.append(np.ascontiguousarray(mask))
             truth.append(lab)
-        return np.stack(out), labels.astype(np.int64), truth
+        return np.stack(out), labels.astype(np.int64), truth, np.stack(masks)
 
 
 def heldout_scenes(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
