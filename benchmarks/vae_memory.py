@@ -188,10 +188,11 @@ def accuracy_worker(size: int, tile: int, overlap: int, threads: int, vae_path: 
 MMAP_THRESHOLD = 1 << 20
 
 
-def _run_sub(args: list[str], timeout: float, malloc: str = "mmap") -> list[dict] | None:
+def _run_sub(args: list[str], timeout: float, malloc: str = "mmap", script: Path | None = None) -> list[dict] | None:
+    """Run `script` (default: this file) with `args` in a fresh process; its RESULT line."""
     import os
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    cmd = [sys.executable, str((script or Path(__file__)).resolve()), *args]
     env = dict(os.environ)
     if malloc == "mmap":
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)

@@ -98,11 +98,15 @@ def cmd_train_toy(args: argparse.Namespace, rest: list[str]) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_experiment
+    from .executors import make_executor
     from .runner import execute
 
     exp = load_experiment(args.experiment)  # every run validated before anything loads
     out = Path(args.out) if args.out else Path("results") / exp.name
-    df = execute(exp, out, max_runs=args.max_runs, dry_run=args.dry_run, retry_failed=args.retry_failed)
+    executor = make_executor(args.executor, address=args.address, gpus_per_run=args.gpus_per_run,
+                             cpus_per_run=args.cpus_per_run, max_concurrent=args.max_concurrent, retries=args.retries)
+    df = execute(exp, out, max_runs=args.max_runs, dry_run=args.dry_run, retry_failed=args.retry_failed,
+                 executor=executor)
     if not args.dry_run:
         n_ok = int((df["status"] == "ok").sum()) if len(df) else 0
         print(f"{n_ok}/{len(df)} runs ok; table: {out / 'runs.parquet'}; records: {out / 'runs'}/; "
@@ -128,6 +132,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(experiment=args.experiment, out=args.out)
+
+
+def cmd_comfy_install(args: argparse.Namespace) -> int:
+    from .comfy.install import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-runs", type=int, default=None, help="run at most N unfinished runs")
     r.add_argument("--dry-run", action="store_true", help="print the plan and time estimate, run nothing")
     r.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    r.add_argument("--executor", default="local", help="local (default: this process) or ray (docs/scale-out.md)")
+    r.add_argument("--address", default=None,
+                   help="ray: the cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
+    r.add_argument("--gpus-per-run", type=float, default=None,
+                   help="ray: GPUs per worker, e.g. 1 or 0.5 (default: 1 if the cluster has GPUs, else 0)")
+    r.add_argument("--cpus-per-run", type=float, default=None, help="ray: CPUs per worker (default 1)")
+    r.add_argument("--max-concurrent", type=int, default=None, help="ray: at most N workers (default: as many as fit)")
+    r.add_argument("--retries", type=int, default=None,
+                   help="ray: retries of a run whose worker died, then a failure row (default 2)")
     r.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="summary table and plots of an experiment's results")
@@ -176,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--experiment", default="experiments/quickstart.yaml")
     d.add_argument("--out", default="results/demo/quickstart")
     d.set_defaults(func=cmd_demo)
+
+    from .comfy.install import add_arguments as comfy_install_arguments
+
+    ci = sub.add_parser("comfy-install", help="link the ComfyUI node pack into ComfyUI's custom_nodes/ (docs/comfyui.md)")
+    comfy_install_arguments(ci)
+    ci.set_defaults(func=cmd_comfy_install)
 
     t = sub.add_parser("train-toy", help="train the embedded toy model (see mdtools/assets/toy-sd/MODEL_CARD.md)",
                        add_help=False)

@@ -9,6 +9,11 @@ Layout of an experiment's output folder:
 A record is written last, with write-to-temp + os.replace, so after a SIGKILL at any moment
 a run either has its complete record (and is skipped on re-run) or has none (and is run
 again); a half-written file is never visible under its final name.
+
+Where a run happens is the executor's only business (mdtools.executors: in this process, or
+on Ray workers); planning, validation, run ids, records and the table are this module's,
+for every executor. Workers return a run's record body and image bytes; only the driver
+writes, so the guarantees above hold whatever the executor.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import socket
 import subprocess
 import time
 import traceback
@@ -109,8 +115,11 @@ class ModelCache:
         return self._pipe
 
 
-def run_one(md: Any, cfg: RunConfig, images_dir: Path) -> dict[str, Any]:
-    """Generate one run and measure it. Exceptions propagate; `execute` turns them into rows."""
+def run_one(md: Any, cfg: RunConfig, images_dir: Path | dict[str, bytes]) -> dict[str, Any]:
+    """Generate one run and measure it. Exceptions propagate; `perform_run` turns them into rows.
+
+    `images_dir` is a folder (PNGs written there atomically) or a dict that collects the PNG
+    bytes by file name, for the driver to write (`perform_run`)."""
     from .metrics import evaluate
 
     scale = md.vae_scale_factor
@@ -175,39 +184,141 @@ def _num(v: Any) -> Any:
     return v
 
 
-def _save_images(img: np.ndarray, cfg: RunConfig, images_dir: Path) -> dict[str, str]:
+def _save_images(img: np.ndarray, cfg: RunConfig, images_dir: Path | dict[str, bytes]) -> dict[str, str]:
     from PIL import Image
 
-    images_dir.mkdir(parents=True, exist_ok=True)
     rid = cfg.run_id()
     pil = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
     paths = {}
     if cfg.output.save_full:
-        full = images_dir / f"{rid}_full.png"
-        _atomic_png(pil, full)
-        paths["full"] = full.name
+        paths["full"] = _put_png(pil, f"{rid}_full.png", images_dir)
     m = cfg.output.preview_max_side
     if max(pil.size) > m:
         f = m / max(pil.size)
         pil = pil.resize((max(1, round(pil.width * f)), max(1, round(pil.height * f))), Image.LANCZOS)
-    prev = images_dir / f"{rid}.png"
-    _atomic_png(pil, prev)
-    paths["preview"] = prev.name
+    paths["preview"] = _put_png(pil, f"{rid}.png", images_dir)
     return paths
 
 
-def _atomic_png(pil: Any, path: Path) -> None:
+def _put_png(pil: Any, name: str, images_dir: Path | dict[str, bytes]) -> str:
+    """PNG-encode `pil` into the sink (dict) or atomically into the folder; returns `name`."""
     import io
 
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    if isinstance(images_dir, dict):
+        images_dir[name] = buf.getvalue()
+    else:
+        Path(images_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(images_dir) / name, buf.getvalue())
+    return name
 
 
 def _classify(exc: BaseException) -> str:
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return STATUS_OOM
     return STATUS_FAILED
+
+
+def failure_outcome(exc: BaseException) -> dict[str, Any]:
+    """The record fields of a run that ended in `exc`: status (oom / failed), error, traceback."""
+    return {"status": _classify(exc), "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(exc, limit=8))}
+
+
+def perform_run(models: ModelCache, cfg: RunConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Run `cfg` here, on `models`' cached pipeline: (record fields, PNG bytes by file name).
+
+    Every executor calls this where it places the run (the driver process, a Ray worker).
+    Nothing is written: the driver commits the result (`Sweep.finished`). Any exception of
+    the run becomes a failure outcome, so only the death of the process loses a run."""
+    t0 = time.perf_counter()
+    images: dict[str, bytes] = {}
+    out: dict[str, Any] = {}
+    try:
+        md = models.get(cfg)
+        out.update(run_one(md, cfg, images))
+    except Exception as exc:  # a failed run is a row; the sweep goes on
+        out.update(failure_outcome(exc))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    device = resolve_device(cfg.device)
+    out["provenance"] = {
+        "device": device, "device_name": _device_name(device),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - t0, "host": socket.gethostname(), "pid": os.getpid(),
+        "model_loads": models.loads,
+    }
+    return out, images
+
+
+class Sweep:
+    """The driver's side of a sweep: commits results as records and shows progress.
+
+    Executors call `started` when they place a run and `finished` with what came back;
+    `finished` writes the images, then the record (both atomically), so a record on disk
+    always has its images."""
+
+    def __init__(self, exp: Experiment, out_dir: Path, total: int, *, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.exp, self.out_dir, self.log = exp, Path(out_dir), log
+        self.prov_base = {"git": git_hash(), "versions": package_versions(), "experiment": exp.name,
+                          "experiment_file": exp.path}
+        self.in_flight: dict[str, str] = {}  # run id -> where it runs
+        self._bar = _bar(total, progress)
+
+    def started(self, rid: str, where: str) -> None:
+        self.in_flight[rid] = where
+        self._show()
+
+    def requeued(self, rid: str, why: str) -> None:
+        """Run `rid` left its worker without a result and waits to be placed again."""
+        self.in_flight.pop(rid, None)
+        self.note(f"run {rid}: {why}")
+        self._show()
+
+    def note(self, msg: str) -> None:
+        """A line for the user that does not break the progress bar."""
+        if self._bar is not None:
+            self._bar.write(msg)
+        else:
+            self.log(msg)
+
+    def finished(self, rid: str, cfg: RunConfig, outcome: dict[str, Any], images: dict[str, bytes],
+                 **provenance: Any) -> dict[str, Any]:
+        """Write run `rid`'s images and record (atomically, record last); returns the record."""
+        flat = cfg.flat()
+        rec: dict[str, Any] = {"run_id": rid, "config": cfg.model_dump(mode="json"), "config_flat": flat,
+                               "swept": {k: flat.get(k) for k in self.exp.swept_keys}}
+        rec.update({k: v for k, v in outcome.items() if k != "provenance"})
+        rec["provenance"] = {**self.prov_base, **(outcome.get("provenance") or {}), **provenance}
+        if images:
+            (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
+        for name, data in images.items():
+            atomic_write_bytes(self.out_dir / "images" / Path(name).name, data)
+        atomic_write_text(self.out_dir / "runs" / f"{rid}.json", json.dumps(rec, indent=1, default=str))
+        self.in_flight.pop(rid, None)
+        if self._bar is not None:
+            self._bar.update(1)
+        if rec["status"] != STATUS_OK:
+            self.note(f"run {rid}: {rec['status']}: {rec.get('error')}")
+        self._show()
+        return rec
+
+    def refresh(self) -> None:
+        """Redraw the bar (its clock and the runs in flight) while nothing finishes."""
+        self._show()
+
+    def _show(self) -> None:
+        if self._bar is None:
+            return
+        runs = [f"{rid}@{where}" for rid, where in self.in_flight.items()]
+        shown = ", ".join(runs[:4]) + (f", +{len(runs) - 4}" if len(runs) > 4 else "")
+        self._bar.set_postfix_str(f"in flight: {shown}" if runs else "", refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -286,9 +397,15 @@ def execute(
     retry_failed: bool = False,
     progress: bool = True,
     models: ModelCache | None = None,
+    executor: Any = None,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Run what is not finished yet; rebuild and return the table."""
+    """Run what is not finished yet; rebuild and return the table.
+
+    `executor` (mdtools.executors) decides where the runs happen: None runs them here, one
+    after the other, with `models`' cache; `RayExecutor(...)` spreads them over Ray
+    workers. Everything else (what to run, run ids, records, the table) is the same."""
+    from .executors import LocalExecutor
     from .pipeline import read_native_window, read_scale_factor, resolve_model_path
 
     out_dir = Path(out_dir)
@@ -301,6 +418,11 @@ def execute(
     todo = [(rid, c) for rid, c in unique.items() if rid not in finished]
     if max_runs is not None:
         todo = todo[:max_runs]
+    # runs of one model together, so that each worker loads each model once
+    by_model: dict[tuple, list] = defaultdict(list)
+    for rid, c in todo:
+        by_model[(c.model, c.dtype, c.device)].append((rid, c))
+    todo = [item for group in by_model.values() for item in group]
     geometry: dict[str, tuple[int, int | None]] = {}  # model -> (scale, native window), read once
     work: dict[str, float] = defaultdict(float)
     for _, c in todo:
@@ -314,10 +436,15 @@ def execute(
     extra = ", ".join(f"{int(v):,} {k.replace('_', ' ')}" for k, v in work.items() if k != "unet_evaluations" and v)
     log(f"experiment {exp.name}: {len(unique)} runs, {len(unique) - len(todo)} already done, "
         f"{len(todo)} to run, {evals:,} model evaluations" + (f" (with {extra})" if extra else ""))
-    models = models or ModelCache()
+    executor = executor if executor is not None else LocalExecutor(models)
     if todo:
+        executor.prepare([c for _, c in todo])  # bad executor settings: ConfigError before any run
+        for line in executor.describe(len(todo)):
+            log(line)
+    cache = getattr(executor, "models", None)
+    if todo and cache is not None:
         sync_run = next((c for _, c in todo if c.method_call()[0] == "syncdiffusion"), None)
-        units = _calibrate(models, todo[0][1], kinds=[k for k, v in work.items() if v], loss_run=sync_run)
+        units = _calibrate(cache, todo[0][1], kinds=[k for k, v in work.items() if v], loss_run=sync_run)
         seconds = sum(units.get(k, float("nan")) * v for k, v in work.items() if v)
         log(f"estimated time: {seconds / 60:.1f} min ({units['unet_evaluations'] * 1e3:.2f} ms per model evaluation"
             + "".join(f", {units[k] * 1e3:.1f} ms per {UNIT_NAMES.get(k, k)}" for k in units if k != "unet_evaluations")
@@ -327,41 +454,12 @@ def execute(
             flat = c.flat()
             log(f"  {rid}  " + ", ".join(f"{k}={flat.get(k)}" for k in exp.swept_keys if flat.get(k) is not None))
         return build_table(out_dir) if done else pd.DataFrame()
-    prov_base = {"git": git_hash(), "versions": package_versions(), "experiment": exp.name,
-                 "experiment_file": exp.path}
-    by_model: dict[tuple, list] = defaultdict(list)
-    for rid, c in todo:
-        by_model[(c.model, c.dtype, c.device)].append((rid, c))
-    bar = _bar(len(todo), progress)
-    for group in by_model.values():
-        for rid, cfg in group:
-            t0 = time.perf_counter()
-            flat = cfg.flat()
-            rec: dict[str, Any] = {"run_id": rid, "config": cfg.model_dump(mode="json"), "config_flat": flat,
-                                   "swept": {k: flat.get(k) for k in exp.swept_keys}}
-            try:
-                md = models.get(cfg)
-                rec.update(run_one(md, cfg, out_dir / "images"))
-            except Exception as exc:  # a failed run is a row; the sweep goes on
-                rec["status"] = _classify(exc)
-                rec["error"] = f"{type(exc).__name__}: {exc}"
-                rec["traceback"] = traceback.format_exc(limit=8)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            device = resolve_device(cfg.device)
-            rec["provenance"] = {
-                **prov_base, "device": device,
-                "device_name": _device_name(device), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(
-                    timespec="seconds"), "wall_seconds": time.perf_counter() - t0,
-            }
-            atomic_write_text(out_dir / "runs" / f"{rid}.json", json.dumps(rec, indent=1, default=str))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"{rid} {rec['status']}")
-            elif rec["status"] != STATUS_OK:
-                log(f"run {rid}: {rec['status']}: {rec.get('error')}")
-    if bar is not None:
-        bar.close()
+    sweep = Sweep(exp, out_dir, len(todo), progress=progress, log=log)
+    try:
+        if todo:
+            executor.run(todo, sweep)
+    finally:
+        sweep.close()
     return build_table(out_dir)
 
 

@@ -3,8 +3,18 @@
 `tiled_decode(vae, latents)` takes what `vae.decode` takes (latents already divided by
 `vae.config.scaling_factor`) and returns what `vae.decode(latents).sample` returns: an
 image tensor in about [-1, 1]. `tiled_encode(vae, images)` takes what `vae.encode` takes
-and returns `vae.encode(images).latent_dist.mode()` (or `.sample()`), unscaled. Works
-for any diffusers AutoencoderKL (SD 1/2, SDXL; scale factor 2 ** (blocks - 1)).
+and returns `vae.encode(images).latent_dist.mode()` (or `.sample()`), unscaled.
+
+Two module layouts run on the same engine (`vae_layout` reads them; ACCEPTED_VAES):
+- diffusers' AutoencoderKL (SD 1/2, SDXL, SD3 / FLUX VAEs; scale factor 2 ** (blocks - 1));
+- the original LDM layout (CompVis latent-diffusion, Stability's generative-models, and
+  ComfyUI's `VAE.first_stage_model`): an autoencoder with `.encoder` / `.decoder`
+  (`down[i].block[j]`, `down[i].downsample`, `mid.block_1 / attn_1 / block_2`,
+  `up[i].block[j]`, `up[i].upsample`, `norm_out`, `conv_out`) and optional `quant_conv` /
+  `post_quant_conv`, or a bare LDM Decoder / Encoder. LDM's AttnBlock (one head, 1x1 conv
+  q / k / v / proj_out) and its Decoder options give_pre_end and tanh_out are followed.
+Each layout is read once into layout-neutral resnet / attention specs and a flat list of
+steps; the barriers, GroupNorm sync, canvas attention and strategies exist once.
 
 Geometry (all user sizes in pixels, planned on the latent grid):
 - `tile` is a maximum: each axis gets the fewest tiles of at most `tile` px that cover it
@@ -42,21 +52,27 @@ against the full decode (float noise); the keys and values cost two latent-resol
 activations of the canvas on the compute device.
 
 The statistics of layer k depend on those of every earlier layer (they shape its input),
-so tiles cannot each run start to finish. Two exact strategies (`sync_strategy`) give
-the same bits:
-- "park": each tile runs the VAE as a generator over an explicit stack of live tensors
-  (input, skip branch) and stops at every barrier; when all tiles have reported, the
-  pooled statistics are sent back and each runs on. One pass. A waiting tile's stack is
-  parked on `park` (default "cpu"), so the compute device holds one tile's activations
-  plus the output canvas (`offload=True` puts the canvas on the CPU as well), but the
-  parked stacks together are about two canvas-sized activations at the current layer:
-  host RAM grows with the canvas (34 GB for SD's VAE at 4096^2).
-- "recompute": for barrier k every tile runs afresh from its input, applying the final
-  statistics of barriers < k without stopping, up to barrier k, reports and is dropped.
-  Memory is one tile's on every device; compute is about (barriers / 2 + 1) decodes
-  (x6 measured on the toy VAE).
-- "auto" (default) parks while `parked_bytes_estimate` fits in a quarter of the park
-  device's free memory, else recomputes.
+so tiles cannot each run start to finish. A tile's whole state is explicit (next step,
+stack of live tensors), so it can stop at a barrier, be parked (moved to `park`, default
+"cpu"), copied, resumed or dropped and replayed. Round k of the driver brings every tile
+to barrier k; then the pooled reply k is final. The strategies (`sync_strategy`) differ
+only in which states they keep, and give the same bits:
+- "park": every tile is parked at every barrier. One pass; the compute device holds one
+  tile's activations plus the output canvas (`offload=True` puts the canvas on the CPU as
+  well), but the parked states together are about two canvas-sized activations at the
+  current layer: host RAM grows with the canvas (SD's VAE: 1.9 GB measured at 1024^2,
+  40 GiB at 4096^2 by `schedule_estimate`).
+- "recompute": nothing is parked; for barrier k every tile runs afresh from its input,
+  applying the final replies of barriers < k without stopping. Memory is one tile's on
+  every device; compute is about (barriers / 2 + 1) decodes (x6 measured on the toy VAE).
+- "auto" (default): checkpointing between the two. Tiles are parked at every barrier
+  whose parked states (plus the canvas keys / values) fit `park_budget_bytes` (default a
+  quarter of the park device's free memory, PARK_BUDGET_FRACTION); a barrier that does not
+  fit is reached by replaying a copy of each tile from its latest parked state, not from
+  its input. Only each tile's latest state is kept, so the parked memory never exceeds
+  the budget; with room for every barrier it is "park", with room for none "recompute".
+- `park_dtype="bfloat16"` / `"float16"` (opt-in) parks states in half precision: half the
+  parked bytes, but no longer float-exact, and no longer identical across strategies.
 (An iterative alternative, re-running whole passes with the previous pass's statistics,
 Jacobi style, was tried and does not converge on random-weight VAEs; it is not offered.)
 `sync_groupnorm=False` runs tiles one after another start to finish with their own
@@ -82,7 +98,7 @@ FloatingPointError naming the tile and layer; GroupNorm is always computed in fl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterator, Literal, Union
+from typing import Any, Callable, Iterator, Literal, Union
 
 import numpy as np
 import torch
@@ -319,8 +335,10 @@ def _group_norm(x: torch.Tensor, mod: nn.GroupNorm, stats: tuple[torch.Tensor, t
 
     `inplace=True` (a float32 `x` that nothing else holds) overwrites `x`: one activation
     less at the peak, which is where a tile's memory goes."""
-    w = mod.weight.float() if mod.weight is not None else None
-    b = mod.bias.float() if mod.bias is not None else None
+    # .to(x.device): layouts that keep weights elsewhere and cast them per call (ComfyUI's
+    # low-VRAM modes) still normalise on the activation's device
+    w = mod.weight.to(device=x.device, dtype=torch.float32) if mod.weight is not None else None
+    b = mod.bias.to(device=x.device, dtype=torch.float32) if mod.bias is not None else None
     B, C = x.shape[:2]
     if stats is None:
         if not (inplace and x.dtype == torch.float32):
@@ -340,27 +358,35 @@ def _group_norm(x: torch.Tensor, mod: nn.GroupNorm, stats: tuple[torch.Tensor, t
 
 
 # --------------------------------------------------------------------------------------
-# The VAE as a stack program that stops at every GroupNorm
+# The VAE as a flat program of steps that stops at every GroupNorm
 # --------------------------------------------------------------------------------------
 #
-# Each tile runs the encoder or decoder as a generator. All live tensors sit on the
-# tile's explicit stack (never in generator locals across a yield), so while the tile
-# waits at a GroupNorm barrier the driver can park its whole state off the compute
-# device. At every GroupNorm the generator yields its core statistics and receives the
-# pooled canvas statistics. The resnet / attention / block code mirrors diffusers'
-# ResnetBlock2D, Attention (AttnProcessor2_0), UNetMidBlock2D, Up/DownEncoderBlock2D,
-# Encoder and Decoder (diffusers 0.30 - 0.42); tests check a single tile against
-# `vae.decode` to float tolerance.
+# A tile's whole state is (pc, stack, layer): the index of its next step, its stack of
+# live tensors (input, skip branches) and the number of barriers passed. A step may
+# begin with one barrier (a GroupNorm, or a self-attention with canvas-wide keys); there
+# the tile stops, reports its core statistics (or keys / values) and, once every tile has
+# reported, runs on with the pooled canvas reply. Because the state is explicit, a tile
+# stopped at a barrier can be parked (moved off the compute device), copied (snapshot),
+# resumed later or dropped and replayed from an earlier snapshot: every strategy of
+# `_run_tiled` is a different choice of which states to keep, over the same steps, so
+# they give the same bits.
+#
+# The steps come from a layout reader: `_diffusers_*` for diffusers' AutoencoderKL
+# (ResnetBlock2D, Attention with AttnProcessor2_0 maths, UNetMidBlock2D,
+# Up/DownEncoderBlock2D; diffusers 0.30 - 0.42) and `_ldm_*` for the original
+# CompVis / Stability LDM layout that ComfyUI keeps (ResnetBlock, AttnBlock, Encoder,
+# Decoder in ldm/modules/diffusionmodules/model.py). Both read the modules into the
+# layout-neutral `_ResnetSpec` / `_AttnSpec`, so the barrier, GroupNorm-sync and
+# canvas-attention machinery below exists once.
 
 #: (barrier, "stats", count, mean, var) at a GroupNorm, or (barrier, "kv", keys, values) of
 #: the tile's core pixels at a self-attention with canvas-wide keys
 Message = tuple[Any, ...]
-Program = Generator[Message, Any, torch.Tensor]
 
 
 @dataclass
 class _Tile:
-    """One tile's state: its stack of live tensors and its geometry."""
+    """One tile's state: its stack of live tensors, program counter and geometry."""
 
     key: tuple[int, int]
     hw: tuple[int, int]  # latent size of the tile input, halo included
@@ -368,55 +394,143 @@ class _Tile:
     sync: bool
     stack: list[torch.Tensor] = field(default_factory=list)
     layer: int = 0  # barriers passed (GroupNorms, and attentions with canvas keys)
-    #: replies already final for barriers 0..len(known)-1 (recompute strategy): those
-    #: barriers use them without stopping
+    #: replies of barriers 0..len(known)-1, shared by all tiles: those barriers are
+    #: passed without stopping (a resumed or replayed tile)
     known: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     canvas_attention: bool = False
+    pc: int = 0  # index of the next step
 
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         # pop first: the input is then held only by fn's argument, so a module that rebinds
         # it (Upsample2D: interpolate, then conv) frees it before allocating its output
         self.stack.append(fn(self.stack.pop()))
 
-    def move(self, device: torch.device) -> None:
-        """Move the stack to `device`; tensors shared between slots move once."""
+    def move(self, device: torch.device, dtype: torch.dtype | None = None, copy: bool = False) -> None:
+        """Move (or with `copy`, copy) the stack to `device` / `dtype`; tensors shared
+        between slots (a skip branch and its input) stay shared."""
         moved: dict[int, torch.Tensor] = {}
-        self.stack = [moved.setdefault(id(t), t.to(device)) for t in self.stack]
+        for t in self.stack:
+            if id(t) not in moved:
+                moved[id(t)] = t.to(device=device, dtype=dtype or t.dtype, copy=copy)
+        self.stack = [moved[id(t)] for t in self.stack]
+
+    def snapshot(self, device: torch.device, dtype: torch.dtype | None) -> _Tile:
+        """An independent copy of this state on `device` (steps run in place, so a state
+        that will be resumed again must not be run itself)."""
+        twin = _Tile(self.key, self.hw, self.core, self.sync, list(self.stack), self.layer, self.known,
+                     self.canvas_attention, self.pc)
+        twin.move(device, dtype, copy=True)
+        return twin
+
+    def nbytes(self) -> int:
+        seen: dict[int, int] = {id(t): t.numel() * t.element_size() for t in self.stack}
+        return sum(seen.values())
 
 
-def _norm_stats(T: _Tile, mod: nn.Module) -> Generator[Message, Any, tuple[torch.Tensor, torch.Tensor]]:
-    """(mean, var) per (sample, group) for the GroupNorm `mod` at the top of the stack: the
-    tile's own (no sync), replayed final ones (recompute), or, in sync mode, the pooled
-    canvas statistics received after yielding this tile's core statistics."""
+@dataclass(frozen=True)
+class _Step:
+    """One step of a tile program. kind "plain": no barrier; "stats": begins with the
+    GroupNorm `mod` of the stack top; "kv": begins with self-attention `mod` (an
+    `_AttnSpec`) over the stack top. `body(T, reply)` does the rest, with the reply of the
+    barrier (statistics, canvas keys / values, or None: attend within the tile)."""
+
+    kind: str
+    body: Callable[[_Tile, Any], None]
+    mod: Any = None
+
+
+@dataclass(frozen=True)
+class _ResnetSpec:
+    """A VAE resnet block (no time embedding), whatever its layout:
+    out = (shortcut(x) + conv2(drop(act(norm2(conv1(act(norm1(x))))))) / out_scale."""
+
+    norm1: nn.GroupNorm
+    conv1: nn.Module
+    norm2: nn.GroupNorm
+    conv2: nn.Module
+    shortcut: nn.Module | None
+    act: Callable[[torch.Tensor], torch.Tensor]  # may work in place: gets fresh tensors only
+    dropout: nn.Module | None
+    out_scale: float
+
+
+@dataclass(frozen=True)
+class _AttnSpec:
+    """A spatial self-attention block: out = (x + proj(softmax(q k^T * scale) v)) / rescale
+    with q, k, v computed from norm(x). q / k / v map a (B, C, h, w) activation to
+    (B, heads, h*w, d); `out` maps the attention output back to (B, C, H, W), projected."""
+
+    norm: nn.GroupNorm | None
+    heads: int
+    scale: float | None  # None: 1 / sqrt(d), scaled_dot_product_attention's default
+    q: Callable[[torch.Tensor], torch.Tensor]
+    k: Callable[[torch.Tensor], torch.Tensor]
+    v: Callable[[torch.Tensor], torch.Tensor]
+    out: Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tensor]
+    residual: bool
+    rescale: float
+
+
+def _check_group_norm(mod: Any, where: str) -> nn.GroupNorm:
     if not isinstance(mod, nn.GroupNorm):
-        raise ConfigError(f"unsupported normalisation layer {type(mod).__name__}; tiled VAE needs GroupNorm "
-                          "(a diffusers AutoencoderKL)")
-    if not T.sync:
-        x = T.stack[-1]
-        var, mean = torch.var_mean(x.reshape(x.shape[0], mod.num_groups, -1).float(), dim=-1, correction=0)
-        stats = (mean, var)
-    elif T.layer < len(T.known):
-        stats = T.known[T.layer]
-    else:
-        x = T.stack[-1]
-        r = x.shape[-2] // T.hw[0]  # activation pixels per latent pixel at this depth
-        if r < 1 or x.shape[-2:] != (T.hw[0] * r, T.hw[1] * r):
-            raise RuntimeError(f"activation {tuple(x.shape)} is not a multiple of the latent tile {T.hw}")
-        n, mean, var = _core_stats(x, mod.num_groups, T.core, r)
-        del x
-        if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
-            raise FloatingPointError(f"non-finite activations before GroupNorm {T.layer} in tile {T.key}; the VAE "
-                                     "overflowed (fp16?) - run it in float32 or bfloat16")
-        stats = yield (T.layer, "stats", n, mean.cpu(), var.cpu())
-    T.layer += 1
-    return stats
+        raise ConfigError(f"unsupported normalisation layer {type(mod).__name__} at {where}; the tiled VAE needs "
+                          "GroupNorm (a diffusers AutoencoderKL or an LDM-layout autoencoder)")
+    return mod
 
 
-def _norm(T: _Tile, mod: nn.Module, inplace: bool = False) -> Generator[Message, Any, None]:
-    """GroupNorm the top of the stack (see `_norm_stats`). `inplace`: the top is not shared
-    with another slot, so it may be overwritten."""
-    stats = yield from _norm_stats(T, mod)
-    T.apply(lambda h: _group_norm(h, mod, stats, inplace))
+def _own_stats(x: torch.Tensor, mod: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    var, mean = torch.var_mean(x.reshape(x.shape[0], mod.num_groups, -1).float(), dim=-1, correction=0)
+    return mean, var
+
+
+def _stats_message(T: _Tile, mod: nn.GroupNorm) -> Message:
+    """This tile's (count, mean, var) per (sample, group) over its core, at barrier T.layer."""
+    x = T.stack[-1]
+    r = x.shape[-2] // T.hw[0]  # activation pixels per latent pixel at this depth
+    if r < 1 or x.shape[-2:] != (T.hw[0] * r, T.hw[1] * r):
+        raise RuntimeError(f"activation {tuple(x.shape)} is not a multiple of the latent tile {T.hw}")
+    n, mean, var = _core_stats(x, mod.num_groups, T.core, r)
+    if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+        raise FloatingPointError(f"non-finite activations before GroupNorm {T.layer} in tile {T.key}; the VAE "
+                                 "overflowed (fp16?) - run it in float32 or bfloat16")
+    return (T.layer, "stats", n, mean.cpu(), var.cpu())
+
+
+def _kv_message(T: _Tile, a: _AttnSpec) -> Message:
+    """The keys and values of this tile's core pixels (each canvas pixel in one core)."""
+    h = T.stack[-1]
+    r = h.shape[-2] // T.hw[0]  # activation pixels per latent pixel (1 in SD's VAEs)
+    y0, y1, x0, x1 = (c * r for c in T.core)
+    core = h[:, :, y0:y1, x0:x1]
+    return (T.layer, "kv", a.k(core), a.v(core))
+
+
+def _advance(T: _Tile, steps: tuple[_Step, ...]) -> Message | None:
+    """Run T from step T.pc until a barrier whose reply is not known yet (returns the
+    message to send; T stays before that step) or to the end (returns None; the output
+    is the stack top). Barriers with a known reply (T.layer < len(T.known)) are passed.
+    Without sync, every GroupNorm uses the tile's own statistics and attention stays in
+    the tile."""
+    while T.pc < len(steps):
+        st = steps[T.pc]
+        reply = None
+        if st.kind == "stats":
+            if not T.sync:
+                reply = _own_stats(T.stack[-1], st.mod)
+            elif T.layer < len(T.known):
+                reply = T.known[T.layer]
+                T.layer += 1
+            else:
+                return _stats_message(T, st.mod)
+        elif st.kind == "kv" and T.sync and T.canvas_attention:
+            if T.layer < len(T.known):
+                reply = T.known[T.layer]
+                T.layer += 1
+            else:
+                return _kv_message(T, st.mod)
+        st.body(T, reply)
+        T.pc += 1
+    return None
 
 
 #: Convolutions over tiles larger than this many values run in row strips (see _conv_strips).
@@ -437,14 +551,16 @@ def _conv_strips(conv: nn.Module, x: torch.Tensor, pre: Callable[[torch.Tensor],
     output strip needs only its input rows plus one context row each side (3x3 kernel):
     the full-size intermediate that `conv(pre(x))` would allocate (one activation of the
     tile, the largest single item of a tile's peak memory) exists one strip at a time.
-    Same arithmetic per output pixel as the one-shot call.
+    Each strip goes through the module itself (so conv subclasses that cast their weights
+    per call work); its first and last output rows, computed against the module's zero
+    padding instead of their real neighbours, are dropped unless they are canvas rows.
     """
     B, _, H, W = x.shape
     if not _is_plain_3x3(conv) or x.numel() * up * up < STRIP_MIN_VALUES or H < 2 * STRIPS:
         h = F.interpolate(x, scale_factor=2.0, mode="nearest") if up == 2 else x
         return conv(pre(h))
     Ho, Wo = H * up, W * up
-    out = torch.empty(B, conv.out_channels, Ho, Wo, dtype=x.dtype, device=x.device)
+    out = None
     step = -(-H // STRIPS)
     for r0 in range(0, H, step):
         r1 = min(H, r0 + step)
@@ -453,48 +569,60 @@ def _conv_strips(conv: nn.Module, x: torch.Tensor, pre: Callable[[torch.Tensor],
         s = x[:, :, c0 // up:(c1 - 1) // up + 1]
         if up == 2:
             s = F.interpolate(s, scale_factor=2.0, mode="nearest")[:, :, c0 - (c0 // 2) * 2:][:, :, :c1 - c0]
-        s = pre(s)
-        s = F.pad(s, (0, 0, 1 if o0 == 0 else 0, 1 if o1 == Ho else 0))  # the conv's own zero padding
-        out[:, :, o0:o1] = F.conv2d(s, conv.weight, conv.bias, padding=(0, 1))
+        s = conv(pre(s))[:, :, o0 - c0:o1 - c0]
+        if out is None:
+            out = torch.empty(B, s.shape[1], Ho, Wo, dtype=s.dtype, device=s.device)
+        out[:, :, o0:o1] = s
         del s
     return out
 
 
-def _upsample(T: _Tile, up: nn.Module) -> None:
-    """diffusers Upsample2D (nearest x2, then a 3x3 conv), in strips when large."""
-    if (getattr(up, "use_conv_transpose", False) or getattr(up, "norm", None) is not None
-            or not getattr(up, "interpolate", True) or not getattr(up, "use_conv", False)
-            or getattr(up, "name", "conv") != "conv"):
-        T.apply(up)
-        return
-    T.apply(lambda h: _conv_strips(up.conv, h, lambda s: s, up=2))
+def _silu(h: torch.Tensor) -> torch.Tensor:
+    return F.silu(h, inplace=True)
 
 
-def _act(fn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _act(fn: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation after a GroupNorm. SiLU runs in place: the GroupNorm output is a
     fresh tensor nothing else holds, so this saves one activation of peak memory."""
-    return F.silu(h, inplace=True) if isinstance(fn, nn.SiLU) else fn(h)
+    return _silu if isinstance(fn, nn.SiLU) else fn
 
 
-def _resnet(T: _Tile, m: nn.Module) -> Generator[Message, Any, None]:
-    """diffusers ResnetBlock2D without time embedding (as in every VAE)."""
-    if getattr(m, "upsample", None) is not None or getattr(m, "downsample", None) is not None \
-            or getattr(m, "time_emb_proj", None) is not None:
-        raise ConfigError("unsupported ResnetBlock2D (up/down-sampling or time embedding) in this VAE")
-    T.stack.append(T.stack[-1])  # the skip branch keeps the input
-    stats = yield from _norm_stats(T, m.norm1)
-    # the input is shared with the skip, so GroupNorm + activation cannot run in place:
-    # run them strip by strip into conv1
-    T.apply(lambda h: _conv_strips(m.conv1, h, lambda s: _act(m.nonlinearity, _group_norm(s, m.norm1, stats))))
-    yield from _norm(T, m.norm2, inplace=True)  # conv1's output: nothing else holds it
-    T.apply(lambda h: m.conv2(m.dropout(_act(m.nonlinearity, h))))
-    h = T.stack.pop()
-    x = T.stack.pop()
-    if m.conv_shortcut is not None:
-        x = m.conv_shortcut(x)
-    h = h.add_(x)  # conv2's output is ours: add the skip in place
-    del x
-    T.stack.append(h if m.output_scale_factor == 1 else h.div_(m.output_scale_factor))
+def _plain(fn: Callable[[torch.Tensor], torch.Tensor]) -> _Step:
+    """A step without barrier that maps the stack top."""
+    return _Step("plain", lambda T, _: T.apply(fn))
+
+
+def _upsample_step(conv: nn.Module | None) -> _Step:
+    """Nearest x2 upsampling, then `conv` (3x3, in strips when large) unless None."""
+    if conv is None:
+        return _plain(lambda h: F.interpolate(h, scale_factor=2.0, mode="nearest"))
+    return _plain(lambda h: _conv_strips(conv, h, lambda s: s, up=2))
+
+
+def _resnet_steps(r: _ResnetSpec) -> list[_Step]:
+    def first(T: _Tile, stats: Any) -> None:
+        # the input stays on the stack as the skip branch, so GroupNorm + activation cannot
+        # run in place: they run strip by strip into conv1
+        x = T.stack[-1]
+        h = _conv_strips(r.conv1, x, lambda s: r.act(_group_norm(s, r.norm1, stats)))
+        if r.shortcut is not None:
+            # the shortcut now rather than after conv2 (same op, same input, same bits): a
+            # tile waiting at norm2 then holds the skip with the *output* channels. In SD's
+            # decoder (256 -> 128 channels at full resolution) that cuts the largest parked
+            # state, of the whole run, by a third.
+            del x
+            T.stack.append(r.shortcut(T.stack.pop()))
+        T.stack.append(h)
+
+    def second(T: _Tile, stats: Any) -> None:
+        h = r.act(_group_norm(T.stack.pop(), r.norm2, stats, inplace=True))  # conv1's output: ours alone
+        h = r.conv2(r.dropout(h) if r.dropout is not None else h)
+        x = T.stack.pop()  # the skip branch, shortcut applied
+        h = h.add_(x)  # conv2's output is ours: add the skip in place
+        del x
+        T.stack.append(h if r.out_scale == 1 else h.div_(r.out_scale))
+
+    return [_Step("stats", first, r.norm1), _Step("stats", second, r.norm2)]
 
 
 #: queries per scaled_dot_product_attention call against canvas-wide keys (bounds the
@@ -502,92 +630,310 @@ def _resnet(T: _Tile, m: nn.Module) -> Generator[Message, Any, None]:
 ATTENTION_QUERY_CHUNK: int = 1024
 
 
-def _attention(T: _Tile, a: nn.Module) -> Generator[Message, Any, None]:
-    """diffusers Attention (AttnProcessor2_0 maths). Queries are the tile's pixels (halo
-    included); keys and values are the tile's own pixels, or with `T.canvas_attention`
-    those of the whole canvas: every tile sends the keys / values of its core (each
-    canvas pixel once) and attends over all of them, as the full decode does."""
+def _attention_steps(a: _AttnSpec) -> list[_Step]:
+    """Queries are the tile's pixels (halo included); keys and values are the tile's own
+    pixels, or, as a canvas barrier, those of every tile's core: each canvas pixel once,
+    exactly as in the full decode."""
+    steps = []
+    if a.norm is not None:
+        # not in place: the input stays below as the residual
+        steps.append(_Step("stats", lambda T, stats: T.stack.append(_group_norm(T.stack[-1], a.norm, stats)), a.norm))
+    else:
+        steps.append(_Step("plain", lambda T, _: T.stack.append(T.stack[-1])))
+
+    def attend(T: _Tile, kv: Any) -> None:
+        h = T.stack.pop()
+        res = T.stack.pop()
+        shape = tuple(h.shape)
+        q = a.q(h)
+        if kv is not None:
+            del h
+            k, v = (t.to(q.device, q.dtype) for t in kv)
+            o = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + ATTENTION_QUERY_CHUNK], k, v, scale=a.scale)
+                           for i in range(0, q.shape[2], ATTENTION_QUERY_CHUNK)], dim=2)
+        else:
+            k, v = a.k(h), a.v(h)
+            del h
+            o = F.scaled_dot_product_attention(q, k, v, scale=a.scale)
+        del k, v
+        o = a.out(o.to(q.dtype), shape)
+        if a.residual:
+            o = o.add_(res)
+        del res
+        T.stack.append(o if a.rescale == 1 else o.div_(a.rescale))
+
+    steps.append(_Step("kv", attend, a))
+    return steps
+
+
+def _final_steps(norm: nn.GroupNorm, act: Callable[[torch.Tensor], torch.Tensor], conv: nn.Module,
+                 tanh: bool = False) -> list[_Step]:
+    """norm_out -> activation -> conv_out (-> tanh), the end of every encoder and decoder."""
+    def body(T: _Tile, stats: Any) -> None:
+        # the stack top is the last block's output, which nothing else holds: in place
+        T.apply(lambda h: conv(act(_group_norm(h, norm, stats, inplace=True))))
+        if tanh:
+            T.apply(torch.tanh_)
+
+    return [_Step("stats", body, norm)]
+
+
+# ---- diffusers AutoencoderKL
+
+def _diffusers_resnet(m: nn.Module) -> _ResnetSpec:
+    if getattr(m, "upsample", None) is not None or getattr(m, "downsample", None) is not None \
+            or getattr(m, "time_emb_proj", None) is not None:
+        raise ConfigError("unsupported ResnetBlock2D (up/down-sampling or time embedding) in this VAE")
+    return _ResnetSpec(_check_group_norm(m.norm1, "norm1"), m.conv1, _check_group_norm(m.norm2, "norm2"), m.conv2,
+                       m.conv_shortcut, _act(m.nonlinearity), m.dropout, m.output_scale_factor)
+
+
+def _diffusers_attention(a: nn.Module) -> _AttnSpec:
     if getattr(a, "spatial_norm", None) is not None or getattr(a, "norm_cross", None):
         raise ConfigError("unsupported attention block (spatial norm / cross-attention norm) in this VAE")
-    T.stack.append(T.stack[-1])  # residual
-    if a.group_norm is not None:
-        yield from _norm(T, a.group_norm)
-    h = T.stack.pop()
-    res = T.stack.pop()
-    B, C, H, W = h.shape
     heads = a.heads
-    split = lambda t: t.view(B, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # noqa: E731
-    if T.canvas_attention:
-        if T.layer < len(T.known):
-            k, v = T.known[T.layer]
-        else:
-            r = H // T.hw[0]  # activation pixels per latent pixel (1 in SD's VAEs)
-            y0, y1, x0, x1 = (c * r for c in T.core)
-            core = h[:, :, y0:y1, x0:x1].reshape(B, C, -1).transpose(1, 2)
-            k, v = yield (T.layer, "kv", split(a.to_k(core)), split(a.to_v(core)))
-            del core
-        T.layer += 1
-        q = split(a.to_q(h.reshape(B, C, H * W).transpose(1, 2)))
-        del h
-        k, v = k.to(q.device, q.dtype), v.to(q.device, q.dtype)
-        o = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + ATTENTION_QUERY_CHUNK], k, v, scale=a.scale)
-                       for i in range(0, q.shape[2], ATTENTION_QUERY_CHUNK)], dim=2)
-    else:
-        h = h.reshape(B, C, H * W).transpose(1, 2)
-        q, k, v = (split(f(h)) for f in (a.to_q, a.to_k, a.to_v))
-        del h
-        o = F.scaled_dot_product_attention(q, k, v, scale=a.scale)
-    del k, v
-    d = q.shape[-1]
-    o = o.transpose(1, 2).reshape(B, -1, heads * d).to(q.dtype)
-    o = a.to_out[1](a.to_out[0](o))
-    o = o.transpose(-1, -2).reshape(B, C, H, W)
-    if a.residual_connection:
-        o = o.add_(res)
-    del res
-    T.stack.append(o if a.rescale_output_factor == 1 else o.div_(a.rescale_output_factor))
+
+    def proj(f: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(h: torch.Tensor) -> torch.Tensor:
+            B, C = h.shape[:2]
+            t = f(h.reshape(B, C, -1).transpose(1, 2))  # (B, N, heads * d)
+            return t.view(B, -1, heads, t.shape[-1] // heads).transpose(1, 2)
+        return run
+
+    def out(o: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:
+        B, C, H, W = shape
+        o = o.transpose(1, 2).reshape(B, -1, heads * o.shape[-1])
+        o = a.to_out[1](a.to_out[0](o))
+        return o.transpose(-1, -2).reshape(B, C, H, W)
+
+    norm = _check_group_norm(a.group_norm, "attention") if a.group_norm is not None else None
+    return _AttnSpec(norm, heads, a.scale, proj(a.to_q), proj(a.to_k), proj(a.to_v), out, a.residual_connection,
+                     a.rescale_output_factor)
 
 
-def _mid_block(T: _Tile, mb: nn.Module) -> Generator[Message, Any, None]:
-    yield from _resnet(T, mb.resnets[0])
+def _diffusers_mid(mb: nn.Module) -> list[_Step]:
+    steps = _resnet_steps(_diffusers_resnet(mb.resnets[0]))
     for attn, resnet in zip(mb.attentions, mb.resnets[1:]):
         if attn is not None:
-            yield from _attention(T, attn)
-        yield from _resnet(T, resnet)
+            steps += _attention_steps(_diffusers_attention(attn))
+        steps += _resnet_steps(_diffusers_resnet(resnet))
+    return steps
 
 
-def _decoder_program(T: _Tile, vae: nn.Module) -> Program:
-    """post_quant_conv + Decoder, as `vae.decode` runs them."""
+def _diffusers_upsample(up: nn.Module) -> _Step:
+    if (getattr(up, "use_conv_transpose", False) or getattr(up, "norm", None) is not None
+            or not getattr(up, "interpolate", True) or not getattr(up, "use_conv", False)
+            or getattr(up, "name", "conv") != "conv"):
+        return _plain(up)
+    return _upsample_step(up.conv)
+
+
+def _diffusers_decoder_steps(vae: nn.Module) -> list[_Step]:
+    """post_quant_conv + Decoder, as `AutoencoderKL.decode` runs them."""
     dec = vae.decoder
-    if getattr(vae, "post_quant_conv", None) is not None:
-        T.apply(vae.post_quant_conv)
-    T.apply(dec.conv_in)
-    yield from _mid_block(T, dec.mid_block)
+    steps = [_plain(vae.post_quant_conv)] if getattr(vae, "post_quant_conv", None) is not None else []
+    steps.append(_plain(dec.conv_in))
+    steps += _diffusers_mid(dec.mid_block)
     for block in dec.up_blocks:
+        if getattr(block, "attentions", None):
+            raise ConfigError(f"unsupported decoder block {type(block).__name__} (attention inside up blocks)")
         for resnet in block.resnets:
-            yield from _resnet(T, resnet)
-        for up in block.upsamplers or []:
-            _upsample(T, up)
-    yield from _norm(T, dec.conv_norm_out, inplace=True)
-    T.apply(lambda h: dec.conv_out(_act(dec.conv_act, h)))
-    return T.stack.pop()
+            steps += _resnet_steps(_diffusers_resnet(resnet))
+        steps += [_diffusers_upsample(up) for up in block.upsamplers or []]
+    return steps + _final_steps(_check_group_norm(dec.conv_norm_out, "conv_norm_out"), _act(dec.conv_act),
+                                dec.conv_out)
 
 
-def _encoder_program(T: _Tile, vae: nn.Module) -> Program:
-    """Encoder + quant_conv, as `vae.encode` runs them; returns the posterior moments."""
+def _diffusers_encoder_steps(vae: nn.Module) -> list[_Step]:
+    """Encoder + quant_conv, as `AutoencoderKL.encode` runs them (posterior moments)."""
     enc = vae.encoder
-    T.apply(enc.conv_in)
+    steps = [_plain(enc.conv_in)]
     for block in enc.down_blocks:
+        if getattr(block, "attentions", None):
+            raise ConfigError(f"unsupported encoder block {type(block).__name__} (attention inside down blocks)")
         for resnet in block.resnets:
-            yield from _resnet(T, resnet)
-        for down in block.downsamplers or []:
-            T.apply(down)
-    yield from _mid_block(T, enc.mid_block)
-    yield from _norm(T, enc.conv_norm_out, inplace=True)
-    T.apply(lambda h: enc.conv_out(_act(enc.conv_act, h)))
+            steps += _resnet_steps(_diffusers_resnet(resnet))
+        steps += [_plain(down) for down in block.downsamplers or []]
+    steps += _diffusers_mid(enc.mid_block)
+    steps += _final_steps(_check_group_norm(enc.conv_norm_out, "conv_norm_out"), _act(enc.conv_act), enc.conv_out)
     if getattr(vae, "quant_conv", None) is not None:
-        T.apply(vae.quant_conv)
-    return T.stack.pop()
+        steps.append(_plain(vae.quant_conv))
+    return steps
+
+
+# ---- original LDM layout (CompVis latent-diffusion, Stability generative-models, ComfyUI)
+
+def _ldm_resnet(m: nn.Module) -> _ResnetSpec:
+    """ResnetBlock: norm1, conv1, norm2, conv2 and, when channels change, nin_shortcut
+    (1x1) or conv_shortcut (3x3). Swish = SiLU. VAEs build it with temb_channels=0."""
+    if getattr(m, "temb_proj", None) is not None:
+        raise ConfigError("unsupported LDM ResnetBlock with a time embedding (temb_proj) in this VAE")
+    shortcut = getattr(m, "nin_shortcut", None)
+    if shortcut is None:
+        shortcut = getattr(m, "conv_shortcut", None)
+    return _ResnetSpec(_check_group_norm(m.norm1, "norm1"), m.conv1, _check_group_norm(m.norm2, "norm2"), m.conv2,
+                       shortcut, _silu, getattr(m, "dropout", None), 1.0)
+
+
+def _ldm_attention(a: nn.Module) -> _AttnSpec:
+    """AttnBlock: one head over all C channels, q / k / v / proj_out 1x1 convs on
+    norm(x), scale 1 / sqrt(C), out = x + proj_out(attention)."""
+    if not all(isinstance(getattr(a, n, None), nn.Conv2d) for n in ("q", "k", "v", "proj_out")):
+        raise ConfigError(f"unsupported LDM attention block {type(a).__name__}: expected AttnBlock with 1x1 conv "
+                          "q, k, v, proj_out (linear attention is not supported)")
+
+    def proj(f: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda h: f(h).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, h*w, C)
+
+    def out(o: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:
+        return a.proj_out(o.squeeze(1).transpose(1, 2).reshape(shape))
+
+    return _AttnSpec(_check_group_norm(a.norm, "attention norm"), 1, None, proj(a.q), proj(a.k), proj(a.v), out,
+                     True, 1.0)
+
+
+def _ldm_level(level: nn.Module) -> list[_Step]:
+    """The resnets of one resolution level, each followed by its attention if the level has any."""
+    steps: list[_Step] = []
+    attn = getattr(level, "attn", None) or []
+    for i, block in enumerate(level.block):
+        steps += _resnet_steps(_ldm_resnet(block))
+        if len(attn) > 0:
+            steps += _attention_steps(_ldm_attention(attn[i]))
+    return steps
+
+
+def _ldm_mid(mid: nn.Module) -> list[_Step]:
+    return (_resnet_steps(_ldm_resnet(mid.block_1)) + _attention_steps(_ldm_attention(mid.attn_1))
+            + _resnet_steps(_ldm_resnet(mid.block_2)))
+
+
+def _ldm_decoder_steps(dec: nn.Module, post_quant_conv: nn.Module | None) -> list[_Step]:
+    """post_quant_conv + Decoder.forward: conv_in, mid, up levels from the deepest (each:
+    resnets, then `upsample` where present), then unless give_pre_end norm_out, swish,
+    conv_out (and tanh with tanh_out)."""
+    steps = [_plain(post_quant_conv)] if post_quant_conv is not None else []
+    steps.append(_plain(dec.conv_in))
+    steps += _ldm_mid(dec.mid)
+    for i in reversed(range(len(dec.up))):
+        level = dec.up[i]
+        steps += _ldm_level(level)
+        up = getattr(level, "upsample", None)
+        if up is not None:  # Upsample: nearest x2, then a 3x3 conv if with_conv
+            if not getattr(up, "with_conv", True):
+                steps.append(_upsample_step(None))
+            elif _is_plain_3x3(getattr(up, "conv", None)):
+                steps.append(_upsample_step(up.conv))
+            else:
+                steps.append(_plain(up))
+    if getattr(dec, "give_pre_end", False):
+        return steps
+    return steps + _final_steps(_check_group_norm(dec.norm_out, "norm_out"), _silu, dec.conv_out,
+                                tanh=bool(getattr(dec, "tanh_out", False)))
+
+
+def _ldm_encoder_steps(enc: nn.Module, quant_conv: nn.Module | None) -> list[_Step]:
+    """Encoder.forward + quant_conv: conv_in, down levels (resnets, then `downsample`
+    where present: pad right / bottom by one, 3x3 conv stride 2), mid, norm_out, swish,
+    conv_out."""
+    steps = [_plain(enc.conv_in)]
+    for level in enc.down:
+        steps += _ldm_level(level)
+        if getattr(level, "downsample", None) is not None:
+            steps.append(_plain(level.downsample))
+    steps += _ldm_mid(enc.mid)
+    steps += _final_steps(_check_group_norm(enc.norm_out, "norm_out"), _silu, enc.conv_out)
+    if quant_conv is not None:
+        steps.append(_plain(quant_conv))
+    return steps
+
+
+# ---- layout detection
+
+def _is_ldm_decoder(m: Any) -> bool:
+    return isinstance(m, nn.Module) and all(hasattr(m, n) for n in ("conv_in", "mid", "up", "norm_out", "conv_out"))
+
+
+def _is_ldm_encoder(m: Any) -> bool:
+    return isinstance(m, nn.Module) and all(hasattr(m, n) for n in ("conv_in", "mid", "down", "norm_out", "conv_out"))
+
+
+def _is_diffusers_autoencoder(m: Any) -> bool:
+    return (isinstance(m, nn.Module) and hasattr(getattr(m, "config", None), "block_out_channels")
+            and hasattr(getattr(m, "decoder", None), "up_blocks"))
+
+
+ACCEPTED_VAES = (
+    "a diffusers AutoencoderKL; an LDM-layout autoencoder (the original CompVis / Stability layout that "
+    "ComfyUI keeps as VAE.first_stage_model: .encoder / .decoder with .down / .mid / .up, optional "
+    ".quant_conv / .post_quant_conv); or a bare LDM Decoder (decode) / Encoder (encode)")
+
+
+@dataclass(frozen=True)
+class VAELayout:
+    """What the tiled engine needs of one direction (decode or encode) of an autoencoder.
+
+    kind: "diffusers" or "ldm"; scale: pixels per latent pixel; in_channels: channels of
+    the input (latents for decode, pixels for encode); steps: the tile program;
+    posterior: (encode) the output is the (mean, log-variance) moments of a diagonal
+    Gaussian; module: the (sub)module whose parameters set device and dtype."""
+
+    kind: str
+    direction: str
+    scale: int
+    in_channels: int
+    steps: tuple[_Step, ...]
+    posterior: bool
+    module: nn.Module
+
+    @property
+    def parameter(self) -> torch.Tensor:
+        return next(self.module.parameters())
+
+
+def vae_layout(vae: Any, direction: Literal["decode", "encode"]) -> VAELayout:
+    """Read `vae` (see ACCEPTED_VAES) for tiled decoding or encoding; ConfigError if it
+    is none of the accepted objects or lacks that direction."""
+    if direction not in ("decode", "encode"):
+        raise ConfigError(f"direction must be 'decode' or 'encode', got {direction!r}")
+    decode = direction == "decode"
+    if _is_diffusers_autoencoder(vae):
+        c = vae.config
+        if decode:
+            steps, ch, module = _diffusers_decoder_steps(vae), c.latent_channels, vae.decoder
+        else:
+            steps, ch, module = _diffusers_encoder_steps(vae), c.in_channels, vae.encoder
+        return VAELayout("diffusers", direction, 2 ** (len(c.block_out_channels) - 1), ch, tuple(steps), not decode,
+                         module)
+    enc = vae if _is_ldm_encoder(vae) and not decode else getattr(vae, "encoder", None)
+    dec = vae if _is_ldm_decoder(vae) and decode else getattr(vae, "decoder", None)
+    bare = vae is enc or vae is dec
+    qc = None if bare else getattr(vae, "quant_conv", None)
+    pqc = None if bare else getattr(vae, "post_quant_conv", None)
+    if decode and _is_ldm_decoder(dec):
+        scale = 2 ** sum(getattr(level, "upsample", None) is not None for level in dec.up)
+        ch = pqc.in_channels if pqc is not None else dec.conv_in.in_channels
+        return VAELayout("ldm", direction, scale, ch, tuple(_ldm_decoder_steps(dec, pqc)), False, dec)
+    if not decode and _is_ldm_encoder(enc):
+        scale = 2 ** sum(getattr(level, "downsample", None) is not None for level in enc.down)
+        moments = qc.out_channels if qc is not None else enc.conv_out.out_channels
+        latent = None
+        if _is_ldm_decoder(dec) and not bare:
+            latent = pqc.in_channels if pqc is not None else dec.conv_in.in_channels
+        # double_z: the encoder outputs mean and log-variance of the posterior
+        return VAELayout("ldm", direction, scale, enc.conv_in.in_channels, tuple(_ldm_encoder_steps(enc, qc)),
+                         latent is not None and moments == 2 * latent, enc)
+    hint = " (for a ComfyUI VAE pass vae.first_stage_model)" if hasattr(vae, "first_stage_model") else ""
+    raise ConfigError(f"vae must be {ACCEPTED_VAES}, with {'a decoder' if decode else 'an encoder'}; "
+                      f"got {type(vae).__name__}{hint}")
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """Pixels per latent pixel: 2 ** (number of up/down-sampling levels)."""
+    try:
+        return vae_layout(vae, "decode").scale
+    except ConfigError:
+        return vae_layout(vae, "encode").scale
 
 
 # --------------------------------------------------------------------------------------
@@ -595,20 +941,14 @@ def _encoder_program(T: _Tile, vae: nn.Module) -> Program:
 # --------------------------------------------------------------------------------------
 
 
-def vae_scale_factor(vae: Any) -> int:
-    """Pixels per latent pixel of a diffusers AutoencoderKL: 2 ** (blocks - 1)."""
-    blocks = getattr(getattr(vae, "config", None), "block_out_channels", None)
-    if blocks is None or not hasattr(vae, "decoder") or not hasattr(vae, "encoder"):
-        raise ConfigError(f"vae must be a diffusers AutoencoderKL (with .encoder, .decoder, .config), "
-                          f"got {type(vae).__name__}")
-    return 2 ** (len(blocks) - 1)
+PARK_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _check_args(vae: Any, x: Any, *, what: str, channels_key: str, tile: Any, overlap: Any, halo: Any,
+def _check_args(layout: VAELayout, x: Any, *, what: str, tile: Any, overlap: Any, halo: Any,
                 circular: Any, kernel: Any, sync_groupnorm: Any, park: Any, pixel_input: bool,
-                sync_strategy: Any = "auto", attention: Any = "canvas") -> tuple[int, Kernel, Any, torch.device]:
-    scale = vae_scale_factor(vae)
-    channels = getattr(vae.config, channels_key)
+                sync_strategy: Any = "auto", attention: Any = "canvas", park_budget_bytes: Any = None,
+                park_dtype: Any = None) -> tuple[int, Kernel, Any, torch.device, torch.dtype | None]:
+    scale, channels = layout.scale, layout.in_channels
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ConfigError(f"{what} must be a 4-D tensor (batch, channels, height, width), "
                           f"got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -634,11 +974,24 @@ def _check_args(vae: Any, x: Any, *, what: str, channels_key: str, tile: Any, ov
         raise ConfigError(f"sync_groupnorm must be True or False, got {sync_groupnorm!r}")
     check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
     check_choice("attention", attention, ("canvas", "tile"))
+    _check_budget(park_budget_bytes)
+    if park_dtype is not None:
+        if isinstance(park_dtype, torch.dtype):
+            park_dtype = {v: k for k, v in PARK_DTYPES.items()}.get(park_dtype, str(park_dtype))
+        check_choice("park_dtype", park_dtype, tuple(PARK_DTYPES))
+        park_dtype = PARK_DTYPES[park_dtype]
     try:
         park_dev = torch.device(park)
     except (TypeError, RuntimeError) as exc:
         raise ConfigError(f"park must be a device such as 'cpu', got {park!r}") from exc
-    return scale, get_kernel(kernel), ("x" if circular is True else circular), park_dev
+    return scale, get_kernel(kernel), ("x" if circular is True else circular), park_dev, park_dtype
+
+
+def _check_budget(park_budget_bytes: Any) -> None:
+    if park_budget_bytes is not None and (isinstance(park_budget_bytes, bool) or not isinstance(
+            park_budget_bytes, int) or park_budget_bytes < 0):
+        raise ConfigError(f"park_budget_bytes must be None (a quarter of the park device's free memory) or an "
+                          f"integer >= 0 bytes (e.g. {4 << 30} for 4 GiB), got {park_budget_bytes!r}")
 
 
 def _load_malloc_trim() -> Callable[[], None]:
@@ -685,27 +1038,91 @@ def _reply(msgs: list[Message], device: torch.device) -> tuple[torch.Tensor, tor
 
 SyncStrategy = Literal["auto", "park", "recompute"]
 SYNC_STRATEGIES: tuple[str, ...] = ("auto", "park", "recompute")
-#: "auto" parks while the parked activations need at most this fraction of the free memory
-#: of the park device (host MemAvailable, or free CUDA memory); above it, it recomputes.
+#: With park_budget_bytes=None, "auto" may park at most this fraction of the free memory
+#: of the park device (host MemAvailable, or free CUDA memory).
 PARK_BUDGET_FRACTION: float = 0.25
 
 
-def parked_bytes_estimate(vae: Any, plan: VAETilePlan, *, decode: bool, element_size: int = 4) -> int:
-    """Upper estimate of what the "park" strategy holds at its worst barrier: two
-    activations (hidden state + skip) of every tile, halos included, at the layer with the
-    most values per latent pixel (SD's decoder: 256 channels at full resolution, 16384
-    values per latent pixel, so about 34 GB at 4096^2)."""
-    chans = list(vae.config.block_out_channels)
-    scale = vae_scale_factor(vae)
-    if decode:
-        rev = chans[::-1]
-        per_px = max(max(rev[max(i - 1, 0)], rev[i]) * 4**i for i in range(len(rev)))
-    else:
-        per_px = max(max(chans[max(i - 1, 0)], chans[i]) * (scale // 2**i) ** 2 for i in range(len(chans)))
-    tile_px = sum(len(plan.y.input_indices(i)) * len(plan.x.input_indices(j)) for i, j in plan.tiles())
-    # + the canvas keys and values of the mid-block attention (latent resolution)
-    kv = 2 * chans[-1] * plan.y.length * plan.x.length
-    return (2 * per_px * tile_px + kv) * element_size
+@dataclass(frozen=True)
+class _Profile:
+    """Static facts of a tile program, from one tiny tile run: per barrier its kind, its
+    step index and the values (per latent pixel of the tile input, per sample) that a
+    tile's stack holds there; the output channels; canvas keys + values per canvas latent
+    pixel; optionally the convolution / linear multiply-adds of every step per latent
+    pixel (`step_macs`, for `schedule_estimate`)."""
+
+    kinds: tuple[str, ...]
+    values: tuple[float, ...]
+    out_channels: int
+    kv_values: float
+    barrier_steps: tuple[int, ...] = ()
+    step_macs: tuple[float, ...] = ()
+    message_macs: tuple[float, ...] = ()  # per core pixel, once per tile and barrier (keys, values)
+
+
+def _profile(layout: VAELayout, *, canvas_attention: bool, macs: bool = False) -> _Profile:
+    """Run the program on a 2 x 2 latent tile, answering each barrier with the tile's own
+    statistics (the barrier sequence does not depend on the values)."""
+    p = layout.parameter
+    unit = 1 if layout.direction == "decode" else layout.scale
+    L = 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, layout.in_channels, L * unit, L * unit, generator=g).to(p.device, p.dtype)
+    T = _Tile((0, 0), (L, L), (0, L, 0, L), True, [x], canvas_attention=canvas_attention)
+    kinds, values, where, sent, kv = [], [], [], [], 0.0
+    counts = [0.0] * len(layout.steps)
+
+    def count(mod: nn.Module, _args: Any, out: Any) -> None:
+        # multiply-adds of the step being run (T.pc); convs and linears are the cost
+        if isinstance(mod, nn.Conv2d):
+            counts[T.pc] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+        elif isinstance(mod, nn.Linear):
+            counts[T.pc] += out.numel() * mod.in_features
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count) if macs else None
+    try:
+        with torch.inference_mode():
+            while (msg := _advance(T, layout.steps)) is not None:
+                kinds.append(msg[1])
+                where.append(T.pc)
+                # what ran since the last step ended is the message (the core's keys and values)
+                sent.append(counts[T.pc] / (L * L))
+                counts[T.pc] = 0.0
+                values.append(sum({id(t): t.numel() for t in T.stack}.values()) / (L * L))
+                if msg[1] == "kv":
+                    kv += (msg[2].numel() + msg[3].numel()) / (L * L)
+                T.known.append(_reply([msg], p.device))
+    finally:
+        if hook is not None:
+            hook.remove()
+    return _Profile(tuple(kinds), tuple(values), T.stack[-1].shape[1], kv, tuple(where),
+                    tuple(c / (L * L) for c in counts), tuple(sent))
+
+
+def _tile_pixels(plan: VAETilePlan) -> int:
+    return sum(len(plan.y.input_indices(i)) * len(plan.x.input_indices(j)) for i, j in plan.tiles())
+
+
+def _barrier_bytes(prof: _Profile, plan: VAETilePlan, batch: int, element_size: int) -> list[int]:
+    """Bytes that parking every tile at each barrier holds."""
+    px = _tile_pixels(plan) * batch
+    return [int(v * px * element_size) for v in prof.values]
+
+
+def _kv_bytes(prof: _Profile, plan: VAETilePlan, batch: int, element_size: int) -> int:
+    return int(prof.kv_values * plan.y.length * plan.x.length * batch * element_size)
+
+
+def parked_bytes_estimate(vae: Any, plan: VAETilePlan, *, decode: bool, element_size: int = 4,
+                          batch: int = 1) -> int:
+    """What the "park" strategy holds at its worst barrier: every tile's stack (halos
+    included) at the barrier where the stacks are largest (SD's decoder: 256 channels at
+    full resolution, 16384 values per latent pixel, 2.0 GiB at 1024^2 and 40 GiB at
+    4096^2 with 64 px halos), plus the canvas keys and values of the mid-block attention
+    (latent resolution)."""
+    prof = _profile(vae_layout(vae, "decode" if decode else "encode"), canvas_attention=True)
+    return max(_barrier_bytes(prof, plan, batch, element_size), default=0) + _kv_bytes(prof, plan, batch,
+                                                                                     element_size)
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -723,24 +1140,105 @@ def _free_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode: bool, park: torch.device) -> str:
-    """"park" or "recompute" for `strategy` ("auto" decides by `parked_bytes_estimate`)."""
-    if strategy != "auto":
-        return strategy
-    size = next(vae.parameters()).element_size()
-    need = parked_bytes_estimate(vae, plan, decode=decode, element_size=size)
-    return "park" if need <= PARK_BUDGET_FRACTION * _free_bytes(park) else "recompute"
+def _checkpoints(strategy: str, prof: _Profile, plan: VAETilePlan, *, batch: int, element_size: int,
+                 budget: int) -> frozenset[int]:
+    """The barriers at which every tile's state is parked.
+
+    "park": all; "recompute": none (every barrier replays each tile from its input);
+    "auto": every barrier whose parked states, plus the canvas keys / values, fit in
+    `budget` bytes. Only each tile's latest parked state is kept, so the parked memory
+    peaks at the largest chosen barrier, and parking at every barrier that fits is the
+    least recompute for that peak: a barrier that does not fit is reached by replaying
+    each tile from its latest parked state (a checkpoint), not from its input."""
+    n = len(prof.values)
+    if strategy == "park":
+        return frozenset(range(n))
+    if strategy == "recompute":
+        return frozenset()
+    kv = _kv_bytes(prof, plan, batch, element_size)
+    sizes = _barrier_bytes(prof, plan, batch, element_size)
+    return frozenset(b for b in range(n) if sizes[b] + kv <= budget)
+
+
+def _strategy_name(checkpoints: frozenset[int], n: int) -> str:
+    return "park" if len(checkpoints) == n else "recompute" if not checkpoints else "checkpoint"
+
+
+def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode: bool, park: torch.device,
+                          park_budget_bytes: int | None = None, park_dtype: torch.dtype | None = None,
+                          batch: int = 1) -> str:
+    """What `strategy` runs as: "park", "recompute" or (from "auto" when only some barriers
+    fit `park_budget_bytes`, default a quarter of `park`'s free memory) "checkpoint"."""
+    check_choice("sync_strategy", strategy, SYNC_STRATEGIES)
+    _check_budget(park_budget_bytes)
+    layout = vae_layout(vae, "decode" if decode else "encode")
+    prof = _profile(layout, canvas_attention=True)
+    size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
+    budget = _park_budget(park_budget_bytes, park) if strategy == "auto" else 0
+    cps = _checkpoints(strategy, prof, plan, batch=batch, element_size=size, budget=budget)
+    return _strategy_name(cps, len(prof.values))
+
+
+def schedule_estimate(vae: Any, plan: VAETilePlan, *, decode: bool = True, sync_strategy: str = "auto",
+                      park_budget_bytes: int | None = None, park: str | torch.device = "cpu",
+                      park_dtype: torch.dtype | None = None, batch: int = 1) -> dict[str, Any]:
+    """What a synchronised tiled run of `plan` will cost, without running it: the strategy
+    it resolves to, the parked bytes at its peak (plus the canvas keys / values), and its
+    multiply-adds (convolutions, linears, canvas attention) relative to one park pass.
+
+    Counts come from one tiny tile run (`_profile`) scaled by each tile's pixels, and the
+    replays are simulated round by round as `_run_tiled` schedules them. Use it to pick a
+    `park_budget_bytes`, and to extrapolate canvases too large to decode here."""
+    check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
+    _check_budget(park_budget_bytes)
+    layout = vae_layout(vae, "decode" if decode else "encode")
+    prof = _profile(layout, canvas_attention=True, macs=True)
+    size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
+    budget = _park_budget(park_budget_bytes, torch.device(park)) if sync_strategy == "auto" else 0
+    cps = _checkpoints(sync_strategy, prof, plan, batch=batch, element_size=size, budget=budget)
+    canvas_px = plan.y.length * plan.x.length
+    attn = [0.0] * len(prof.step_macs)
+    for b, kind in enumerate(prof.kinds):  # queries of a tile pixel x every canvas key, and x values
+        if kind == "kv":
+            attn[prof.barrier_steps[b]] += 2 * canvas_px * prof.kv_values / 2
+    n = len(prof.kinds)
+
+    def total(cost: list[float]) -> tuple[float, float]:
+        """(multiply-adds per tile pixel over all rounds, those of one pass)"""
+        prefix = np.concatenate([[0.0], np.cumsum(cost)])
+        acc, last = 0.0, 0  # last: step index of the latest parked state
+        for k in range(n + 1):
+            end = prof.barrier_steps[k] if k < n else len(cost)
+            acc += prefix[end] - prefix[last]
+            if k in cps:
+                last = end
+        return acc, prefix[-1]
+
+    conv, conv_pass = total(list(prof.step_macs))
+    att, att_pass = total(attn)
+    px = _tile_pixels(plan) * batch
+    # every tile sends each barrier's message once, computed over its core: the canvas
+    sent = sum(prof.message_macs) * canvas_px * batch / px
+    conv, conv_pass = conv + sent, conv_pass + sent
+    sizes = [s + _kv_bytes(prof, plan, batch, size) for s in _barrier_bytes(prof, plan, batch, size)]
+    return {"strategy": _strategy_name(cps, n),
+            "parked_peak_bytes": max((sizes[b] for b in cps), default=0),
+            "compute_vs_park": (conv + att) / (conv_pass + att_pass),
+            "macs": (conv + att) * px, "attention_macs": att * px,
+            "barriers": n, "checkpoints": len(cps)}
+
+
+def _park_budget(park_budget_bytes: int | None, park: torch.device) -> int:
+    return int(PARK_BUDGET_FRACTION * _free_bytes(park)) if park_budget_bytes is None else park_budget_bytes
 
 
 def _run_tiled(
     *,
-    vae: nn.Module,
-    program: Callable[[_Tile, nn.Module], Program],
+    layout: VAELayout,
     x: torch.Tensor,
     plan: VAETilePlan,
     in_unit: int,
     out_unit: int,
-    out_channels: int,
     kernel: Kernel,
     blend_overlap: int,
     sync: bool,
@@ -749,34 +1247,44 @@ def _run_tiled(
     report: dict | None,
     strategy: str = "auto",
     canvas_attention: bool = True,
+    park_budget_bytes: int | None = None,
+    park_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Run `program` over every tile of `plan` and blend the outputs into one canvas.
+    """Run the layout's tile program over every tile of `plan` and blend the outputs.
 
     `x` holds latents or pixels (`in_unit` samples per latent pixel); tile outputs have
-    `out_unit` samples per latent pixel. No sync: tiles run one after another, each
-    from input to output. Sync, strategy "park": tiles advance in lock-step from one
-    GroupNorm to the next; between barriers every waiting tile's stack is parked on
-    `park`, so the compute device holds one tile's activations. Sync, strategy
-    "recompute": for GroupNorm k every tile is run afresh from its input, with the pooled
-    statistics of layers < k already known, up to layer k; nothing is kept between
-    tiles, so memory is one tile's on every device, at the price of re-running prefixes.
-    "auto" picks one of the two (`resolve_sync_strategy`).
+    `out_unit` samples per latent pixel. No sync: tiles run one after another, each from
+    input to output. Sync: round k ends at barrier k; in every round each tile runs from
+    its latest parked state (or from its input) to barrier k, reports, and is parked on
+    `park` if barrier k is a checkpoint (see `_checkpoints`), else dropped. Round k + 1
+    resumes a tile parked at barrier k directly; from an older checkpoint it replays a
+    copy, so that checkpoint stays for later rounds. All tiles have then reached barrier
+    k, so the pooled reply k is final: no strategy ever uses a provisional value, and all
+    run the same steps on the same values (bit-identical outputs).
     """
-    p = next(vae.parameters())
+    p = layout.parameter
     device, dtype = p.device, p.dtype
     out_device = device if out_device is None else out_device
     B = x.shape[0]
+    steps = layout.steps
+    # One tile with no wrap holds the whole canvas: its own statistics are the canvas's.
+    sync = sync and not (plan.n_tiles == 1 and not (plan.y.wraps or plan.x.wraps))
+    prof = _profile(layout, canvas_attention=sync and canvas_attention)
+    out_channels = prof.out_channels
+    n_barriers = len(prof.values) if sync else 0
+    if sync:
+        size = park_dtype.itemsize if park_dtype is not None else p.element_size()
+        budget = _park_budget(park_budget_bytes, park) if strategy == "auto" else 0
+        checkpoints = _checkpoints(strategy, prof, plan, batch=B, element_size=size, budget=budget)
+    else:
+        checkpoints = frozenset()
     wy = _normalised_axis_weights(plan.y, kernel, out_unit, blend_overlap)
     wx = _normalised_axis_weights(plan.x, kernel, out_unit, blend_overlap)
     out = torch.zeros(B, out_channels, plan.y.length * out_unit, plan.x.length * out_unit,
                       dtype=torch.float32, device=out_device)
-    # One tile with no wrap holds the whole canvas: its own statistics are the canvas's.
-    sync = sync and not (plan.n_tiles == 1 and not (plan.y.wraps or plan.x.wraps))
-    if sync:
-        strategy = resolve_sync_strategy(strategy, vae, plan, decode=program is _decoder_program, park=park)
-    tile_runs = 0
+    tile_runs = resumes = 0
 
-    def start(i: int, j: int, known: list | None = None) -> tuple[_Tile, Program]:
+    def start(i: int, j: int, known: list) -> _Tile:
         ry, rx = plan.y.input_indices(i), plan.x.input_indices(j)
         iy = np.repeat(ry * in_unit, in_unit) + np.tile(np.arange(in_unit), len(ry))
         ix = np.repeat(rx * in_unit, in_unit) + np.tile(np.arange(in_unit), len(rx))
@@ -785,9 +1293,8 @@ def _run_tiled(
         # modulo-indexed gather: one code path for clipped and wrapping halos
         xt = x.index_select(2, torch.as_tensor(iy, device=x.device)).index_select(
             3, torch.as_tensor(ix, device=x.device))
-        T = _Tile((i, j), (len(ry), len(rx)), plan.y.core[i] + plan.x.core[j], sync,
-                  [xt.to(device=device, dtype=dtype)], known=known or [], canvas_attention=sync and canvas_attention)
-        return T, program(T, vae)
+        return _Tile((i, j), (len(ry), len(rx)), plan.y.core[i] + plan.x.core[j], sync,
+                     [xt.to(device=device, dtype=dtype)], known=known, canvas_attention=sync and canvas_attention)
 
     def finish(T: _Tile, y: torch.Tensor) -> None:
         i, j = T.key
@@ -802,84 +1309,53 @@ def _run_tiled(
             for dx, sx, lx in plan.x.segments(j, out_unit):
                 out[:, :, dy:dy + ly, dx:dx + lx] += body[:, :, sy:sy + ly, sx:sx + lx]
 
-    barriers = attn_barriers = 0
+    tiles = list(plan.tiles())
+    parked: list[_Tile | None] = [None] * len(tiles)
+    parked_peak = 0
+    known: list[tuple[torch.Tensor, torch.Tensor]] = []
+    attn_barriers = 0
     host = device.type == "cpu" or park.type == "cpu"  # give freed tile memory back to the OS
     with torch.inference_mode():
-        if sync and strategy == "recompute":
-            known: list[tuple[torch.Tensor, torch.Tensor]] = []
-            finished = False
-            while not finished:
-                layer = len(known)
-                msgs = []
-                for n_done, (i, j) in enumerate(plan.tiles()):
-                    T, gen = start(i, j, known)  # replays layers < len(known) with final statistics
-                    try:
-                        msg = next(gen)
-                    except StopIteration as done:
-                        if n_done == 0:
-                            finished = True
-                        elif not finished:
-                            raise RuntimeError("tiles finished at different GroupNorm layers") from None
-                        finish(T, done.value)
-                        del T, gen
-                        if host:
-                            _malloc_trim()
-                        continue
-                    if finished or msg[0] != layer:
-                        raise RuntimeError("tiles reached different GroupNorm layers")
-                    gen.close()
-                    msgs.append(msg)
-                    del T, gen, msg
-                    if host:
-                        _malloc_trim()
-                if not finished:
-                    known.append(_reply(msgs, device))
-                    barriers += 1
-                    attn_barriers += msgs[0][1] == "kv"
-        elif not sync:
-            for i, j in plan.tiles():
-                T, gen = start(i, j)
-                try:
-                    next(gen)
-                except StopIteration as done:
-                    finish(T, done.value)
-                else:
-                    raise RuntimeError("tile program stopped at a GroupNorm barrier in no-sync mode")
-                del T, gen
-                if host:
-                    _malloc_trim()
-        else:
-            running: list[tuple[_Tile, Program]] = []
+        for k in range(n_barriers + 1):
+            final = k == n_barriers
             msgs: list[Message] = []
-            for i, j in plan.tiles():
-                T, gen = start(i, j)
-                msgs.append(next(gen))
-                T.move(park)
-                running.append((T, gen))
-            while running:
-                stats = _reply(msgs, device)
-                barriers += 1
-                attn_barriers += msgs[0][1] == "kv"
-                msgs, still = [], []
-                for T, gen in running:
-                    T.move(device)
-                    try:
-                        msg = gen.send(stats)
-                    except StopIteration as done:
-                        finish(T, done.value)
-                        continue
-                    T.move(park)
+            for t, (i, j) in enumerate(tiles):
+                state = parked[t]
+                if state is None:
+                    T = start(i, j, known)
+                elif final or k in checkpoints:  # its next parked state replaces this one
+                    T, parked[t] = state, None
+                    T.move(device, dtype)
+                else:  # replay a copy: this checkpoint is needed again next round
+                    T = state.snapshot(device, dtype)
+                    resumes += 1
+                msg = _advance(T, steps)
+                if msg is None:
+                    if not final:
+                        raise RuntimeError(f"tile {T.key} finished before barrier {k}")
+                    finish(T, T.stack.pop())
+                else:
+                    if final or msg[0] != k:
+                        raise RuntimeError("tiles reached different GroupNorm layers")
                     msgs.append(msg)
-                    still.append((T, gen))
-                if still and len(still) != len(running):
-                    raise RuntimeError("tiles finished at different GroupNorm layers")
-                running = still
+                    if k in checkpoints:
+                        T.move(park, park_dtype)
+                        parked[t] = T
+                del T, state
                 if host:
                     _malloc_trim()
+            if sync and checkpoints:
+                parked_peak = max(parked_peak, sum(s.nbytes() for s in parked if s is not None))
+            if not final:
+                known.append(_reply(msgs, device))
+                attn_barriers += msgs[0][1] == "kv"
+                del msgs
     if report is not None:
-        report.update(n_tiles=plan.n_tiles, synced=sync, groupnorm_barriers=barriers - attn_barriers,
+        report.update(n_tiles=plan.n_tiles, synced=sync, groupnorm_barriers=n_barriers - attn_barriers,
                       canvas_attention=bool(attn_barriers),
-                      strategy=strategy if sync else "none", tile_runs=tile_runs)
+                      strategy=_strategy_name(checkpoints, n_barriers) if sync else "none", tile_runs=tile_runs,
+                      resumes=resumes, checkpoints=len(checkpoints), parked_peak_bytes=parked_peak,
+                      layout=layout.kind)
     return out
 
 
@@ -897,41 +1373,63 @@ def tiled_decode(
     park: str | torch.device = "cpu",
     sync_strategy: SyncStrategy = "auto",
     attention: Literal["canvas", "tile"] = "canvas",
+    park_budget_bytes: int | None = None,
+    park_dtype: str | None = None,
     report: dict | None = None,
 ) -> torch.Tensor:
-    """Decode `latents` tile by tile: same input and output as `vae.decode(latents).sample`.
+    """Decode `latents` tile by tile: the same output as the one-piece decode.
 
-    `latents` are unscaled (already divided by `vae.config.scaling_factor`), shape
-    (B, latent_channels, h, w). `tile`, `overlap`, `halo` are pixels, multiples of the VAE
-    scale factor; `tile` is the largest tile body (the fewest tiles that cover are used,
-    shrunk to fit) and the VAE sees up to `tile + 2 * halo` px per tile; `halo` defaults to
-    DEFAULT_DECODE_HALO_PX. `circular` is False, True
-    (= "x"), "x", "y" or "both". `offload=True` keeps the output canvas on the CPU; `park`
-    is where tiles waiting at a GroupNorm barrier keep their activations (sync only).
+    `vae`: a diffusers AutoencoderKL (returns what `vae.decode(latents).sample` returns),
+    an LDM-layout autoencoder such as ComfyUI's `VAE.first_stage_model` (what its
+    `decode(latents)` returns: post_quant_conv, then decoder) or a bare LDM Decoder (what
+    `decoder(latents)` returns). The layout is read from the modules (`vae_layout`).
+    `latents` are unscaled (diffusers: already divided by `vae.config.scaling_factor`;
+    ComfyUI LATENTs are unscaled already), shape (B, latent_channels, h, w). `tile`,
+    `overlap`, `halo` are pixels, multiples of the VAE scale factor; `tile` is the largest
+    tile body (the fewest tiles that cover are used, shrunk to fit) and the VAE sees up to
+    `tile + 2 * halo` px per tile; `halo` defaults to DEFAULT_DECODE_HALO_PX. `circular`
+    is False, True (= "x"), "x", "y" or "both". `offload=True` keeps the output canvas on
+    the CPU; `park` is where tiles waiting at a barrier keep their activations (sync only).
     `sync_strategy`: "park" (one pass; all tiles' activations parked on `park`, which grows
     with the canvas), "recompute" (memory of one tile on every device; each tile re-runs
-    up to every GroupNorm, several times the compute) or "auto" (park while that fits in a
-    quarter of the park device's free memory). Both give the same image.
-    `attention` (sync only): "canvas" gives the mid-block self-attention the keys and values
-    of the whole canvas, as the full decode has (the canvas keys / values, two latent-sized
-    activations, stay on the compute device); "tile" lets it attend within its tile + halo
-    (bounded, and the main remaining error: see docs/vae.md).
+    up to every GroupNorm, several times the compute) or "auto": park at every barrier
+    where that fits in `park_budget_bytes` (default: a quarter of the park device's free
+    memory) and replay from the latest such checkpoint elsewhere; it never parks more than
+    the budget. All give the same image bit for bit. `park_dtype` ("bfloat16" or
+    "float16", opt-in) parks states in half precision: half the parked memory, but the
+    result is no longer float-exact (rounded activations) and no longer identical across
+    strategies. `attention` (sync only): "canvas" gives the mid-block self-attention the
+    keys and values of the whole canvas, as the full decode has (two latent-sized
+    activations, kept on the compute device); "tile" lets it attend within its tile + halo.
     Returns a float32 (B, out_channels, 8h, 8w) tensor (blending is done in float32).
-    `report`, if given, is filled with n_tiles, synced, groupnorm_barriers, strategy, tile_runs.
+    `report`, if given, is filled with n_tiles, synced, groupnorm_barriers, strategy,
+    tile_runs, resumes, checkpoints, parked_peak_bytes, layout.
     """
     halo = DEFAULT_DECODE_HALO_PX if halo is None else halo
-    scale, k, circ, park_dev = _check_args(
-        vae, latents, what="latents", channels_key="latent_channels", tile=tile, overlap=overlap, halo=halo,
-        circular=circular, kernel=kernel, sync_groupnorm=sync_groupnorm, park=park, pixel_input=False,
-        sync_strategy=sync_strategy, attention=attention)
+    layout = vae_layout(vae, "decode")
+    scale, k, circ, park_dev, pdt = _check_args(
+        layout, latents, what="latents", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
+        sync_groupnorm=sync_groupnorm, park=park, pixel_input=False, sync_strategy=sync_strategy,
+        attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype)
     plan = plan_vae_tiles(latents.shape[2], latents.shape[3], tile=tile, overlap=overlap, halo=halo,
                           scale=scale, circular=circ)
     return _run_tiled(
-        vae=vae, program=_decoder_program, x=latents, plan=plan, in_unit=1, out_unit=scale,
-        out_channels=vae.config.out_channels, kernel=k, blend_overlap=overlap, sync=sync_groupnorm,
-        park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
-        strategy=sync_strategy, canvas_attention=attention == "canvas",
+        layout=layout, x=latents, plan=plan, in_unit=1, out_unit=scale, kernel=k, blend_overlap=overlap,
+        sync=sync_groupnorm, park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
+        strategy=sync_strategy, canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes,
+        park_dtype=pdt,
     )
+
+
+def _posterior_ldm(moments: torch.Tensor, sample: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Mode or sample of the diagonal Gaussian with (mean, log-variance) moments, as LDM's
+    DiagonalGaussianDistribution (log-variance clamped to [-30, 20])."""
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    if not sample:
+        return mean
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    noise = torch.randn(mean.shape, generator=generator, device=generator.device if generator is not None else "cpu")
+    return mean + std * noise.to(mean.device, mean.dtype)
 
 
 def tiled_encode(
@@ -950,39 +1448,51 @@ def tiled_encode(
     park: str | torch.device = "cpu",
     sync_strategy: SyncStrategy = "auto",
     attention: Literal["canvas", "tile"] = "canvas",
+    park_budget_bytes: int | None = None,
+    park_dtype: str | None = None,
     report: dict | None = None,
 ) -> torch.Tensor:
-    """Encode `images` tile by tile: returns `vae.encode(images).latent_dist.mode()`
-    (`sample=True`: `.sample(generator)`), unscaled (multiply by scaling_factor yourself).
+    """Encode `images` tile by tile: the same output as the one-piece encode, unscaled.
 
+    diffusers AutoencoderKL: `vae.encode(images).latent_dist.mode()` (`sample=True`:
+    `.sample(generator)`). LDM-layout autoencoder (ComfyUI's `first_stage_model`): the
+    posterior mode / sample of `quant_conv(encoder(images))` when that holds mean and
+    log-variance (double_z), else the output itself. Bare LDM Encoder: `encoder(images)`.
     `images` in [-1, 1], shape (B, in_channels, H, W) with H, W multiples of the scale
     factor; `tile`, `overlap`, `halo` in pixels (halo default DEFAULT_ENCODE_HALO_PX).
     The posterior moments (mean, log-variance) are blended, then mode/sample is taken.
-    `sync_strategy`, `attention`, `park`, `offload`, `report`: as in `tiled_decode`.
+    The other options are those of `tiled_decode`.
     """
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
     halo = DEFAULT_ENCODE_HALO_PX if halo is None else halo
-    scale, k, circ, park_dev = _check_args(
-        vae, images, what="images", channels_key="in_channels", tile=tile, overlap=overlap, halo=halo,
-        circular=circular, kernel=kernel, sync_groupnorm=sync_groupnorm, park=park, pixel_input=True,
-        sync_strategy=sync_strategy, attention=attention)
+    layout = vae_layout(vae, "encode")
+    scale, k, circ, park_dev, pdt = _check_args(
+        layout, images, what="images", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
+        sync_groupnorm=sync_groupnorm, park=park, pixel_input=True, sync_strategy=sync_strategy,
+        attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype)
     if not isinstance(sample, bool):
         raise ConfigError(f"sample must be True (posterior sample) or False (posterior mode), got {sample!r}")
     plan = plan_vae_tiles(images.shape[2] // scale, images.shape[3] // scale, tile=tile, overlap=overlap,
                           halo=halo, scale=scale, circular=circ)
     moments = _run_tiled(
-        vae=vae, program=_encoder_program, x=images, plan=plan, in_unit=scale, out_unit=1,
-        out_channels=2 * vae.config.latent_channels, kernel=k, blend_overlap=overlap // scale,
+        layout=layout, x=images, plan=plan, in_unit=scale, out_unit=1, kernel=k, blend_overlap=overlap // scale,
         sync=sync_groupnorm, park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
-        strategy=sync_strategy, canvas_attention=attention == "canvas",
+        strategy=sync_strategy, canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes,
+        park_dtype=pdt,
     )
-    dist = DiagonalGaussianDistribution(moments)
-    return dist.sample(generator) if sample else dist.mode()
+    if not layout.posterior:
+        return moments
+    if layout.kind == "diffusers":
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        dist = DiagonalGaussianDistribution(moments)
+        return dist.sample(generator) if sample else dist.mode()
+    return _posterior_ldm(moments, sample, generator)
 
 
 __all__ = [
-    "AxisTiles", "GroupStats", "VAETilePlan", "blend_weight_sum", "parked_bytes_estimate", "plan_vae_tiles",
-    "resolve_sync_strategy", "tiled_decode", "tiled_encode", "vae_scale_factor", "DEFAULT_DECODE_HALO_PX",
-    "DEFAULT_ENCODE_HALO_PX", "SYNC_STRATEGIES",
+    "ACCEPTED_VAES", "AxisTiles", "GroupStats", "VAELayout", "VAETilePlan", "blend_weight_sum",
+    "parked_bytes_estimate", "plan_vae_tiles", "resolve_sync_strategy", "schedule_estimate", "tiled_decode",
+    "tiled_encode",
+    "vae_layout", "vae_scale_factor", "DEFAULT_DECODE_HALO_PX", "DEFAULT_ENCODE_HALO_PX", "PARK_DTYPES",
+    "SYNC_STRATEGIES",
 ]

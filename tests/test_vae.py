@@ -344,24 +344,41 @@ def test_recompute_strategy_gives_the_park_result_bit_for_bit(attention):
     assert torch.equal(e1, e2)
 
 
-def test_auto_strategy_recomputes_when_parking_would_not_fit(monkeypatch):
+def test_auto_strategy_parks_only_within_its_budget(monkeypatch):
+    """"auto" parks every tile at each barrier whose parked states fit the budget (default
+    a quarter of the free memory), and replays tiles from their latest parked state
+    (checkpoint) to reach the others: "park" when all fit, "recompute" when none does,
+    "checkpoint" in between, never more than the budget parked, and always the same bits."""
     import mdtools.vae as V
 
     vae = make_vae(attention=False)
     plan = plan_vae_tiles(LAT, LAT, tile=TILE, overlap=OVERLAP, halo=HALO, scale=8)
     need = V.parked_bytes_estimate(vae, plan, decode=True)
-    # decoder worst layer: 32 channels at full resolution = 32 * 64 values per latent pixel
+    # decoder worst barrier: norm2 of a resnet at full resolution holds its skip and
+    # conv1's output, 2 x 32 channels x 64 values per latent pixel; no attention, no keys
     px = sum(len(plan.y.input_indices(i)) * len(plan.x.input_indices(j)) for i, j in plan.tiles())
-    assert need == (2 * 32 * 64 * px + 2 * 32 * LAT * LAT) * 4
+    assert need == 2 * 32 * 64 * px * 4
     cpu = torch.device("cpu")
     monkeypatch.setattr(V, "_free_bytes", lambda device: 4 * need)
     assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu) == "park"
-    monkeypatch.setattr(V, "_free_bytes", lambda device: 4 * need - 1)
-    assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu) == "recompute"
-    rep: dict = {}
-    tiled_decode(vae, structured_latents(LAT, LAT), tile=TILE, overlap=OVERLAP, halo=HALO, report=rep)
-    assert rep["strategy"] == "recompute"
-    assert V.resolve_sync_strategy("park", vae, plan, decode=True, park=cpu) == "park"
+    monkeypatch.setattr(V, "_free_bytes", lambda device: 4 * need - 4)
+    assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu) == "checkpoint"
+    assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu, park_budget_bytes=1000) == "recompute"
+    assert V.resolve_sync_strategy("park", vae, plan, decode=True, park=cpu, park_budget_bytes=0) == "park"
+    z = structured_latents(LAT, LAT)
+    kw = dict(tile=TILE, overlap=OVERLAP, halo=HALO)
+    rep32: dict = {}
+    ref = tiled_decode(vae, z, sync_strategy="park", report=rep32, **kw)
+    for budget, strategy in ((need // 3, "checkpoint"), (0, "recompute")):
+        rep: dict = {}
+        out = tiled_decode(vae, z, park_budget_bytes=budget, report=rep, **kw)
+        assert rep["strategy"] == strategy and rep["parked_peak_bytes"] <= budget, rep
+        assert torch.equal(out, ref)
+    # opt-in half-precision parking: half the parked bytes, close but not float-exact
+    rep16: dict = {}
+    half = tiled_decode(vae, z, sync_strategy="park", park_dtype="bfloat16", report=rep16, **kw)
+    assert rep16["parked_peak_bytes"] * 2 == rep32["parked_peak_bytes"]
+    assert 0 < errors(half, ref)["max"] < 0.1
 
 
 @pytest.mark.parametrize("up", [1, 2])

@@ -1,0 +1,310 @@
+"""MultiDiffusion as a ComfyUI model patch: MODEL -> MODEL, fused every model call.
+
+`MultiDiffusionPatch` holds a method of `mdtools.methods` that works as a per-step model
+wrapper (multidiffusion, mixture, spotdiffusion) and turns ComfyUI's model call on the
+whole canvas into the method's fused prediction (MultiDiffusion Eq. 5):
+
+    F(x) = sum_i W_i * D(crop_i(x)) / sum_i W_i
+
+D is whatever ComfyUI's `apply_model` returns for a crop (the denoised x0 of the crop,
+after any later wrapper in the chain). x0 = x - sigma * eps is affine in eps with the same
+x and sigma at a shared pixel, so fusing x0 predictions is fusing eps predictions: the
+sampler then takes ONE step on the canvas, as in `mdtools.Run.denoise`.
+
+Nothing is copied from mdtools: the plan is `mdtools.plan_views`, the weights come from
+`KERNELS` through the method's `resolve_kernel`, the crop / fuse loop is
+`mdtools.fusion.MultiDiffusion.fuse`, and the views of step i are the method's own
+`views(run, i)` (SpotDiffusion's shifted grids). A small `_WrapperRun` gives the method
+hooks the parts of `mdtools.methods.Run` they read.
+
+Two ComfyUI APIs (both mirrored by tests/comfy_standin.py, after ComfyUI 0.3.64):
+- the chaining wrapper API `ModelPatcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key,
+  fn)`; fn(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kw)
+  calls `executor(...)` for each view batch, so wrappers of other nodes still run, per crop;
+- the older single slot `set_model_unet_function_wrapper(fn)` (fallback for ComfyUI
+  without the wrapper API), fn(apply_model, {"input", "timestep", "c", "cond_or_uncond"});
+  a wrapper already in that slot is called per view batch instead of `apply_model`.
+
+Only the patched clone is affected: ComfyUI itself is never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ConfigError, check_choice, check_positive_int
+from ..fusion import MultiDiffusion, ViewSet
+from ..kernels import KERNELS, Kernel
+from ..methods import CallSpec, Method, get_method
+from ..plan import TilePlan, plan_views
+
+#: The methods that work as a per-step model wrapper (the others need the whole pipeline:
+#: use the Generate (mdtools) node for them).
+PATCH_METHODS = ("multidiffusion", "mixture", "spotdiffusion")
+#: "auto": the method's own default kernel (gaussian; mixture's Gaussian tile weights).
+KERNEL_CHOICES = ("auto", *KERNELS)
+CIRCULAR_CHOICES = ("off", "x", "y", "both")
+#: The key of the APPLY_MODEL wrapper on the patched clone (a second patch replaces the first).
+WRAPPER_KEY = "mdtools.multidiffusion"
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """The node's inputs, validated by `MultiDiffusionPatch` (window and overlap in pixels)."""
+
+    method: str = "multidiffusion"
+    window: int = 512
+    overlap: int = 64
+    kernel: str = "auto"
+    view_batch_size: int = 4
+    circular: str = "off"
+    seed: int = 0
+    scale: int = 8
+
+
+@dataclass
+class _Stage:
+    plan: TilePlan
+    fuser: MultiDiffusion
+    viewset: ViewSet
+    timesteps: torch.Tensor
+    index: int = 0
+    step: int = 0
+
+
+@dataclass
+class _WrapperRun:
+    """What the per-step hooks of a `Method` read from `mdtools.methods.Run`, for a canvas
+    sampled by ComfyUI: the call, the stage (plan, fuser, default views, step count), the
+    kernel and the device. ComfyUI owns noise and scheduler, so no generator is held; the
+    methods' own draws are seeded by the node's `seed` (method param `seed`)."""
+
+    call: CallSpec
+    stage: _Stage
+    kernel: Kernel
+    device: torch.device
+    method: Method | None = None  # this canvas's own method object: methods keep per-run state
+    generator: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fuse(self, x_in: torch.Tensor, t: torch.Tensor, vs: ViewSet, *, input_fn: Any = None) -> torch.Tensor:
+        return self.stage.fuser.fuse(x_in, t, vs, input_fn=input_fn)
+
+
+def _call_spec(s: PatchSettings, plan: TilePlan, kernel: Kernel, steps: int) -> CallSpec:
+    return CallSpec(height=plan.height, width=plan.width, plan=plan, kernel=kernel, scale=s.scale, window=plan.window,
+                    overlap=plan.overlap, circular=plan.circular, steps=steps, guidance_scale=1.0, batch=1,
+                    view_batch_size=s.view_batch_size)
+
+
+class MultiDiffusionPatch:
+    """The fused model call of one MultiDiffusion (mdtools) node.
+
+    All settings are checked here, before sampling starts (ConfigError naming the input).
+    Per canvas size (and, for SpotDiffusion, per sigma schedule) the plan, weights and
+    fuser are built once and reused at every step.
+    """
+
+    def __init__(self, settings: PatchSettings):
+        s = settings
+        check_choice("method", s.method, PATCH_METHODS)
+        check_choice("kernel", s.kernel, KERNEL_CHOICES)
+        check_choice("circular", s.circular, CIRCULAR_CHOICES)
+        check_positive_int("view_batch_size", s.view_batch_size)
+        if isinstance(s.seed, bool) or not isinstance(s.seed, int):
+            raise ConfigError(f"seed must be an integer, e.g. 0; got {s.seed!r}")
+        self.settings = s
+        self.method: Method = self._new_method()
+        self.kernel: Kernel = self.method.resolve_kernel(None if s.kernel == "auto" else s.kernel, None)
+        # the window and overlap checks of plan_views and the method's own (SpotDiffusion: overlap 0),
+        # on a stand-in canvas (64 latent px): the real canvas is known only at sampling time
+        probe = plan_views(64 * s.scale, 64 * s.scale, window=s.window, overlap=s.overlap, scale=s.scale,
+                           circular=self._circular)
+        self.method.check(_call_spec(s, probe, self.kernel, 1))
+        self._runs: dict[tuple, _WrapperRun] = {}
+        self.calls = 0  # fused model calls, for tests and records
+
+    def _new_method(self) -> Method:
+        s = self.settings
+        return get_method(s.method, **({"seed": s.seed} if "seed" in _params(s.method) else {}))
+
+    @property
+    def _circular(self) -> Any:
+        return False if self.settings.circular == "off" else self.settings.circular
+
+    def describe(self) -> dict[str, Any]:
+        """Settings, method and kernel, JSON-safe, for run records."""
+        s = self.settings
+        return {"method": self.method.describe(), "kernel": self.kernel.describe(), "window": s.window,
+                "overlap": s.overlap, "view_batch_size": s.view_batch_size, "circular": s.circular}
+
+    # ---- per canvas ---------------------------------------------------------------------
+    def _run(self, H: int, W: int, device: torch.device, sigmas: torch.Tensor | None) -> _WrapperRun:
+        spot = self.settings.method == "spotdiffusion"
+        if spot and sigmas is None:
+            raise ConfigError("method 'spotdiffusion' needs the sampler's sigmas (transformer_options['sample_sigmas'], "
+                              "set by ComfyUI's samplers); use method 'multidiffusion' with this sampler")
+        steps = 1 if sigmas is None else max(1, len(sigmas) - 1)
+        key = (H, W, str(device), tuple(sigmas.tolist()) if spot else None)
+        run = self._runs.get(key)
+        if run is None:
+            s = self.settings
+            # the canvas in pixels; a window larger than the canvas gives one view on that axis
+            plan = plan_views(H * s.scale, W * s.scale, window=s.window, overlap=s.overlap, scale=s.scale,
+                              circular=self._circular)
+            fuser = MultiDiffusion(None, plan, self.kernel, view_batch_size=s.view_batch_size,  # type: ignore[arg-type]
+                                   device=device)
+            ts = sigmas[:-1] if sigmas is not None else torch.zeros(1)
+            run = _WrapperRun(_call_spec(s, plan, self.kernel, steps), _Stage(plan, fuser, fuser.viewset, ts),
+                              self.kernel, device, method=self._new_method())
+            run.method.begin(run)  # type: ignore[arg-type,union-attr]  # duck-typed Run: SpotDiffusion draws its shifts here
+            if len(self._runs) > 8:  # a long session with many canvas sizes: keep the cache small
+                self._runs.clear()
+            self._runs[key] = run
+        return run
+
+    @staticmethod
+    def step_index(t: torch.Tensor, sigmas: torch.Tensor | None) -> int:
+        """The step whose interval [sigma_i, sigma_i+1) holds `t` (intermediate evaluations of
+        2nd-order samplers belong to their step)."""
+        if sigmas is None:
+            return 0
+        s = float(t.reshape(-1)[0])
+        sig = sigmas[:-1].float().cpu()
+        hits = (sig >= s * (1 - 1e-4)).nonzero().reshape(-1)
+        return int(hits[-1]) if len(hits) else 0
+
+    def plan_for(self, H: int, W: int) -> TilePlan:
+        """The view plan this patch uses for an (H, W) latent canvas."""
+        s = self.settings
+        return plan_views(H * s.scale, W * s.scale, window=s.window, overlap=s.overlap, scale=s.scale,
+                          circular=self._circular)
+
+    # ---- the fused call -------------------------------------------------------------------
+    def fused(self, model_call: Callable[[torch.Tensor, int, int, ViewSet], torch.Tensor], x: torch.Tensor,
+              t: torch.Tensor, transformer_options: dict | None) -> torch.Tensor:
+        """Eq. 5 over the views of this step. `model_call(crops, start, end, views)` runs the
+        model on the crops of entries [start, end) of `views` ((end-start)*B, view-major)."""
+        H, W = x.shape[-2:]
+        sigmas = (transformer_options or {}).get("sample_sigmas")
+        run = self._run(H, W, x.device, sigmas)
+        i = self.step_index(t, sigmas)
+        run.stage.step = i
+        vs = run.method.views(run, i)  # type: ignore[arg-type,union-attr]
+        span: list[int] = [0, 0]
+
+        def note(crops: torch.Tensor, s: int, e: int) -> torch.Tensor:
+            span[0], span[1] = s, e  # which entries the next denoiser call gets
+            return crops
+
+        def denoise(crops: torch.Tensor, _t: Any, views: Any, **_: Any) -> torch.Tensor:
+            return model_call(crops, span[0], span[1], vs)
+
+        run.stage.fuser.denoiser = denoise
+        self.calls += 1
+        try:
+            return run.stage.fuser.fuse(x, t, vs, input_fn=note)
+        finally:
+            run.stage.fuser.denoiser = None  # type: ignore[assignment]  # drop the closure (holds the model)
+
+    # ---- ComfyUI's two wrapper APIs ---------------------------------------------------------
+    def apply_model_wrapper(self, executor: Callable, x: torch.Tensor, t: torch.Tensor, c_concat: Any = None,
+                            c_crossattn: Any = None, control: Any = None, transformer_options: dict | None = None,
+                            **kwargs: Any) -> torch.Tensor:
+        """WrappersMP.APPLY_MODEL wrapper: `executor(...)` runs the rest of the chain on a crop."""
+        _refuse_control(control)
+        opts = transformer_options if transformer_options is not None else {}
+        B, (H, W) = x.shape[0], x.shape[-2:]
+
+        def call(crops: torch.Tensor, s: int, e: int, vs: ViewSet) -> torch.Tensor:
+            k = e - s
+            conds = {name: _per_view(v, k, B, (H, W), vs, s, e) for name, v in kwargs.items()}
+            return executor(crops, t.repeat(k), _per_view(c_concat, k, B, (H, W), vs, s, e),
+                            _per_view(c_crossattn, k, B, (H, W), vs, s, e), control, _options_for(opts, k), **conds)
+
+        return self.fused(call, x, t, opts)
+
+    def unet_function_wrapper(self, previous: Callable | None = None) -> Callable:
+        """A `set_model_unet_function_wrapper` function (older ComfyUI). `previous`, a wrapper
+        already in that single slot, is called per view batch, so it is kept, not replaced."""
+
+        def wrapper(apply_model: Callable, args: dict[str, Any]) -> torch.Tensor:
+            x, t, c, coc = args["input"], args["timestep"], dict(args["c"]), list(args["cond_or_uncond"])
+            _refuse_control(c.get("control"))
+            B, (H, W) = x.shape[0], x.shape[-2:]
+            opts = c.get("transformer_options") or {}
+
+            def call(crops: torch.Tensor, s: int, e: int, vs: ViewSet) -> torch.Tensor:
+                k = e - s
+                ck = {name: (_options_for(v, k) if name == "transformer_options" else _per_view(v, k, B, (H, W), vs, s, e))
+                      for name, v in c.items()}
+                sub = {"input": crops, "timestep": t.repeat(k), "c": ck, "cond_or_uncond": coc * k}
+                if previous is not None:
+                    return previous(apply_model, sub)
+                return apply_model(crops, sub["timestep"], **ck)
+
+            return self.fused(call, x, t, opts)
+
+        wrapper.mdtools_patch = self  # type: ignore[attr-defined]  # lets a later patch find and replace it
+        wrapper.mdtools_previous = previous  # type: ignore[attr-defined]
+        return wrapper
+
+
+def _params(method: str) -> dict[str, Any]:
+    from ..methods import METHODS
+
+    return METHODS[method].PARAMS
+
+
+def _refuse_control(control: Any) -> None:
+    if control is not None:
+        raise ConfigError("ControlNet / T2I-Adapter conditioning is not supported under MultiDiffusion (mdtools): "
+                          "its residuals are computed for the whole canvas, not per view; remove the ControlNet "
+                          "apply node or the MultiDiffusion (mdtools) node")
+
+
+def _per_view(v: Any, k: int, B: int, hw: tuple[int, int], vs: ViewSet, s: int, e: int) -> Any:
+    """A model input for k views of a batch-B canvas: spatial tensors (B, ..., H, W) are cropped
+    like the latents (c_concat of inpainting models), other batch tensors (B, ...) are repeated
+    once per view (text embeddings, SDXL's `y`), anything else passes unchanged."""
+    if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != B:
+        return v
+    if v.ndim == 4 and tuple(v.shape[-2:]) == hw:
+        return MultiDiffusion.gather(v, vs, s, e)
+    return torch.cat([v] * k) if k > 1 else v
+
+
+def _options_for(opts: dict, k: int) -> dict:
+    """transformer_options for k views: the per-chunk lists (cond_or_uncond, uuids) repeated,
+    view-major, so patches that split the batch by chunk still line up."""
+    if k == 1 or not isinstance(opts, dict):
+        return opts
+    out = dict(opts)
+    for key in ("cond_or_uncond", "uuids"):
+        if isinstance(opts.get(key), list):
+            out[key] = opts[key] * k
+    return out
+
+
+def apply_patch(model: Any, patch: MultiDiffusionPatch) -> Any:
+    """A clone of ComfyUI `model` (a ModelPatcher) with `patch` on it; `model` is unchanged.
+
+    Uses the chaining APPLY_MODEL wrapper when the ModelPatcher has it, else the single
+    `model_function_wrapper` slot. An earlier MultiDiffusion (mdtools) patch on the same
+    model is replaced (views of views would re-tile crops)."""
+    m = model.clone()
+    if hasattr(m, "add_wrapper_with_key"):
+        from comfy.patcher_extension import WrappersMP
+
+        if hasattr(m, "remove_wrappers_with_key"):
+            m.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY)
+        m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, patch.apply_model_wrapper)
+        return m
+    previous = m.model_options.get("model_function_wrapper")
+    while getattr(previous, "mdtools_patch", None) is not None:  # replace, not nest, an earlier mdtools patch
+        previous = previous.mdtools_previous
+    m.set_model_unet_function_wrapper(patch.unet_function_wrapper(previous))
+    return m
