@@ -118,6 +118,20 @@ class SDAdapter(_GuidedAdapter):
     def _added(self, views: Sequence[View], cond: torch.Tensor | None, cfg_half: int) -> dict | None:
         return None
 
+    def _set_pooled(self, pooled: torch.Tensor, negative_pooled: torch.Tensor | None) -> None:
+        """Pooled text embeddings (SDXL, SD3, FLUX): (B, D) or (P, B, D) like the prompt embeddings."""
+        self.pooled_all = pooled.unsqueeze(0) if pooled.ndim == 2 else pooled
+        self.neg_pooled_all = None if negative_pooled is None else (
+            negative_pooled.unsqueeze(0) if negative_pooled.ndim == 2 else negative_pooled)
+
+    def _pooled(self, n_views: int, cond: torch.Tensor | None, cfg_half: int) -> torch.Tensor:
+        """The views' pooled embeddings, [negative; positive] under CFG (the order of `_embeds`)."""
+        text = _pick(self.pooled_all, cond, n_views)
+        if cfg_half < 0:
+            return text
+        assert self.neg_pooled_all is not None
+        return torch.cat([_pick(self.neg_pooled_all, cond, n_views), text])
+
     def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None,
                  cfg_half: int) -> torch.Tensor:
         n = len(views)
@@ -161,10 +175,7 @@ class SDXLAdapter(SDAdapter):
     ):
         super().__init__(unet, prompt_embeds, negative_prompt_embeds, guidance_scale=guidance_scale,
                          guidance_rescale=guidance_rescale, cfg=cfg)
-        # pooled embeddings: (B, D) or (P, B, D) like the prompt embeddings
-        self.pooled_all = pooled.unsqueeze(0) if pooled.ndim == 2 else pooled
-        self.neg_pooled_all = None if negative_pooled is None else (
-            negative_pooled.unsqueeze(0) if negative_pooled.ndim == 2 else negative_pooled)
+        self._set_pooled(pooled, negative_pooled)
         self.canvas_px = canvas_px
         self.window_px = window_px
         self.scale = scale
@@ -183,12 +194,115 @@ class SDXLAdapter(SDAdapter):
     def _added(self, views: Sequence[View], cond: torch.Tensor | None, cfg_half: int) -> dict:
         n, b = len(views), self.pos.shape[0]
         ids = self._time_ids(views, b)
-        text = _pick(self.pooled_all, cond, n)
         if cfg_half >= 0:
-            assert self.neg_pooled_all is not None
-            text = torch.cat([_pick(self.neg_pooled_all, cond, n), text])
             ids = torch.cat([ids, ids])
-        return {"text_embeds": text, "time_ids": ids}
+        return {"text_embeds": self._pooled(n, cond, cfg_half), "time_ids": ids}
+
+
+#: Position ids of FLUX views: "local" (0..h/2-1 per view, what the model saw in training) or
+#: "global" (the view's offset on the canvas added, like SDXL crop coordinates).
+POSITIONS = ("local", "global")
+_PER_SAMPLE = ("timestep", "guidance", "pooled_projections", "encoder_hidden_states")
+
+
+class SD3Adapter(SDAdapter):
+    """SD3 / SD3.5 MMDiT (flow matching: the model predicts the velocity v).
+
+    Joint text tokens (CLIP-L and CLIP-G penultimate states zero-padded to T5's width, then
+    T5) and the pooled CLIP embeddings (`pooled_projections`) go with every view; CFG is
+    batched [uncond; cond] as in `StableDiffusion3Pipeline` (the negative prompt is encoded,
+    "" by default). Positions are view-local by construction: the transformer crops its fixed
+    sin-cos table centred on whatever patch grid it gets, so equal-size views get equal
+    embeddings wherever they sit on the canvas.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, prompt_embeds: torch.Tensor,
+                 negative_prompt_embeds: torch.Tensor | None, pooled: torch.Tensor, negative_pooled: torch.Tensor | None,
+                 *, guidance_scale: float, guidance_rescale: float = 0.0, cfg: bool | None = None):
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale=guidance_scale,
+                         guidance_rescale=guidance_rescale, cfg=cfg)
+        self._set_pooled(pooled, negative_pooled)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None,
+                 cfg_half: int) -> torch.Tensor:
+        n = len(views)
+        # timestep on the 0..1000 scale, one per sample, as the diffusers pipeline passes it
+        return self.unet(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=self._embeds(n, cond, cfg_half),
+                         pooled_projections=self._pooled(n, cond, cfg_half), return_dict=False)[0]
+
+
+class FluxAdapter(SDAdapter):
+    """FLUX.1 (dev / schnell) MMDiT on an unpacked latent canvas; each view is packed on its own.
+
+    The canvas stays (B, 16, H/8, W/8) so fusion, kernels and every method work per latent
+    pixel; a view crop (N, 16, h, w) is packed into (N, h/2 * w/2, 64) tokens (2x2 patches,
+    `FluxPipeline._pack_latents`), run, and the packed velocity unpacked again. Image ids are
+    the view's token grid from 0 ("local", default: what the model saw in training) or with the
+    view's canvas offset added ("global"; RoPE then changes only image-text attention, and ids
+    leave the trained range on large canvases). `guidance` is FLUX-dev's guidance embedding
+    (one forward per step; per-view guidance scales from Mixture of Diffusers tiles go there);
+    `true_cfg_scale` > 1 with a negative prompt adds diffusers' "true CFG" second pass.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, prompt_embeds: torch.Tensor,
+                 negative_prompt_embeds: torch.Tensor | None, pooled: torch.Tensor, negative_pooled: torch.Tensor | None,
+                 text_ids: torch.Tensor, *, guidance: float | None, true_cfg_scale: float = 1.0, cfg: bool = False,
+                 scale: int, positions: str = "local"):
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale=true_cfg_scale, cfg=cfg)
+        self._set_pooled(pooled, negative_pooled)
+        self.text_ids = text_ids
+        self.embedded_guidance = guidance if getattr(transformer.config, "guidance_embeds", False) else None
+        self.scale = scale
+        self.positions = positions
+        self._view_guidance: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None = None,
+                 guidance: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embedded_guidance is None:
+            return super().__call__(x, t, views, cond, guidance)
+        self._view_guidance = guidance  # per-view scales feed the guidance embedding, not CFG
+        try:
+            return super().__call__(x, t, views, cond, None)
+        finally:
+            self._view_guidance = None
+
+    def _guidance(self, n_views: int, samples: int) -> torch.Tensor | None:
+        if self.embedded_guidance is None:
+            return None
+        dev = self.pos.device
+        if self._view_guidance is None:
+            return torch.full((samples,), float(self.embedded_guidance), device=dev, dtype=torch.float32)
+        g = self._view_guidance.to(device=dev, dtype=torch.float32).repeat_interleave(samples // n_views // self._halves)
+        return g.repeat(self._halves)
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None,
+                 cfg_half: int) -> torch.Tensor:
+        from diffusers import FluxPipeline
+
+        N, C, h, w = x.shape
+        n = len(views)
+        self._halves = 1 if cfg_half < 0 else 2
+        packed = FluxPipeline._pack_latents(x, N, C, h, w)
+        kw = dict(timestep=t.expand(N).to(x.dtype) / 1000, guidance=self._guidance(n, N), txt_ids=self.text_ids,
+                  pooled_projections=self._pooled(n, cond, cfg_half), encoder_hidden_states=self._embeds(n, cond, cfg_half),
+                  return_dict=False)
+        ids = FluxPipeline._prepare_latent_image_ids(N, h // 2, w // 2, x.device, self.pos.dtype)
+        if self.positions == "local":
+            out = self.unet(hidden_states=packed, img_ids=ids, **kw)[0]
+        else:
+            # one image-id grid per forward (the transformer takes 2-D ids): one view at a time
+            per = N // (n * self._halves)
+            outs = []
+            order = torch.arange(N, device=x.device).reshape(self._halves, n, per).transpose(0, 1).reshape(n, -1)
+            for j, v in enumerate(views):
+                rows = order[j]
+                off = torch.tensor([0.0, v.top / 2, v.left / 2], device=x.device, dtype=ids.dtype)
+                sub = {k: (val[rows] if k in _PER_SAMPLE and val is not None else val) for k, val in kw.items()}
+                outs.append((rows, self.unet(hidden_states=packed[rows], img_ids=ids + off, **sub)[0]))
+            out = torch.empty(N, *outs[0][1].shape[1:], dtype=outs[0][1].dtype, device=x.device)
+            for rows, o in outs:
+                out[rows] = o
+        return FluxPipeline._unpack_latents(out, h * self.scale, w * self.scale, self.scale)
 
 
 class PixelAdapter:

@@ -318,6 +318,64 @@ def claim_c4(df_scaling: pd.DataFrame, vae_bench: pd.DataFrame | None) -> Verdic
                    "the full-canvas decode, not denoising, is the memory killer", verdict, "; ".join(ev), numbers)
 
 
+def _real(real: pd.DataFrame, preset: str, phase: str, size: int) -> pd.Series | None:
+    """The row of benchmarks/real_arch.py for (preset, phase, size): measured before extrapolated."""
+    r = real[(real["preset"] == preset) & (real["phase"] == phase) & (real["size_px"] == size)]
+    if r.empty:
+        return None
+    return r.sort_values("kind", key=lambda k: k != "measured").iloc[0]
+
+
+def _how(row: pd.Series) -> str:
+    return "measured" if row["kind"] == "measured" else f"extrapolated ({row['basis']})"
+
+
+def claim_c3_real(real: pd.DataFrame, *, preset: str = "sd21", small: int = 512, big: int = 2048) -> Verdict:
+    """C3 on the real SD 2.1 UNet (random weights, benchmarks/real_arch.py): 2048^2 vs 512^2 denoising time."""
+    statement = "A canvas of 16x the window's area (2048^2 vs 512^2) takes 4-6x the time (real SD 2.1 UNet)"
+    a, b = _real(real, preset, "denoise", small), _real(real, preset, "denoise", big)
+    if a is None or b is None:
+        return Verdict("C3 (real arch)", statement, f"not measured: no {preset} denoise rows at {small} and {big} px "
+                       "in results/bench/real_arch.csv", "", {})
+    per_step = lambda r: float(r["seconds"]) / float(r["steps"])  # noqa: E731
+    ratio = per_step(b) / per_step(a)
+    views = float(b["views"]) / float(a["views"])
+    lo, hi = 4.0, 6.0
+    verdict_ = "holds" if lo <= ratio <= hi else (
+        f"does not hold: {ratio:.1f}x, {'more' if ratio > hi else 'less'} than 4-6x; the time follows the view count "
+        f"({views:.0f}x views at {int(b['window_px']) if b.get('window_px') == b.get('window_px') else 512} px windows)")
+    ev = (f"{preset} UNet, random weights, {a['device']} {a['dtype']}: {small} px {per_step(a):.1f} s/step "
+          f"({int(a['views'])} views, {_how(a)}); {big} px {per_step(b):.1f} s/step ({int(b['views'])} views, {_how(b)}); "
+          f"{float(a['per_view_forward_s']):.2f} s per view forward (CFG batch of 2); CPU load {a['loadavg_1m']:.1f}")
+    return Verdict("C3 (real arch)", statement, verdict_, ev, {"time_ratio": ratio, "view_ratio": views,
+                                                               "extrapolated": b["kind"] != "measured"})
+
+
+def claim_c4_real(real: pd.DataFrame, *, preset: str = "sd21", size: int = 8192) -> Verdict:
+    """C4 on the real SD VAE: decode memory at 8192^2, full vs tiled, in GB of activations above the weights."""
+    statement = ("With tiled VAE decoding, peak memory at 8192^2 stays 8-12 GB vs > 24 GB without "
+                 "(real SD VAE, decode activations above the weights)")
+    full, tiled = _real(real, preset, "decode_full", size), _real(real, preset, "decode_tiled", size)
+    if full is None:
+        return Verdict("C4 (real arch)", statement, f"not measured: no {preset} full-decode rows in "
+                       "results/bench/real_arch.csv", "", {})
+    f_gb = float(full["peak_above_weights_gb"])
+    sel = real[(real["preset"] == preset) & (real["kind"] == "measured") & (real["phase"] == "decode_full")]
+    pts = "; ".join(f"{int(r.size_px)} px {r.peak_above_weights_gb:.2f} GB" for r in sel.sort_values("size_px").itertuples())
+    ev = f"full decode {f_gb:.0f} GB at {size} px ({_how(full)}); measured full decodes: {pts} ({full['device']} {full['dtype']})"
+    numbers: dict[str, Any] = {"full_gb": f_gb, "full_extrapolated": full["kind"] != "measured"}
+    half = f"the 'without' half holds: a full decode needs {f_gb:.0f} GB > 24 GB"
+    if f_gb <= 24:
+        half = f"the 'without' half does not hold: a full decode needs {f_gb:.0f} GB <= 24 GB"
+    if tiled is None:
+        return Verdict("C4 (real arch)", statement, f"{half}; the tiled side is not measured on the real VAE here "
+                       "(benchmarks/real_arch.py --tiled-decode; the toy-VAE figures are in the C4 row above)", ev, numbers)
+    t_gb = float(tiled["peak_above_weights_gb"])
+    numbers |= {"tiled_gb": t_gb, "tiled_extrapolated": tiled["kind"] != "measured"}
+    verdict_ = f"{half}; tiled {t_gb:.1f} GB ({'within' if t_gb <= 12 else 'above'} 12 GB, {_how(tiled)})"
+    return Verdict("C4 (real arch)", statement, verdict_, ev, numbers)
+
+
 def claim_c5(df: pd.DataFrame) -> Verdict:
     """C5: extreme aspect ratios waste computation on repeated overlap; near-square is better.
 
@@ -465,6 +523,10 @@ def all_verdicts(results: str | Path = "results") -> pd.DataFrame:
         out.append(claim_c3(sc))
         vb = r / "bench" / "vae_memory.csv"
         out.append(claim_c4(sc, pd.read_csv(vb) if vb.exists() else None))
+    ra = r / "bench" / "real_arch.csv"
+    if ra.exists():
+        real = pd.read_csv(ra)
+        out += [claim_c3_real(real), claim_c4_real(real)]
     ar = table("aspect_ratio")
     if ar is not None:
         out.append(claim_c5(ar))

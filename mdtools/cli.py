@@ -40,6 +40,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .pipeline import (
         MultiDiffusionPipeline,
+        check_model_sizes,
         prepare_call,
         read_native_window,
         read_scale_factor,
@@ -54,6 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     scale = read_scale_factor(path)
     window = args.window or read_native_window(path, scale) or 512
+    check_model_sizes(path, args.height, args.width, window, scale)  # SD3 / FLUX: 16 px multiples, before loading
     if args.scheduler:
         check_scheduler_name(args.scheduler)
     kparams = _kernel_params(args.kernel_param)

@@ -338,12 +338,13 @@ def prepare_run(cfg: RunConfig, scale: int, native: int | None) -> tuple[Any, An
 
 def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
     """Pydantic + engine checks for every run; all problems are reported together."""
-    from .pipeline import read_native_window, read_scale_factor, resolve_model_path
+    from .pipeline import check_model_sizes, read_native_window, read_scale_factor, resolve_model_path
     from .schedulers import check_scheduler_name
 
     errors: list[str] = []
     runs: list[RunConfig] = []
     scale_cache: dict[str, tuple[int, int | None]] = {}
+    paths: dict[str, str] = {}
     for i, d in enumerate(raw):
         tag = f"{where}run {i}: "
         try:
@@ -353,10 +354,13 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
             continue
         try:
             if cfg.model not in scale_cache:
-                path = resolve_model_path(cfg.model)
+                path = paths[cfg.model] = resolve_model_path(cfg.model)
                 scale = read_scale_factor(path)
                 scale_cache[cfg.model] = (scale, read_native_window(path, scale))
             scale, native = scale_cache[cfg.model]
+            h, w = cfg.canvas.resolve(scale)
+            # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
+            check_model_sizes(paths[cfg.model], h, w, cfg.tiling.window or native, scale)
             if cfg.sampler.scheduler:
                 check_scheduler_name(cfg.sampler.scheduler)
             from .metrics import METRICS

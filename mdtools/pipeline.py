@@ -16,20 +16,27 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-from .adapters import PixelAdapter, SDAdapter, SDXLAdapter
-from .errors import ConfigError, check_choice, check_positive_int
+from .adapters import POSITIONS, FluxAdapter, PixelAdapter, SD3Adapter, SDAdapter, SDXLAdapter
+from .errors import ConfigError, check_choice, check_multiple, check_positive_int
 from .instrument import PhaseStats, Record, Recorder
 from .kernels import Kernel
 from .methods import CallSpec, Method, Run, get_method
 from .methods.regions import check_regions
 from .plan import CIRCULAR_MODES, TilePlan, plan_views
-from .schedulers import make_scheduler
+from .schedulers import MU_SOURCES, FlowMatchSchedule, check_scheduler_name, is_flow_scheduler, make_scheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 AUTO_TILE_PIXELS = 2048 * 2048  # "auto" VAE tiling above this canvas size
 #: Default tile of the tiled VAE decode, in pixels (diffusers' tile_sample_min_size for SD).
 VAE_TILE_PX = 512
-ModelKind = Literal["sd", "sdxl", "pixel"]
+ModelKind = Literal["sd", "sdxl", "pixel", "sd3", "flux"]
+#: Diffusion-transformer kinds: flow matching, latents patchified 2x2 inside the model.
+DIT_KINDS = ("sd3", "flux")
+#: FLUX.1's training size (the transformer config has no sample_size): 1024 px, BFL's default.
+FLUX_NATIVE_PX = 1024
+#: Methods that run on SD3/FLUX. syncdiffusion needs an x0 prediction from alphas_cumprod or
+#: Karras sigmas (methods/syncdiffusion.py) and has no flow-matching formula (x0 = x - sigma v) yet.
+DIT_METHODS = ("multidiffusion", "mixture", "spotdiffusion", "global_pass", "demofusion")
 
 
 @dataclass
@@ -142,14 +149,20 @@ def resolve_model_path(id_or_path: str | os.PathLike) -> str:
         if p.is_dir() and not (p / "model_index.json").exists():
             raise ConfigError(f"model={s!r} is a folder without model_index.json; give a diffusers pipeline folder")
         if p.is_file():
-            raise ConfigError(
-                f"model={s!r} is a single file; give a diffusers pipeline folder (save_pretrained) or a hub id"
-            )
+            from .loading import SINGLE_FILE_SUFFIXES, is_single_file
+
+            if not is_single_file(p):
+                raise ConfigError(f"model={s!r} is a file but not a checkpoint; give a {'/'.join(SINGLE_FILE_SUFFIXES)} "
+                                  f"file, a diffusers pipeline folder or a hub id")
         return str(p)
+    from .arch import is_arch, preset_dir
+
+    if is_arch(s):
+        return str(preset_dir(s))  # the shipped config folder: scale factor and native window read from it
     if _HUB_ID.match(s) and not s.startswith((".", "~")):
         return s
-    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a hub id, "
-                      f"or one of {sorted(EMBEDDED_MODELS)}")
+    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a single .safetensors "
+                      f"file, a hub id, an 'arch:' preset (e.g. arch:sdxl) or one of {sorted(EMBEDDED_MODELS)}")
 
 
 def read_scale_factor(path: str) -> int:
@@ -157,6 +170,7 @@ def read_scale_factor(path: str) -> int:
     8 (SD's) when the config cannot be read (e.g. a hub id)."""
     import json
 
+    path = _config_folder(path)
     cfg = Path(path) / "vae" / "config.json"
     if cfg.exists():
         blocks = json.loads(cfg.read_text()).get("block_out_channels", [0] * 4)
@@ -170,20 +184,73 @@ def read_native_window(path: str, scale: int) -> int | None:
     """The model's training size in pixels from unet/config.json (None if unreadable)."""
     import json
 
-    cfg = Path(path) / "unet" / "config.json"
+    path = _config_folder(path)
+    for comp in ("unet", "transformer"):
+        cfg = Path(path) / comp / "config.json"
+        if cfg.exists():
+            c = json.loads(cfg.read_text())
+            if c.get("_class_name") == "FluxTransformer2DModel":
+                return FLUX_NATIVE_PX
+            s = c.get("sample_size")
+            s = s[0] if isinstance(s, list) else s
+            return None if s is None else int(s) * scale
+    return None
+
+
+def read_model_kind(path: str) -> ModelKind | None:
+    """'sd3' / 'flux' for a transformer config folder (arch preset, single file, local folder), else None."""
+    import json
+
+    cfg = Path(_config_folder(path)) / "transformer" / "config.json"
     if not cfg.exists():
         return None
-    s = json.loads(cfg.read_text()).get("sample_size")
-    s = s[0] if isinstance(s, list) else s
-    return None if s is None else int(s) * scale
+    name = json.loads(cfg.read_text()).get("_class_name")
+    return {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}.get(name)
+
+
+def check_model_sizes(path: str, height: int, width: int, window: int | tuple[int, int] | None, scale: int) -> None:
+    """Before loading: SD3/FLUX canvases and windows must be multiples of 2 x the VAE scale (16 px);
+    the ConfigError suggests the nearest valid sizes. A no-op for UNet models."""
+    if read_model_kind(path) is None:
+        return
+    _check_patch_multiples(height, width, window, 2 * scale, scale)
+
+
+def _check_patch_multiples(height: int, width: int, window: Any, m: int, scale: int) -> None:
+    what = f"{m} px (the VAE's {scale} px x 2x2 transformer patches)"
+    check_multiple("height", height, m, what=what)
+    check_multiple("width", width, m, what=what)
+    for v in (window if isinstance(window, (tuple, list)) else (window,)) if window is not None else ():
+        check_multiple("window", v, m, what=what)
+
+
+def _config_folder(path: str) -> str:
+    """A single checkpoint file -> the shipped config folder of its detected architecture (header only)."""
+    from .loading import is_single_file
+
+    if is_single_file(path) and Path(path).is_file():
+        from .arch import preset_dir
+        from .loading import detect_architecture
+
+        return str(preset_dir("arch:" + detect_architecture(path)))
+    return path
 
 
 def _detect_kind(pipe: Any) -> ModelKind:
     from diffusers import UNet2DConditionModel
 
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        name = type(transformer).__name__
+        if name == "SD3Transformer2DModel":
+            return "sd3"
+        if name == "FluxTransformer2DModel":
+            return "flux"
+        raise ConfigError(f"{type(pipe).__name__} has a {name}; mdtools supports SD3 and FLUX transformers")
     unet = getattr(pipe, "unet", None)
     if unet is None:
-        raise ConfigError(f"{type(pipe).__name__} has no `unet`; mdtools supports UNet-based SD/SDXL/pixel pipelines")
+        raise ConfigError(f"{type(pipe).__name__} has no `unet`; mdtools supports SD/SDXL/pixel UNet and SD3/FLUX "
+                          f"transformer pipelines")
     if getattr(pipe, "text_encoder_2", None) is not None or getattr(unet.config, "addition_embed_type", None) == "text_time":
         return "sdxl"
     if isinstance(unet, UNet2DConditionModel):
@@ -191,6 +258,29 @@ def _detect_kind(pipe: Any) -> ModelKind:
             raise ConfigError(f"{type(pipe).__name__} has a conditional UNet but no VAE")
         return "sd"
     return "pixel"
+
+
+class LatentDenoiserView:
+    """A FLUX transformer seen as a denoiser of the unpacked latent canvas.
+
+    mdtools' loop and methods read `unet.config.in_channels` as the canvas's channel count and
+    `unet.config.sample_size` as the native window in latents. FLUX's transformer takes packed
+    2x2 patches (in_channels 64 = 16 x 4) and has no sample_size; this view reports the
+    canvas's 16 channels and 1024 px, and passes everything else (forward, parameters,
+    device, dtype) to the transformer.
+    """
+
+    def __init__(self, module: torch.nn.Module, *, in_channels: int, sample_size: int):
+        from diffusers.configuration_utils import FrozenDict
+
+        self.module = module
+        self.config = FrozenDict({**dict(module.config), "in_channels": in_channels, "sample_size": sample_size})
+
+    def __getattr__(self, key: str) -> Any:
+        return getattr(self.__dict__["module"], key)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
 
 
 class MultiDiffusionPipeline:
@@ -201,9 +291,12 @@ class MultiDiffusionPipeline:
     diffusers pipeline.
     """
 
-    def __init__(self, pipe: Any):
+    def __init__(self, pipe: Any, *, info: dict[str, Any] | None = None):
         self.pipe = pipe
         self.kind: ModelKind = _detect_kind(pipe)
+        #: what every record of this pipeline carries (arch presets: random_weights: true, ...)
+        self.info: dict[str, Any] = dict(info or {})
+        self._flow: FlowMatchSchedule | None = None  # the flow schedule of the current call
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -213,13 +306,27 @@ class MultiDiffusionPipeline:
 
     @classmethod
     def from_pretrained(cls, id_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
+                        seed: int = 0, text_encoders: str = "stand-in", config: str | os.PathLike | None = None,
                         **kwargs: Any) -> "MultiDiffusionPipeline":
-        """Load a diffusers pipeline ('toy', a local folder or a hub id) and wrap it.
+        """Load a model and wrap it: 'toy' (embedded), 'arch:<preset>' (exact architecture, seeded
+        random weights, `seed` and `text_encoders` apply; mdtools.arch), a single checkpoint file
+        ('model.safetensors'; `config` overrides the detected architecture; mdtools.loading), a
+        diffusers folder or a hub id.
 
-        `kwargs` go to `diffusers.DiffusionPipeline.from_pretrained` (e.g. torch_dtype).
+        `kwargs` go to diffusers' loader (e.g. torch_dtype; for single files also tokenizers).
+        A model that cannot be loaded raises `mdtools.loading.ModelLoadError`: one line with the cause.
         """
-        from diffusers import DiffusionPipeline
+        from .arch import build_pipeline, is_arch
+        from .loading import hub_error, is_single_file, load_single_file
 
+        info: dict[str, Any] = {}
+        if is_arch(str(id_or_path)):
+            unknown = set(kwargs) - {"torch_dtype"}
+            if unknown:
+                raise ConfigError(f"arch presets take seed, text_encoders, torch_dtype and device, not {sorted(unknown)}")
+            pipe, info = build_pipeline(str(id_or_path), seed=seed, torch_dtype=kwargs.get("torch_dtype", torch.float32),
+                                        device=device, text_encoders=text_encoders)  # type: ignore[arg-type]
+            return cls(pipe, info=info)
         path = resolve_model_path(id_or_path)
         from .toy import EMBEDDED_MODELS
 
@@ -227,13 +334,28 @@ class MultiDiffusionPipeline:
             from .toy import load_toy_pipeline
 
             pipe = load_toy_pipeline(path, dtype=kwargs.pop("torch_dtype", torch.float32))
+        elif is_single_file(path):
+            pipe, info = load_single_file(path, config=config, **kwargs)
         else:
             if _is_sd_folder(path):
                 kwargs.setdefault("safety_checker", None)  # a research tool: no NSFW filter on outputs
-            pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+            if "torch_dtype" in kwargs:  # diffusers >= 0.36 calls it dtype (torch_dtype warns)
+                kwargs["dtype"] = kwargs.pop("torch_dtype")
+            from diffusers import DiffusionPipeline  # imports every pipeline: only when needed
+            from diffusers.utils import logging as dlog
+
+            level = dlog.get_verbosity()
+            if not Path(path).is_dir():
+                dlog.set_verbosity_error()  # a failed hub load logs hub warnings; its cause is in our one-line error
+            try:
+                pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+            except (OSError, ValueError) as e:  # missing, misspelt, gated, offline: huggingface_hub errors are OSErrors
+                raise hub_error(str(id_or_path), e) from None
+            finally:
+                dlog.set_verbosity(level)
         if device is not None:
             pipe = pipe.to(device)
-        return cls(pipe)
+        return cls(pipe, info=info)
 
     def to(self, *args: Any, **kwargs: Any) -> "MultiDiffusionPipeline":
         """Move/cast the wrapped pipeline (as diffusers' `.to`)."""
@@ -243,10 +365,21 @@ class MultiDiffusionPipeline:
     # ---- properties -----------------------------------------------------------------
     @property
     def unet(self) -> torch.nn.Module:
+        """The denoiser: the UNet, or for SD3/FLUX the transformer (FLUX's seen through
+        `LatentDenoiserView`, whose config reports the unpacked canvas's channels)."""
+        if self.kind == "sd3":
+            return self.pipe.transformer
+        if self.kind == "flux":
+            t = self.pipe.transformer
+            return LatentDenoiserView(t, in_channels=t.config.in_channels // 4,  # type: ignore[return-value]
+                                      sample_size=FLUX_NATIVE_PX // self.vae_scale_factor)
         return self.pipe.unet
 
     @property
     def scheduler(self) -> Any:
+        """The pipeline's scheduler; for SD3/FLUX during a call, the call's `FlowMatchSchedule`."""
+        if self.kind in DIT_KINDS and self._flow is not None and self._flow.scheduler is self.pipe.scheduler:
+            return self._flow
         return self.pipe.scheduler
 
     @property
@@ -276,13 +409,19 @@ class MultiDiffusionPipeline:
         return int(s) * self.vae_scale_factor
 
     def set_scheduler(self, name: str, **overrides: Any) -> None:
-        """Swap the scheduler for `name` (alias like 'dpmpp_2m' or a diffusers class name)."""
+        """Swap the scheduler for `name` (alias like 'dpmpp_2m' or a diffusers class name).
+        SD3/FLUX take flow-matching schedulers only ('flow_euler', 'flow_heun'), UNets the others."""
+        flow = is_flow_scheduler(check_scheduler_name(name))
+        if flow != (self.kind in DIT_KINDS):
+            want = "a flow-matching scheduler such as 'flow_euler'" if not flow else "a diffusion scheduler such as 'ddim'"
+            raise ConfigError(f"scheduler={name!r} does not fit this {self.kind} model; use {want}")
         self.pipe.scheduler = make_scheduler(name, self.pipe.scheduler.config, **overrides)
 
     # ---- generation -------------------------------------------------------------------
     def _adapter(self, prompt: Any, negative_prompt: Any, guidance_scale: float, guidance_rescale: float, plan: TilePlan,
                  batch: int, sdxl_view_crops: bool, class_labels: Any, *, extra: Sequence[tuple[str, str | None]] = (),
-                 cfg: bool | None = None) -> Any:
+                 cfg: bool | None = None, positions: str = "local", true_cfg_scale: float = 1.0,
+                 max_sequence_length: int | None = None) -> Any:
         """The view denoiser for this call. `extra` (prompt, negative) pairs get prompt ids 1, 2, ...
         (region and tile prompts); each is encoded for every batch item."""
         dev = self.device
@@ -294,6 +433,26 @@ class MultiDiffusionPipeline:
             return PixelAdapter(self.unet, labels)
         call_neg = negative_prompt if negative_prompt is None or isinstance(negative_prompt, list) else [negative_prompt] * batch
         pairs = [(prompt, negative_prompt)] + [([p] * batch, call_neg if n is None else [n] * batch) for p, n in extra]
+        if self.kind == "sd3":
+            enc = [self.pipe.encode_prompt(prompt=p, prompt_2=None, prompt_3=None, device=dev, num_images_per_prompt=1,
+                                           do_classifier_free_guidance=cfg, negative_prompt=n,
+                                           max_sequence_length=max_sequence_length or 256) for p, n in pairs]
+            return SD3Adapter(self.unet, _stacked(enc, 0, extra), _stacked(enc, 1, extra), _stacked(enc, 2, extra),
+                              _stacked(enc, 3, extra), guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                              cfg=cfg)
+        if self.kind == "flux":
+            # FLUX-dev is guidance-distilled: guidance_scale feeds the guidance embedding (one forward
+            # per step); a negative prompt with true_cfg_scale > 1 adds diffusers' true-CFG pass.
+            msl = max_sequence_length or 512
+            true_cfg = true_cfg_scale > 1.0 and negative_prompt is not None
+            enc = [self.pipe.encode_prompt(prompt=p, prompt_2=None, device=dev, num_images_per_prompt=1,
+                                           max_sequence_length=msl) for p, _ in pairs]
+            neg = [self.pipe.encode_prompt(prompt=n, prompt_2=None, device=dev, num_images_per_prompt=1,
+                                           max_sequence_length=msl) for _, n in pairs] if true_cfg else None
+            return FluxAdapter(self.pipe.transformer, _stacked(enc, 0, extra), None if neg is None else _stacked(neg, 0, extra),
+                               _stacked(enc, 1, extra), None if neg is None else _stacked(neg, 1, extra), enc[0][2],
+                               guidance=guidance_scale, true_cfg_scale=true_cfg_scale, cfg=true_cfg, scale=plan.scale,
+                               positions=positions)
         if self.kind == "sd":
             enc = [self.pipe.encode_prompt(p, dev, 1, cfg, n) for p, n in pairs]
             pos = torch.stack([e[0] for e in enc]) if extra else enc[0][0]
@@ -307,33 +466,29 @@ class MultiDiffusionPipeline:
                              timestep_cond=tc, cfg=cfg)
         enc = [self.pipe.encode_prompt(prompt=p, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
                                        negative_prompt=n) for p, n in pairs]
-
-        def stacked(j: int) -> Any:
-            if enc[0][j] is None:
-                return None
-            return torch.stack([e[j] for e in enc]) if extra else enc[0][j]
-
         vh, vw = plan.view_size
         return SDXLAdapter(
-            self.unet, stacked(0), stacked(1), stacked(2), stacked(3), guidance_scale=guidance_scale,
+            self.unet, *(_stacked(enc, j, extra) for j in range(4)), guidance_scale=guidance_scale,
             guidance_rescale=guidance_rescale, canvas_px=(plan.height, plan.width), window_px=(vh * plan.scale, vw * plan.scale),
             scale=plan.scale, view_crops=sdxl_view_crops, cfg=cfg,
         )
 
     def vae_tiling_options(self, vae_tiling: Any, plan: TilePlan) -> dict[str, Any] | None:
         """Resolve `vae_tiling` (False, True, "auto" or a dict with keys tiling, tile, overlap,
-        sync_groupnorm, sync_strategy, auto_pixels) into tiled-decode options, or None for a full
-        decode. sync_strategy: "auto", "park" or "recompute" (see `mdtools.vae.tiled_decode`).
+        sync_groupnorm, sync_strategy, auto_pixels, park_budget_bytes, park_dtype) into tiled-decode
+        options, or None for a full decode. sync_strategy: one of `mdtools.vae.SYNC_STRATEGIES`;
+        park_budget_bytes caps what the "auto" strategy parks (see `mdtools.vae.tiled_decode`).
 
         "auto" tiles when the canvas has more than `auto_pixels` pixels (default 2048^2, where
         a full SD decode needs several GB of activations)."""
         if self.vae is None:
             return None
         opts: dict[str, Any] = {"tiling": vae_tiling} if not isinstance(vae_tiling, dict) else dict(vae_tiling)
-        unknown = set(opts) - {"tiling", "tile", "overlap", "sync_groupnorm", "sync_strategy", "auto_pixels"}
+        unknown = set(opts) - {"tiling", "tile", "overlap", "sync_groupnorm", "sync_strategy", "auto_pixels",
+                               "park_budget_bytes", "park_dtype"}
         if unknown:
             raise ConfigError(f"vae_tiling has unknown key(s) {sorted(unknown)}; valid keys: tiling, tile, overlap, "
-                              "sync_groupnorm, sync_strategy, auto_pixels")
+                              "sync_groupnorm, sync_strategy, auto_pixels, park_budget_bytes, park_dtype")
         from .vae import SYNC_STRATEGIES
 
         strategy = opts.get("sync_strategy") or "auto"
@@ -351,6 +506,8 @@ class MultiDiffusionPipeline:
             "sync_groupnorm": opts.get("sync_groupnorm", True),
             "sync_strategy": strategy,
             "circular": plan.circular,
+            # None: tiled_decode's own default (a quarter of the park device's free memory, exact parking)
+            **{k: opts[k] for k in ("park_budget_bytes", "park_dtype") if opts.get(k) is not None},
         }
 
     def decode(self, latents: torch.Tensor, *, tiling: dict[str, Any] | None = None,
@@ -381,6 +538,34 @@ class MultiDiffusionPipeline:
             finally:
                 vae.to(dtype)
         return vae.decode(x.to(dtype), return_dict=False)[0]
+
+    def _check_dit_call(self, height: int, width: int, window: Any, method: Any, positions: str, flow_mu: Any,
+                        true_cfg_scale: float, max_sequence_length: int | None) -> None:
+        """SD3/FLUX argument checks, before any compute (errors name the field and a valid value)."""
+        scale = self.vae_scale_factor
+        m = 2 * scale  # 2x2 patches (FLUX packing, SD3 PatchEmbed) of VAE latents
+        _check_patch_multiples(height, width, window, m, scale)
+        name = method if isinstance(method, str) else getattr(method, "name", str(method))
+        if name not in DIT_METHODS:
+            raise ConfigError(f"method={name!r} does not run on {self.kind} yet (it needs an x0 prediction for flow "
+                              f"matching); use one of {list(DIT_METHODS)}")
+        check_choice("positions", positions, POSITIONS)
+        if positions == "global" and self.kind == "sd3":
+            raise ConfigError("positions='global' is FLUX only: SD3's position embedding is a centred crop of a fixed "
+                              "table, view-local by construction; use positions='local'")
+        if not (flow_mu in MU_SOURCES or (isinstance(flow_mu, (int, float)) and not isinstance(flow_mu, bool))):
+            raise ConfigError(f"flow_mu={flow_mu!r} is not valid; use 'window', 'canvas' or a number such as 1.15")
+        if not isinstance(true_cfg_scale, (int, float)) or true_cfg_scale < 1:
+            raise ConfigError(f"true_cfg_scale must be a number >= 1 (e.g. 4.0; 1 = off), got {true_cfg_scale!r}")
+        if max_sequence_length is not None:
+            check_positive_int("max_sequence_length", max_sequence_length)
+        if self.kind == "sd3":
+            pe = getattr(self.pipe.transformer.pos_embed, "pos_embed_max_size", None)
+            limit = None if pe is None else pe * m
+            for v in (window if isinstance(window, (tuple, list)) else (window,)):
+                if limit is not None and v > limit:
+                    raise ConfigError(f"window={v} exceeds SD3's position table ({pe} patches = {limit} px); "
+                                      f"use window <= {limit}")
 
     def _postprocess(self, image: torch.Tensor, output_type: str) -> Any:
         proc = getattr(self.pipe, "image_processor", None)
@@ -426,6 +611,10 @@ class MultiDiffusionPipeline:
         vae_tiling: bool | str | dict = "auto",
         metrics: Sequence[str] | None = None,
         progress: bool = True,
+        positions: str = "local",
+        flow_mu: str | float = "window",
+        true_cfg_scale: float = 1.0,
+        max_sequence_length: int | None = None,
     ) -> MultiDiffusionOutput:
         """Generate a `height` x `width` canvas with MultiDiffusion or another method.
 
@@ -445,9 +634,18 @@ class MultiDiffusionPipeline:
         dict (see `vae_tiling_options`). `metrics` (names from mdtools.metrics.METRICS, e.g.
         ["seam_structure", "seam_score"]) are computed on the first image and returned in
         `.metrics`. Returns MultiDiffusionOutput(images, latents, plan, record).
+
+        SD3 / FLUX only (docs/models.md): sizes are multiples of 16 px (8 px VAE x 2x2 patches);
+        `guidance_scale` is CFG for SD3 and the guidance embedding for FLUX-dev (`true_cfg_scale`
+        > 1 with a negative prompt adds a CFG pass); `positions` "local" (default) or "global"
+        (FLUX image ids offset by the view's canvas position); `flow_mu` "window" (default: the
+        dynamic shift of one window's token count), "canvas" or a number; `max_sequence_length`
+        is the T5 length (None: 256 SD3, 512 FLUX, as diffusers).
         """
         scale = self.vae_scale_factor
         window = self.native_window if window is None else window
+        if self.kind in DIT_KINDS:
+            self._check_dit_call(height, width, window, method, positions, flow_mu, true_cfg_scale, max_sequence_length)
         if init_latents is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
             raise ConfigError(f"strength must be in (0, 1] (e.g. 0.6), got {strength!r}")
         call, meth = prepare_call(
@@ -477,13 +675,19 @@ class MultiDiffusionPipeline:
             raise ConfigError("prompt is required for a text-conditioned model, e.g. prompt='a photo of a beach'")
         if isinstance(generator, int):
             generator = torch.Generator("cpu").manual_seed(generator)
+        if self.kind in DIT_KINDS:
+            vh, vw = plan.view_size
+            tokens = (vh // 2) * (vw // 2) if flow_mu != "canvas" else (plan.latent_height // 2) * (plan.latent_width // 2)
+            self._flow = FlowMatchSchedule(self.pipe.scheduler, family=self.kind, image_seq_len=tokens,
+                                           mu=None if isinstance(flow_mu, str) else float(flow_mu))
         device = self.device
         rec = Recorder(device, dtype=self.dtype, enabled=record)
         with rec.phase("total"):
             with rec.phase("encode_prompt"):
                 adapter = self._adapter(prompt, negative_prompt, guidance_scale, guidance_rescale, plan, batch,
                                         sdxl_view_crops, class_labels, extra=meth.extra_prompts(call),
-                                        cfg=meth.needs_cfg(call))
+                                        cfg=meth.needs_cfg(call), positions=positions, true_cfg_scale=true_cfg_scale,
+                                        max_sequence_length=max_sequence_length)
             dtype = adapter.pos.dtype if hasattr(adapter, "pos") else self.dtype  # as diffusers: embeds' dtype
             run = Run(self, call, adapter, kernel=call.kernel, generator=generator, recorder=rec, callback=callback,
                       progress=progress, eta=eta, diagnostics=diagnostics, diagnostics_map=diagnostics_map,
@@ -516,7 +720,13 @@ class MultiDiffusionPipeline:
                                                for r in call.regions]
                 rec.record.extra["bootstrap_steps"] = call.bootstrap_steps
             rec.record.extra.update(run.extra)
-            rec.record.extra["scheduler"] = type(self.scheduler).__name__
+            rec.record.extra["scheduler"] = type(self.pipe.scheduler).__name__
+            rec.record.extra["random_weights"] = bool(self.info.get("random_weights", False))
+            if self.info:
+                rec.record.extra["model_info"] = dict(self.info)
+            if self.kind in DIT_KINDS and self._flow is not None:
+                rec.record.extra["flow_schedule"] = {**self._flow.describe(), "mu_source": str(flow_mu)}
+                rec.record.extra["positions"] = positions
             rec.record.extra["finite"] = bool(torch.isfinite(latents).all())
             rec.record.extra["vae_tiling"] = (vae_opts if vae_opts is None
                                               else {**vae_opts, "circular": str(plan.circular), **vae_report})
@@ -528,6 +738,13 @@ class MultiDiffusionPipeline:
             scores = evaluate(first, plan, metrics=list(metrics))
         return MultiDiffusionOutput(images=images, latents=latents, plan=plan, record=rec.record if record else None,
                                     metrics=scores)
+
+
+def _stacked(enc: Sequence[Sequence[Any]], j: int, extra: Sequence[Any]) -> Any:
+    """Output j of each prompt's encode_prompt: stacked (P, ...) with region/tile prompts, else prompt 0's."""
+    if enc[0][j] is None:
+        return None
+    return torch.stack([e[j] for e in enc]) if extra else enc[0][j]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -559,5 +776,6 @@ def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
 
 __all__ = [
     "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "prepare_call", "resolve_model_path",
-    "read_scale_factor", "read_native_window", "OUTPUT_TYPES",
+    "read_scale_factor", "read_native_window", "read_model_kind", "check_model_sizes", "OUTPUT_TYPES", "DIT_KINDS",
+    "DIT_METHODS",
 ]

@@ -493,6 +493,10 @@ def _calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet
         md = models.get(cfg)
     except Exception:
         return {k: nan for k in kinds} | {"unet_evaluations": nan}
+    if md.kind not in ("sd", "sdxl"):
+        # SD3 / FLUX transformers take other inputs (packed tokens, pooled text, guidance):
+        # no time estimate for them yet rather than a guess; the evaluation counts still print.
+        return {k: nan for k in kinds} | {"unet_evaluations": nan}
     unet = md.unet
     window = cfg.tiling.window or md.native_window
     s = window // md.vae_scale_factor

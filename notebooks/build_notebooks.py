@@ -170,7 +170,7 @@ def nb_coherence() -> list:
     return [
         md("# 07 - Coherence with ground truth\n\n`experiments/coherence.yaml`: the embedded scenes model "
            "(`toy-scenes`; every training scene has exactly one sun or moon and one horizon, docs/scenes.md) on "
-           "panoramas of 1:4 and 1:8, every method at its default, 8 seeds. `disc_count` counts suns / moons (1 is "
+           "panoramas of 1:4 and 1:8, every method at its default (SyncDiffusion 5 sync steps, DemoFusion 2 stages), 6 seeds. `disc_count` counts suns / moons (1 is "
            "right; `one_disc` is the share of runs with exactly one), `horizon_continuity` and `sky_consistency` are 1 "
            "when the horizon and the sky are as smooth at window seams as elsewhere (higher = broken, docs/metrics.md). "
            "Intervals: 95% bootstrap over seeds (and prompts); comparisons are paired."),
@@ -189,7 +189,8 @@ def nb_coherence() -> list:
              't[[x for x in cols if x in t]]'),
         code('fig = plots.methods_bars(c, metrics=["metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency", '
              '"cost.unet_equivalents"])'),
-        code('ref = "multidiffusion(gaussian)"\npd.set_option("display.max_colwidth", 60)\n'
+        code('ref = next(x for x in c["method.label"].unique() if x.startswith("multidiffusion"))  # the reference: plain MultiDiffusion\n'
+             'pd.set_option("display.max_colwidth", 60)\n'
              'pd.concat([paired_vs(c, ref, m).assign(metric=m) for m in '
              '["metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency"]])'),
         md(FINDINGS.get("07", "_Findings are written after the runs._")),

@@ -65,9 +65,11 @@ FINDINGS = {
 | frontier | not shown: no plan at <= 1/3 of the default plan's evaluations is shown as good within 0.1 (closest: cosine 64 px, -0.30 [-0.74, 0.27]) |
 | C3 cost | does not hold: 16x the area costs 12.4x the time (25x the evaluations), not 4-6x |
 | C4 memory | holds in shape: the full decode's memory grows 15.7x from 1024^2 to 4096^2, the bounded tiled decode 1.9x with its output canvas (0.96x without); the GB figures need a GPU run |
+| C3 cost (real SD 2.1 UNet, random weights) | does not hold: 2048^2 takes 25x the time of 512^2 (the view count; CPU, 1 step measured at 512^2, 2048^2 extrapolated from 25 views x 146 s) |
+| C4 memory (real SD VAE, random weights) | the 'without tiling' half holds: a full decode at 8192^2 needs about 240 GB (extrapolated linearly from 0.94 GB at 512^2 and 3.75 GB at 1024^2, measured); the tiled half is not measured on the real VAE (CPU too slow; benchmarks/gpu_suite.sh on a GPU) |
 | C5 aspect | holds only partly: extremes cost 1.32x the square, 1:2 already 1.28x; wide = tall (2 seeds: seams not judged) |
 | C6 global pass (textures) | holds only for stars (intra_color -2.68 [-6.11, -0.52]); no difference shown on brick (+0.27 [-1.51, 1.64]) |
-| C6 global pass (scenes) | holds on the scenes model (6 seeds): |suns - 1| lower by 2.67 [0.67, 5.17] on 1:4 and 9.83 [8.50, 11.33] on 1:8, sky more uniform on 1:8 (-0.43), worse on nothing shown; it fixes the duplicated sun, not the horizon (no difference shown) |
+| C6 global pass (scenes) | holds on the scenes model (6 seeds): |suns - 1| lower by 4.50 [3.17, 5.83] on 1:4 and 11.00 [7.67, 14.33] on 1:8 at 0.78x the cost, worse on nothing shown; it fixes the duplicated sun, not the horizon or the sky (no difference shown on either) |
 
 Not tested: SDXL at non-native aspect ratios (no SDXL weights on a CPU machine). Every number
 comes from 128 px-window models trained on this CPU; the recipes in `experiments/gpu/*_sd21.yaml`
@@ -110,25 +112,30 @@ reference with 95% paired bootstrap intervals (not corrected for the ten compari
 
 Every training scene of this model has exactly one sun. Differences are paired on seeds
 against MultiDiffusion (gaussian, 64 px overlap), with 95% bootstrap intervals (not corrected
-for the comparisons per canvas).
+for the comparisons per canvas). Costs are UNet-forward equivalents measured in each run.
 
-- **Plain MultiDiffusion paints a sun in nearly every window**: 5.0 [3.3, 6.5] suns on the 1:4
-  panorama and 11.8 [10.5, 13.7] on the 1:8 (15 windows); not one run of 12 has exactly one.
-  Mixture of Diffusers (4.5 / 11.7) and SpotDiffusion (4.8 / 10.5) are no different: blending and
-  shifting fix seams, not composition.
-- **Methods that see the whole canvas fix the duplicated sun**: the global pass 1.3 / 1.7 suns
-  (|suns - 1| lower by 2.7 [1.0, 4.5] and 9.8 [8.8, 11.0]) at 0.74x / 0.80x the cost;
-  DemoFusion (2 stages) 0.17 / 0.33 (lower by 3.2 [1.5, 4.5] and 10.2 [8.7, 11.8]) at 2.0x / 1.7x,
-  but it mostly loses the sun instead (one_disc 1 of 6 and 2 of 6 runs).
-- **SyncDiffusion** (loss `lpips_featnet`, 5 sync steps) reduces the duplicates (2.8 / 6.2 suns,
-  lower by 1.8 [0.5, 3.0] and 5.7 [3.0, 8.2]) at 7.1x / 8.3x the cost, and has the lowest
-  Intra-LPIPS on the 1:4 panorama (-0.089 [-0.128, -0.050]): its gradient pulls views towards
-  the anchor view's appearance, not towards one composition.
-- **Horizon and sky**: no method differs from MultiDiffusion on horizon_continuity except the
-  global pass on the 1:4 panorama (worse, +1.15 [0.22, 2.08]: its tiled pass re-draws a horizon
-  over the upscaled one); on the 1:8 the global pass has the most uniform sky (-0.43 [-0.72, -0.19]),
-  and Mixture the least (+0.22 [0.06, 0.41]).
-- Caveats: the model makes exactly one disc in only ~35 % of single windows (MODEL_CARD.md), so
-  the "1 is right" target is not met even without tiling; a single prompt; SyncDiffusion and
-  DemoFusion ran at reduced settings (5 sync steps, 2 stages) to fit the CPU session.""",
+- **Plain MultiDiffusion paints a sun in nearly every window**: 7.0 [6.2, 8.0] suns on the 1:4
+  panorama (7 windows) and 13.7 [12.3, 15.3] on the 1:8 (15 windows); not one run of 12 has
+  exactly one. Mixture of Diffusers is no better (7.8 / 13.7; one more sun on 1:4, +0.8
+  [0.3, 1.3]) and SpotDiffusion barely (6.8 / 11.8; lower by 1.8 [0.8, 2.8] on 1:8 only):
+  blending and shifting fix seams, not composition.
+- **Methods that see the whole canvas fix most duplicates**: the global pass 1.8 / 2.7 suns
+  (|suns - 1| lower by 4.5 [3.5, 5.5] and 11.0 [8.7, 13.3]) at 0.74x / 0.80x the cost;
+  DemoFusion (2 stages) 2.0 / 3.3 (lower by 4.7 [3.2, 6.0] and 10.3 [9.7, 10.8]) at 2.0x / 1.7x.
+  Exactly one sun is still rare (global pass 1 of 6 runs on each canvas, DemoFusion 1 of 6 on 1:4).
+- **SyncDiffusion** (loss `lpips_featnet`, 5 sync steps) reduces the duplicates only on the 1:8
+  panorama (11.2 suns, lower by 2.5 [0.8, 4.5]; on 1:4 no difference shown) at 6.4x / 9.8x the
+  cost: its gradient pulls views towards the anchor view's appearance, not towards one composition.
+- **Horizon and sky**: the global pass and DemoFusion do not change horizon_continuity or
+  sky_consistency (no difference shown). Mixture has the smoothest horizon at seams (lower by
+  0.17 [0.00, 0.41] on 1:4 and 0.42 [0.23, 0.61] on 1:8), SyncDiffusion on 1:8 (-0.23
+  [-0.45, -0.04]); SpotDiffusion the most uniform sky on 1:4 (-0.15 [-0.32, -0.03]).
+- **Intra-LPIPS** (offline feature network): no method differs from MultiDiffusion except
+  Mixture (slightly worse on both canvases) and SpotDiffusion on 1:4 (better, -0.032).
+- Caveats: the model paints exactly one disc in only 53 % of single windows (its card: 41 % have
+  two or more bright blobs), so the "1 is right" target is hard even without tiling; a single
+  prompt; SyncDiffusion and DemoFusion ran at reduced settings (5 sync steps, 2 stages) to fit
+  the CPU session. These runs use the scenes model retrained with a disc-weighted loss
+  (2026-11-30); the earlier model's figures are in git history.""",
+
 }

@@ -1,0 +1,254 @@
+"""Cost and memory of the REAL architectures (mdtools.arch presets, random weights).
+
+Per preset, canvas size and phase (denoise, full decode, tiled decode): the UNet/transformer
+forward time per view, the measured peak memory (CPU: VmHWM high-water mark, reset per
+phase, and the RSS before the phase, i.e. weights; CUDA: allocated and reserved), and the
+model-evaluation counts. Cost and memory do not depend on trained weights, so random weights
+of the exact architecture measure them honestly. Text encoders are the stand-ins (same
+output shapes), so prompt encoding is not what is measured here.
+
+Sizes that do not fit the machine are EXTRAPOLATED, in rows marked `kind=extrapolated` with
+their `basis`: denoise time = measured seconds per view forward x the plan's view count;
+decode peak above the weights = a linear fit in pixels of the measured decodes (a full decode's
+activations grow with the canvas area). Every timing row carries os.getloadavg() (shared CPU).
+
+    python benchmarks/real_arch.py                      # CPU: SD 2.1 and SDXL, sizes that fit (~30 min, loaded CPU)
+    python benchmarks/real_arch.py --device cuda --dtype float16 --presets sd21,sdxl,sd3,flux \
+        --sizes sd21=512,1024,2048 --full-decode-max 8192 --out results/bench/gpu_real_arch.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mdtools import MultiDiffusionPipeline  # noqa: E402
+from mdtools.instrument import Recorder, _read_status_kib  # noqa: E402
+from mdtools.plan import plan_views  # noqa: E402
+
+GB = 2**30
+# CPU defaults: what fits 2 shared cores and 24 GB in ~20 minutes (1 step, CFG on as in real use)
+CPU_SIZES = {"sd21": [512], "sdxl": [1024]}
+CPU_FULL_DECODE = {"sd21": [512, 1024], "sdxl": [1024]}
+CPU_TILED_DECODE = {"sd21": [1024, 1536], "sdxl": []}
+EXTRAPOLATE = {"sd21": [2048, 4096, 8192], "sdxl": [2048, 4096, 8192], "sd3": [2048, 4096, 8192],
+               "flux": [2048, 4096, 8192]}
+GUIDANCE = {"flux": 3.5, "flux-schnell": 0.0}
+
+
+def _rss_gb() -> float:
+    kib = _read_status_kib("VmRSS:")
+    return float("nan") if kib is None else kib * 1024 / GB
+
+
+def _before_gb(device: torch.device) -> float:
+    """Memory held before a phase (the weights): CUDA allocated on a GPU, else the process RSS."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device) / GB
+    return _rss_gb()
+
+
+def _peaks(p: Any, before: float) -> dict[str, Any]:
+    """Peak columns of a recorder phase; peak_above_weights_gb = peak - what the phase started with."""
+    row: dict[str, Any] = {"mem_before_gb": before}
+    if p.peak_allocated is not None:
+        row |= {"cuda_allocated_gb": p.peak_allocated / GB, "cuda_reserved_gb": (p.peak_reserved or 0) / GB,
+                "peak_above_weights_gb": p.peak_allocated / GB - before}
+    elif p.peak_rss is not None:
+        row |= {"peak_rss_gb": p.peak_rss / GB, "peak_above_weights_gb": p.peak_rss / GB - before}
+    return row
+
+
+def _sizes(spec: str | None, default: dict[str, list[int]]) -> dict[str, list[int]]:
+    """'sd21=512,1024;sdxl=1024' -> {'sd21': [512, 1024], 'sdxl': [1024]}."""
+    if not spec:
+        return default
+    out: dict[str, list[int]] = {}
+    for part in spec.split(";"):
+        name, _, vals = part.partition("=")
+        out[name.strip()] = [int(v) for v in vals.split(",") if v.strip()]
+    return out
+
+
+def _base(md: Any, preset: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {"preset": preset, "device": str(md.device), "dtype": args.dtype, "random_weights": True,
+            "text_encoders": "stand-in", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def denoise_row(md: Any, preset: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    window = md.native_window
+    before = _before_gb(md.device)
+    out = md("a photo of the dolomites", height=size, width=size, window=window, overlap=window // 8,
+             num_inference_steps=args.steps, guidance_scale=GUIDANCE.get(preset, 7.5), generator=0,
+             output_type="latent", view_batch_size=1, progress=False)
+    rec = out.record
+    fwd = rec.phases["model_forward"]
+    row = _base(md, preset, args) | {
+        "size_px": size, "phase": "denoise", "kind": "measured", "basis": "", "steps": args.steps,
+        "views": out.plan.n_views, "window_px": window, "model_evaluations": rec.counts["model_evaluations"],
+        "forward_calls": fwd.calls, "per_view_forward_s": fwd.seconds / max(1, fwd.calls),
+        "seconds": rec.phases["denoise"].seconds, "loadavg_1m": os.getloadavg()[0],
+    }
+    return row | _peaks(rec.phases["denoise"], before)
+
+
+def decode_row(md: Any, preset: str, size: int, tiled: bool, args: argparse.Namespace) -> dict[str, Any]:
+    scale = md.vae_scale_factor
+    lat = torch.randn(1, md.vae.config.latent_channels, size // scale, size // scale,
+                      generator=torch.Generator().manual_seed(0)).to(md.device, md.dtype)
+    plan = plan_views(size, size, window=min(size, md.native_window), overlap=0, scale=scale)
+    opts = md.vae_tiling_options(True, plan) if tiled else None
+    gc.collect()
+    before = _before_gb(md.device)
+    rec = Recorder(md.device, dtype=md.dtype)
+    report: dict[str, Any] = {}
+    with torch.no_grad(), rec.phase("decode"):
+        img = md.decode(lat, tiling=opts, report=report)
+    del img
+    name = "decode_tiled" if tiled else "decode_full"
+    return _base(md, preset, args) | {"size_px": size, "phase": name, "kind": "measured",
+                                      "basis": f"tile {opts['tile']} px, overlap {opts['overlap']} px, "
+                                               f"strategy {report.get('strategy', opts['sync_strategy'])}" if tiled else "",
+                                      "seconds": rec.record.phases["decode"].seconds,
+                                      "loadavg_1m": os.getloadavg()[0]} | _peaks(rec.record.phases["decode"], before)
+
+
+def extrapolate(rows: list[dict[str, Any]], preset: str, sizes: list[int], window: int, steps: int,
+                base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for sizes not run, from the measured ones (named as extrapolated, with their basis)."""
+    out = []
+    den = [r for r in rows if r["preset"] == preset and r["phase"] == "denoise" and r["kind"] == "measured"
+           and r.get("status") == "ok"]
+    for size in sizes:
+        if den and not any(r["size_px"] == size for r in den):
+            ref = max(den, key=lambda r: r["size_px"])  # the largest canvas measured: the most views averaged
+            views = plan_views(size, size, window=window, overlap=window // 8, scale=8).n_views
+            out.append(base | {"size_px": size, "phase": "denoise", "kind": "extrapolated", "steps": steps, "views": views,
+                               "per_view_forward_s": ref["per_view_forward_s"],
+                               "seconds": ref["per_view_forward_s"] * views * steps,
+                               "model_evaluations": ref["model_evaluations"] / ref["views"] * views,
+                               "basis": f"{views} views x {ref['per_view_forward_s']:.2f} s per view forward measured at "
+                                        f"{ref['size_px']} px; fusion and scheduler time left out"})
+        for phase in ("decode_full", "decode_tiled"):
+            meas = sorted((r for r in rows if r["preset"] == preset and r["phase"] == phase and r["kind"] == "measured"
+                           and r.get("status") == "ok" and r.get("peak_above_weights_gb") == r.get("peak_above_weights_gb")),
+                          key=lambda r: r["size_px"])
+            if not meas or any(r["size_px"] == size for r in meas):
+                continue
+            px = np.array([r["size_px"] ** 2 for r in meas], dtype=float)
+            mem = np.array([r["peak_above_weights_gb"] for r in meas])
+            sec = np.array([r["seconds"] for r in meas])
+            if phase == "decode_tiled":
+                # bounded by design: the peak is that of the largest measured canvas (per-tile work plus the
+                # canvas-wide attention keys, which grow with the area: taken linearly from the fit)
+                slope = max(0.0, np.polyfit(px, mem, 1)[0]) if len(meas) >= 2 else 0.0
+                m = mem[-1] + slope * (size**2 - px[-1])
+                how = f"tiled peak at {meas[-1]['size_px']} px + its linear growth in area over {len(meas)} sizes"
+            else:
+                m = (np.polyval(np.polyfit(px, mem, 1), size**2) if len(meas) >= 2 else mem[-1] * size**2 / px[-1])
+                how = f"linear in area from full decodes at {', '.join(str(r['size_px']) for r in meas)} px"
+            t = sec[-1] * size**2 / px[-1]
+            out.append(base | {"size_px": size, "phase": phase, "kind": "extrapolated", "peak_above_weights_gb": float(m),
+                               "seconds": float(t), "basis": how + f"; time linear in area from {meas[-1]['size_px']} px"})
+    return out
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Measured rows of several runs -> one table with fresh extrapolations (windows: the presets' native sizes)."""
+    from mdtools.pipeline import read_native_window, resolve_model_path
+
+    meas = pd.concat([pd.read_csv(f) for f in args.merge], ignore_index=True)
+    meas = meas[meas["kind"] == "measured"]
+    rows = meas.to_dict("records")
+    extra = _sizes(args.extrapolate, EXTRAPOLATE)
+    for preset, g in meas.groupby("preset", sort=False):
+        first = g.iloc[0]
+        base = {k: first[k] for k in ("preset", "device", "dtype", "random_weights", "text_encoders", "date")}
+        steps = int(g["steps"].dropna().iloc[0]) if g["steps"].notna().any() else 1
+        window = read_native_window(resolve_model_path("arch:" + preset), 8) or 512
+        rows.extend(extrapolate(rows, preset, extra.get(preset, []), window, steps, base))
+    out = Path(args.out)
+    pd.DataFrame(rows).to_csv(out, index=False)
+    print(f"wrote {out} ({len(rows)} rows: {len(meas)} measured)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default="sd21,sdxl")
+    ap.add_argument("--sizes", help="denoise canvas sides per preset, e.g. 'sd21=512,1024;sdxl=1024'")
+    ap.add_argument("--full-decode", help="full-decode sides per preset (same format)")
+    ap.add_argument("--tiled-decode", help="tiled-decode sides per preset (same format)")
+    ap.add_argument("--extrapolate", help="sides to extrapolate per preset (same format)")
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--out", default="results/bench/real_arch.csv")
+    ap.add_argument("--merge", nargs="+", metavar="CSV",
+                    help="no runs: merge the MEASURED rows of these CSVs (e.g. one per preset, run separately) and "
+                         "recompute the extrapolated rows into --out")
+    args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args)
+    dtype = getattr(torch, args.dtype)
+    sizes, full, tiled = _sizes(args.sizes, CPU_SIZES), _sizes(args.full_decode, CPU_FULL_DECODE), \
+        _sizes(args.tiled_decode, CPU_TILED_DECODE)
+    extra = _sizes(args.extrapolate, EXTRAPOLATE)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        pd.DataFrame(rows).to_csv(out, index=False)
+
+    for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
+        md = MultiDiffusionPipeline.from_pretrained("arch:" + preset, seed=0, torch_dtype=dtype, device=args.device)
+        print(f"{preset}: built ({md.info['parameters']}), RSS {_rss_gb():.1f} GB", flush=True)
+        def attempt(fn: Any, phase: str, size: int, *a: Any) -> dict[str, Any]:
+            """The row, or an OOM row (full decodes that do not fit are results, not crashes)."""
+            try:
+                return fn(*a) | {"status": "ok"}
+            except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                return _base(a[0], preset, args) | {"size_px": size, "phase": phase, "kind": "measured", "status": "oom",
+                                                  "basis": str(e).splitlines()[0][:200], "loadavg_1m": os.getloadavg()[0]}
+
+        for size in sizes.get(preset, []):
+            rows.append(attempt(denoise_row, "denoise", size, md, preset, size, args))
+            print({k: rows[-1].get(k) for k in ("preset", "size_px", "phase", "views", "per_view_forward_s", "seconds",
+                                                 "status")}, flush=True)
+            flush()
+        for is_tiled, todo in ((False, full), (True, tiled)):
+            for size in todo.get(preset, []):
+                rows.append(attempt(decode_row, "decode_tiled" if is_tiled else "decode_full", size,
+                                    md, preset, size, is_tiled, args))
+                print({k: rows[-1].get(k) for k in ("preset", "size_px", "phase", "seconds", "peak_above_weights_gb")},
+                      flush=True)
+                flush()
+        rows.extend(extrapolate(rows, preset, extra.get(preset, []), md.native_window, args.steps, _base(md, preset, args)))
+        flush()
+        del md
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    flush()
+    print(f"wrote {out} ({len(rows)} rows; loadavg {os.getloadavg()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

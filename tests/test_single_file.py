@@ -1,0 +1,155 @@
+"""Single-file checkpoints: a tiny SD 1.x pipeline written in the ORIGINAL (CompVis/A1111)
+key layout loads back through `from_pretrained("x.safetensors")` with equal weights and
+outputs; files that are not checkpoints, and hub ids that cannot be loaded, get one-line
+errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mdtools import MultiDiffusionPipeline
+from mdtools.errors import ConfigError
+from mdtools.loading import ModelLoadError, detect_architecture
+
+_RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+        "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def unet_to_ldm(sd: dict, lpb: int, attn_levels: set[int]) -> dict:
+    """diffusers UNet2DConditionModel keys -> LDM `model.diffusion_model.*` keys (the layout of
+    original .ckpt/.safetensors files): inputs hold lpb + 1 entries per level, outputs lpb + 1."""
+    out = {}
+    for k, v in sd.items():
+        name, leaf = k.rsplit(".", 1)
+        for a, b in _UNET_TOP.items():
+            if name == a:
+                name = b
+        if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)", name):
+            i, j, part = int(m[1]), int(m[2]), m[3]
+            name = f"input_blocks.{1 + i * (lpb + 1) + j}.0.{_RES[part]}"
+        elif m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", name):
+            name = f"input_blocks.{1 + int(m[1]) * (lpb + 1) + int(m[2])}.1.{m[3]}"
+        elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv", name):
+            name = f"input_blocks.{(int(m[1]) + 1) * (lpb + 1)}.0.op"
+        elif m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(\w+)", name):
+            name = f"middle_block.{2 * int(m[1])}.{_RES[m[2]]}"
+        elif m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", name):
+            name = f"middle_block.1.{m[1]}"
+        elif m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)", name):
+            name = f"output_blocks.{int(m[1]) * (lpb + 1) + int(m[2])}.0.{_RES[m[3]]}"
+        elif m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", name):
+            name = f"output_blocks.{int(m[1]) * (lpb + 1) + int(m[2])}.1.{m[3]}"
+        elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv", name):
+            i = int(m[1])
+            name = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if i in attn_levels else 1}.conv"
+        out[f"model.diffusion_model.{name}.{leaf}"] = v
+    return out
+
+
+def vae_to_ldm(sd: dict, n_levels: int) -> dict:
+    """diffusers AutoencoderKL keys -> LDM `first_stage_model.*` keys (decoder levels reversed,
+    mid-block attention as 1x1 convolutions)."""
+    out = {}
+    for k, v in sd.items():
+        name, leaf = k.rsplit(".", 1)
+        name = name.replace("conv_norm_out", "norm_out")
+        if m := re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)", name):
+            lvl = int(m[3]) if m[1] == "encoder" else n_levels - 1 - int(m[3])
+            part = "nin_shortcut" if m[5] == "conv_shortcut" else m[5]
+            name = f"{m[1]}.{m[2]}.{lvl}.block.{m[4]}.{part}"
+        elif m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv", name):
+            name = f"encoder.down.{m[1]}.downsample.conv"
+        elif m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv", name):
+            name = f"decoder.up.{n_levels - 1 - int(m[1])}.upsample.conv"
+        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(\w+)", name):
+            name = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", name):
+            name = f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}"
+            if leaf == "weight" and v.ndim == 2:
+                v = v[:, :, None, None]
+        out[f"first_stage_model.{name}.{leaf}"] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_single_file(tmp_path_factory, sd_pipe):
+    """The conftest tiny SD pipeline as one original-layout .safetensors file plus its config folder."""
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("single")
+    sd_pipe.save_pretrained(d / "config", safe_serialization=True)
+    for f in (d / "config").rglob("*.safetensors"):
+        f.unlink()  # the config folder keeps configs and tokenizer only: weights come from the single file
+    unet = sd_pipe.unet
+    attn = {i for i, t in enumerate(unet.config.down_block_types) if "CrossAttn" in t}
+    up_attn = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
+    assert len(attn) == len(up_attn)
+    state = unet_to_ldm(unet.state_dict(), unet.config.layers_per_block, up_attn)
+    state |= vae_to_ldm(sd_pipe.vae.state_dict(), len(sd_pipe.vae.config.block_out_channels))
+    state |= {f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}": v
+              for k, v in sd_pipe.text_encoder.state_dict().items()}
+    path = d / "tiny-sd15.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path, d / "config"
+
+
+def test_single_file_round_trip(tiny_single_file, sd_pipe):
+    path, cfg = tiny_single_file
+    assert detect_architecture(path) == "sd15"
+    md = MultiDiffusionPipeline.from_pretrained(str(path), config=cfg)
+    for name in ("unet", "vae", "text_encoder"):
+        mine, ref = getattr(md.pipe, name).state_dict(), getattr(sd_pipe, name).state_dict()
+        assert set(mine) == set(ref), name
+        assert all(torch.equal(mine[k], ref[k]) for k in ref), name
+    kw = dict(height=64, width=128, window=64, overlap=32, num_inference_steps=2, output_type="latent", progress=False)
+    a = md("a photo of a beach", generator=0, **kw).latents
+    b = MultiDiffusionPipeline.from_pipe(sd_pipe)("a photo of a beach", generator=0, **kw).latents
+    assert torch.equal(a, b)
+
+
+def test_files_that_are_not_checkpoints(tmp_path):
+    from safetensors.torch import save_file
+
+    junk = tmp_path / "notes.safetensors"
+    junk.write_text("not a checkpoint at all")
+    with pytest.raises(ModelLoadError, match="not a safetensors checkpoint"):
+        MultiDiffusionPipeline.from_pretrained(str(junk))
+    other = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down.alpha": torch.zeros(1)}, str(other))
+    with pytest.raises(ModelLoadError, match="architecture not recognised"):
+        MultiDiffusionPipeline.from_pretrained(str(other))
+    txt = tmp_path / "model.txt"
+    txt.write_text("x")
+    with pytest.raises(ConfigError, match="not a checkpoint"):
+        MultiDiffusionPipeline.from_pretrained(str(txt))
+
+
+def test_architecture_detected_from_header_only(tmp_path):
+    from safetensors.torch import save_file
+
+    key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    p = tmp_path / "sd2.safetensors"
+    save_file({key: torch.zeros(1, 1024)}, str(p))  # SD 2.x cross-attention width
+    assert detect_architecture(p) == "sd21"
+    from mdtools.pipeline import read_native_window, read_scale_factor, resolve_model_path
+
+    assert resolve_model_path(str(p)) == str(p)
+    assert read_scale_factor(str(p)) == 8 and read_native_window(str(p), 8) == 512
+
+
+def test_missing_hub_model_is_one_line_not_a_traceback(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": ""}
+    r = subprocess.run([sys.executable, "-m", "mdtools", "generate", "--model", "org/missing", "--prompt", "x",
+                        "--out", str(tmp_path / "x.png")], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "org/missing" in err[0] and "could not be loaded" in err[0]
