@@ -344,6 +344,10 @@ def claim_c3_real(real: pd.DataFrame, *, preset: str = "sd21", small: int = 512,
     verdict_ = "holds" if lo <= ratio <= hi else (
         f"does not hold: {ratio:.1f}x, {'more' if ratio > hi else 'less'} than 4-6x; the time follows the view count "
         f"({views:.0f}x views at {int(b['window_px']) if b.get('window_px') == b.get('window_px') else 512} px windows)")
+    if b["kind"] != "measured":
+        # An extrapolated big canvas is views x the measured per-view time: the ratio restates the view
+        # count, so the verdict must say it rests on that model, not on a measurement.
+        verdict_ += f" (extrapolated, not measured at {big} px: time per step = views x the {small} px forward)"
     ev = (f"{preset} UNet, random weights, {a['device']} {a['dtype']}: {small} px {per_step(a):.1f} s/step "
           f"({int(a['views'])} views, {_how(a)}); {big} px {per_step(b):.1f} s/step ({int(b['views'])} views, {_how(b)}); "
           f"{float(a['per_view_forward_s']):.2f} s per view forward (CFG batch of 2); CPU load {a['loadavg_1m']:.1f}")
@@ -367,6 +371,8 @@ def claim_c4_real(real: pd.DataFrame, *, preset: str = "sd21", size: int = 8192)
     half = f"the 'without' half holds: a full decode needs {f_gb:.0f} GB > 24 GB"
     if f_gb <= 24:
         half = f"the 'without' half does not hold: a full decode needs {f_gb:.0f} GB <= 24 GB"
+    if full["kind"] != "measured":
+        half += f" (extrapolated from smaller measured decodes, not measured at {size} px)"
     if tiled is None:
         return Verdict("C4 (real arch)", statement, f"{half}; the tiled side is not measured on the real VAE here "
                        "(benchmarks/real_arch.py --tiled-decode; the toy-VAE figures are in the C4 row above)", ev, numbers)

@@ -54,7 +54,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out!r} must end in one of {list(IMAGE_SUFFIXES)}, e.g. panorama.png")
     path = resolve_model_path(args.model)
     scale = read_scale_factor(path)
-    window = args.window or read_native_window(path, scale) or 512
+    native = read_native_window(path, scale)
+    # A hub id has no local config: validate with 512 px, but let the loaded pipeline pick its own
+    # native window at run time (FLUX: 1024) instead of forcing 512.
+    run_window = args.window or native
+    window = run_window or 512
     check_model_sizes(path, args.height, args.width, window, scale)  # SD3 / FLUX: 16 px multiples, before loading
     if args.scheduler:
         check_scheduler_name(args.scheduler)
@@ -73,7 +77,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.scheduler:
         md.set_scheduler(args.scheduler)
     res = md(
-        args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width, window=window,
+        args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width, window=run_window,
         overlap=args.overlap, kernel=args.kernel, kernel_params=kparams, method=args.method, method_params=mparams,
         num_inference_steps=args.steps, guidance_scale=args.guidance, generator=torch.Generator("cpu").manual_seed(args.seed),
         circular=args.circular, view_batch_size=args.view_batch_size, output_type="pil",
@@ -82,7 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     res.images[0].save(out)
     rec_path = out.with_suffix(".json")
     rec = res.record.to_dict()
-    rec["args"] = vars(args) | {"window": window, "func": None}
+    rec["args"] = vars(args) | {"window": list(res.plan.window), "func": None}  # the window used (px)
     rec_path.write_text(json.dumps(rec, indent=1, default=str))
     p = res.plan
     cost = res.record.extra["cost"]

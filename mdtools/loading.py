@@ -101,7 +101,11 @@ def detect_architecture(path: str | Path) -> str:
         raise ModelLoadError(f"model={str(path)!r}: architecture not recognised (no UNet or transformer tensors among "
                              f"its {len(shapes)} tensors); mdtools loads single files of SD 1.x, SD 2.x, SDXL, SD3 "
                              f"and FLUX")
-    kind = infer_diffusers_model_type(shapes)
+    try:
+        kind = infer_diffusers_model_type(shapes)
+    except Exception as e:  # diffusers' detector raises on some unusual files (UnboundLocalError, ValueError)
+        raise ModelLoadError(f"model={str(path)!r}: architecture not recognised ({type(e).__name__} in diffusers' "
+                             f"detector); mdtools loads single files of SD 1.x, SD 2.x, SDXL, SD3 and FLUX") from None
     if kind not in MODEL_TYPES:
         raise ModelLoadError(f"model={str(path)!r} is a {kind!r} checkpoint; mdtools loads single files of "
                              f"{sorted(set(MODEL_TYPES))} (diffusers' names)")

@@ -208,6 +208,14 @@ def read_model_kind(path: str) -> ModelKind | None:
     return {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}.get(name)
 
 
+def _diffusers_takes_dtype() -> bool:
+    """diffusers >= 0.36 names the loader's dtype argument `dtype`; older versions ignore it silently."""
+    import diffusers
+    from packaging.version import Version
+
+    return Version(diffusers.__version__.split("+")[0]) >= Version("0.36")
+
+
 def check_model_sizes(path: str, height: int, width: int, window: int | tuple[int, int] | None, scale: int) -> None:
     """Before loading: SD3/FLUX canvases and windows must be multiples of 2 x the VAE scale (16 px);
     the ConfigError suggests the nearest valid sizes. A no-op for UNet models."""
@@ -337,9 +345,12 @@ class MultiDiffusionPipeline:
         elif is_single_file(path):
             pipe, info = load_single_file(path, config=config, **kwargs)
         else:
+            if config is not None:
+                raise ConfigError(f"config={str(config)!r} applies to single checkpoint files only; {str(id_or_path)!r} "
+                                  "is a diffusers folder or hub id, which carries its own configs (drop config)")
             if _is_sd_folder(path):
                 kwargs.setdefault("safety_checker", None)  # a research tool: no NSFW filter on outputs
-            if "torch_dtype" in kwargs:  # diffusers >= 0.36 calls it dtype (torch_dtype warns)
+            if "torch_dtype" in kwargs and _diffusers_takes_dtype():  # >= 0.36 calls it dtype (torch_dtype warns)
                 kwargs["dtype"] = kwargs.pop("torch_dtype")
             from diffusers import DiffusionPipeline  # imports every pipeline: only when needed
             from diffusers.utils import logging as dlog

@@ -125,6 +125,13 @@ class FlowMatchSchedule:
 
         kw: dict[str, Any] = {}
         if self.family == "flux" or self.dynamic:
+            import inspect
+
+            # FlowMatchHeunDiscreteScheduler.set_timesteps takes neither `sigmas` nor `mu`: refuse it
+            # here with a clear error rather than a TypeError mid-call.
+            if "mu" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+                raise ConfigError(f"scheduler {type(self.scheduler).__name__} cannot take the dynamic shift (mu) this "
+                                  f"{self.family} model needs; use scheduler='flow_euler'")
             kw["mu"] = self.mu
         if self.family == "flux" and not getattr(self.scheduler.config, "use_flow_sigmas", False):
             self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_inference_steps, num_inference_steps),

@@ -975,16 +975,22 @@ def _check_args(layout: VAELayout, x: Any, *, what: str, tile: Any, overlap: Any
     check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
     check_choice("attention", attention, ("canvas", "tile"))
     _check_budget(park_budget_bytes)
-    if park_dtype is not None:
-        if isinstance(park_dtype, torch.dtype):
-            park_dtype = {v: k for k, v in PARK_DTYPES.items()}.get(park_dtype, str(park_dtype))
-        check_choice("park_dtype", park_dtype, tuple(PARK_DTYPES))
-        park_dtype = PARK_DTYPES[park_dtype]
+    park_dtype = _park_dtype(park_dtype)
     try:
         park_dev = torch.device(park)
     except (TypeError, RuntimeError) as exc:
         raise ConfigError(f"park must be a device such as 'cpu', got {park!r}") from exc
     return scale, get_kernel(kernel), ("x" if circular is True else circular), park_dev, park_dtype
+
+
+def _park_dtype(park_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A name of PARK_DTYPES or a torch.dtype -> the torch.dtype (ConfigError otherwise); None stays None."""
+    if park_dtype is None:
+        return None
+    if isinstance(park_dtype, torch.dtype):
+        park_dtype = {v: k for k, v in PARK_DTYPES.items()}.get(park_dtype, str(park_dtype))
+    check_choice("park_dtype", park_dtype, tuple(PARK_DTYPES))
+    return PARK_DTYPES[park_dtype]
 
 
 def _check_budget(park_budget_bytes: Any) -> None:
@@ -1165,7 +1171,7 @@ def _strategy_name(checkpoints: frozenset[int], n: int) -> str:
 
 
 def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode: bool, park: torch.device,
-                          park_budget_bytes: int | None = None, park_dtype: torch.dtype | None = None,
+                          park_budget_bytes: int | None = None, park_dtype: str | torch.dtype | None = None,
                           batch: int = 1) -> str:
     """What `strategy` runs as: "park", "recompute" or (from "auto" when only some barriers
     fit `park_budget_bytes`, default a quarter of `park`'s free memory) "checkpoint"."""
@@ -1173,6 +1179,7 @@ def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode:
     _check_budget(park_budget_bytes)
     layout = vae_layout(vae, "decode" if decode else "encode")
     prof = _profile(layout, canvas_attention=True)
+    park_dtype = _park_dtype(park_dtype)
     size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
     budget = _park_budget(park_budget_bytes, park) if strategy == "auto" else 0
     cps = _checkpoints(strategy, prof, plan, batch=batch, element_size=size, budget=budget)
@@ -1181,7 +1188,7 @@ def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode:
 
 def schedule_estimate(vae: Any, plan: VAETilePlan, *, decode: bool = True, sync_strategy: str = "auto",
                       park_budget_bytes: int | None = None, park: str | torch.device = "cpu",
-                      park_dtype: torch.dtype | None = None, batch: int = 1) -> dict[str, Any]:
+                      park_dtype: str | torch.dtype | None = None, batch: int = 1) -> dict[str, Any]:
     """What a synchronised tiled run of `plan` will cost, without running it: the strategy
     it resolves to, the parked bytes at its peak (plus the canvas keys / values), and its
     multiply-adds (convolutions, linears, canvas attention) relative to one park pass.
@@ -1193,6 +1200,7 @@ def schedule_estimate(vae: Any, plan: VAETilePlan, *, decode: bool = True, sync_
     _check_budget(park_budget_bytes)
     layout = vae_layout(vae, "decode" if decode else "encode")
     prof = _profile(layout, canvas_attention=True, macs=True)
+    park_dtype = _park_dtype(park_dtype)
     size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
     budget = _park_budget(park_budget_bytes, torch.device(park)) if sync_strategy == "auto" else 0
     cps = _checkpoints(sync_strategy, prof, plan, batch=batch, element_size=size, budget=budget)

@@ -217,3 +217,14 @@ def test_flow_schedule_matches_formula():
     assert np.allclose(fs.sigmas[:-1].numpy(), want, atol=1e-6)
     x0, noise = torch.ones(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
     assert torch.allclose(fs.add_noise(x0, noise, fs.timesteps[:1]), (1 - fs.sigmas[0]) * x0)
+
+
+def test_heun_cannot_take_flux_dynamic_shift_and_says_so():
+    """FlowMatchHeunDiscreteScheduler.set_timesteps takes neither sigmas nor mu: a clear error, not a TypeError."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    from mdtools.schedulers import FlowMatchSchedule
+
+    fs = FlowMatchSchedule(FlowMatchHeunDiscreteScheduler(), family="flux", image_seq_len=1024)
+    with pytest.raises(ConfigError, match="flow_euler"):
+        fs.set_timesteps(4)

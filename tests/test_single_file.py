@@ -130,6 +130,26 @@ def test_files_that_are_not_checkpoints(tmp_path):
     txt.write_text("x")
     with pytest.raises(ConfigError, match="not a checkpoint"):
         MultiDiffusionPipeline.from_pretrained(str(txt))
+    # config= applies to single files only; a folder carries its own configs
+    with pytest.raises(ConfigError, match="single checkpoint files only"):
+        MultiDiffusionPipeline.from_pretrained("org/some-model", config="arch:sd15")  # checked before any hub access
+
+
+def test_detector_failure_is_one_line(tmp_path, monkeypatch):
+    """diffusers' detector raises on some odd files (UnboundLocalError, ValueError): still a ModelLoadError."""
+    import diffusers.loaders.single_file_utils as sfu
+    from safetensors.torch import save_file
+
+    key = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    p = tmp_path / "odd.safetensors"
+    save_file({key: torch.zeros(1, 1024)}, str(p))
+
+    def broken(_shapes):
+        raise UnboundLocalError("model_type")
+
+    monkeypatch.setattr(sfu, "infer_diffusers_model_type", broken)
+    with pytest.raises(ModelLoadError, match="architecture not recognised.*UnboundLocalError"):
+        detect_architecture(p)
 
 
 def test_architecture_detected_from_header_only(tmp_path):
