@@ -80,6 +80,42 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def weights_fingerprint(path: str | os.PathLike) -> str | None:
+    """A short fingerprint of the weight files under a local model folder (or of one checkpoint
+    file): sha256 over each file's relative name, size, and first and last MiB. None for what is
+    not local (hub ids) or holds no weights (`arch:` presets, whose weights are seeded).
+
+    Why: a run id names the model, not its weights, so a model retrained under the same name
+    (the embedded toy models) would otherwise be indistinguishable in records and on resume.
+    Reading 2 MiB per file keeps it fast for multi-GB checkpoints; a retrained file differs there
+    (the safetensors header and the first tensors)."""
+    import hashlib
+
+    p = Path(path)
+    if p.is_file():
+        files, root = [p], p.parent
+    elif p.is_dir():
+        files, root = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES), p
+    else:
+        return None
+    if not files:
+        return None
+    h = hashlib.sha256()
+    mib = 1 << 20
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(mib))
+            if size > 2 * mib:
+                fh.seek(size - mib)
+                h.update(fh.read(mib))
+    return h.hexdigest()[:16]
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -265,6 +301,7 @@ class Sweep:
         self.prov_base = {"git": git_hash(), "versions": package_versions(), "experiment": exp.name,
                           "experiment_file": exp.path}
         self.in_flight: dict[str, str] = {}  # run id -> where it runs
+        self.fingerprints: dict[str, str | None] = {}  # model -> weights_fingerprint, set by execute
         self._bar = _bar(total, progress)
 
     def started(self, rid: str, where: str) -> None:
@@ -292,6 +329,8 @@ class Sweep:
                                "swept": {k: flat.get(k) for k in self.exp.swept_keys}}
         rec.update({k: v for k, v in outcome.items() if k != "provenance"})
         rec["provenance"] = {**self.prov_base, **(outcome.get("provenance") or {}), **provenance}
+        if self.fingerprints.get(cfg.model):
+            rec["provenance"]["weights_fingerprint"] = self.fingerprints[cfg.model]
         if images:
             (self.out_dir / "images").mkdir(parents=True, exist_ok=True)
         for name, data in images.items():
@@ -434,6 +473,8 @@ def execute(
             work[k] += v
     evals = int(round(work["unet_evaluations"] + work.get("unet_grad_evaluations", 0)))
     extra = ", ".join(f"{int(v):,} {k.replace('_', ' ')}" for k, v in work.items() if k != "unet_evaluations" and v)
+    fingerprints = {m: weights_fingerprint(resolve_model_path(m)) for m in {c.model for c in unique.values()}}
+    _warn_changed_weights(done, finished, fingerprints, log)
     log(f"experiment {exp.name}: {len(unique)} runs, {len(unique) - len(todo)} already done, "
         f"{len(todo)} to run, {evals:,} model evaluations" + (f" (with {extra})" if extra else ""))
     executor = executor if executor is not None else LocalExecutor(models)
@@ -455,12 +496,28 @@ def execute(
             log(f"  {rid}  " + ", ".join(f"{k}={flat.get(k)}" for k in exp.swept_keys if flat.get(k) is not None))
         return build_table(out_dir) if done else pd.DataFrame()
     sweep = Sweep(exp, out_dir, len(todo), progress=progress, log=log)
+    sweep.fingerprints = fingerprints
     try:
         if todo:
             executor.run(todo, sweep)
     finally:
         sweep.close()
     return build_table(out_dir)
+
+
+def _warn_changed_weights(done: dict[str, dict[str, Any]], finished: set[str], fingerprints: dict[str, str | None],
+                          log: Callable[[str], None]) -> None:
+    """Say when finished runs that resume would skip were made with other weights of the same model name."""
+    stale: dict[str, int] = defaultdict(int)
+    for rid in finished:
+        rec = done[rid]
+        model = (rec.get("config") or {}).get("model")
+        old, new = (rec.get("provenance") or {}).get("weights_fingerprint"), fingerprints.get(model)
+        if old and new and old != new:
+            stale[model] += 1
+    for model, n in stale.items():
+        log(f"warning: {n} finished run(s) of model {model!r} were made with other weights (fingerprint now "
+            f"{fingerprints[model]}); they are kept and skipped: delete their records to re-run them")
 
 
 def _device_name(device: str) -> str:

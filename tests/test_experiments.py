@@ -138,6 +138,38 @@ def test_runner_writes_records_table_and_resumes(tmp_path, saved_sd_dir):
     n_files = len(list((out / "runs").glob("*.json")))
     execute(exp, out, progress=False, log=lambda s: None)  # nothing left to do
     assert len(list((out / "runs").glob("*.json"))) == n_files == 4
+    # the weights' fingerprint is recorded, and resume says when finished runs used other weights
+    from mdtools.runner import weights_fingerprint
+
+    fp = weights_fingerprint(saved_sd_dir)
+    assert fp and len(fp) == 16 and all(rec["provenance"]["weights_fingerprint"] == fp for rec in recs.values())
+    path = out / "runs" / f"{r['run_id']}.json"
+    changed = json.loads(path.read_text())
+    changed["provenance"]["weights_fingerprint"] = "0" * 16
+    path.write_text(json.dumps(changed))
+    lines: list[str] = []
+    execute(exp, out, progress=False, log=lines.append)
+    assert any("1 finished run(s)" in x and "other weights" in x for x in lines), lines
+    assert json.loads(path.read_text())["provenance"]["weights_fingerprint"] == "0" * 16  # kept, not re-run
+
+
+def test_weights_fingerprint_follows_the_weight_files(tmp_path):
+    from mdtools.runner import weights_fingerprint
+
+    (tmp_path / "unet").mkdir()
+    w = tmp_path / "unet" / "model.safetensors"
+    w.write_bytes(bytes(range(256)) * 20_000)  # 5 MB: first and last MiB are read
+    (tmp_path / "model_index.json").write_text("{}")
+    a = weights_fingerprint(tmp_path)
+    assert a == weights_fingerprint(tmp_path) and weights_fingerprint(w) is not None
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 1  # a change in the last MiB
+    w.write_bytes(bytes(data))
+    b = weights_fingerprint(tmp_path)
+    assert b != a
+    (tmp_path / "model_index.json").write_text('{"x": 1}')  # configs are not weights
+    assert weights_fingerprint(tmp_path) == b
+    assert weights_fingerprint(tmp_path / "missing") is None and weights_fingerprint("org/hub-id") is None
 
 
 def test_failures_become_rows_and_the_sweep_goes_on(tmp_path, saved_sd_dir, monkeypatch):
