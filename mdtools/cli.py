@@ -39,6 +39,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .pipeline import (
+        DTYPES,
         MultiDiffusionPipeline,
         check_model_sizes,
         prepare_call,
@@ -71,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         circular=args.circular, output_type="pil", scale=scale, method=args.method, method_params=mparams,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     # --- load and run -----------------------------------------------------------------------
     md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, device=device)
     if args.scheduler:

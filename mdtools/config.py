@@ -338,13 +338,14 @@ def prepare_run(cfg: RunConfig, scale: int, native: int | None) -> tuple[Any, An
 
 def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
     """Pydantic + engine checks for every run; all problems are reported together."""
-    from .pipeline import check_model_sizes, read_native_window, read_scale_factor, resolve_model_path
+    from .pipeline import check_model_sizes, read_model_kind, read_native_window, read_scale_factor, resolve_model_path
     from .schedulers import check_scheduler_name
 
     errors: list[str] = []
     runs: list[RunConfig] = []
     scale_cache: dict[str, tuple[int, int | None]] = {}
     paths: dict[str, str] = {}
+    transformer: dict[str, bool] = {}  # model -> SD3 / FLUX (read once per model, not per run)
     for i, d in enumerate(raw):
         tag = f"{where}run {i}: "
         try:
@@ -357,10 +358,10 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
                 path = paths[cfg.model] = resolve_model_path(cfg.model)
                 scale = read_scale_factor(path)
                 scale_cache[cfg.model] = (scale, read_native_window(path, scale))
+                transformer[cfg.model] = read_model_kind(path) is not None
             scale, native = scale_cache[cfg.model]
-            h, w = cfg.canvas.resolve(scale)
-            # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
-            check_model_sizes(paths[cfg.model], h, w, cfg.tiling.window or native, scale)
+            if transformer[cfg.model]:  # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
+                check_model_sizes(paths[cfg.model], *cfg.canvas.resolve(scale), cfg.tiling.window or native, scale)
             if cfg.sampler.scheduler:
                 check_scheduler_name(cfg.sampler.scheduler)
             from .metrics import METRICS

@@ -26,6 +26,8 @@ from .plan import CIRCULAR_MODES, TilePlan, plan_views
 from .schedulers import MU_SOURCES, FlowMatchSchedule, check_scheduler_name, is_flow_scheduler, make_scheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+#: dtype names of the CLI, experiment files and the ComfyUI nodes
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 AUTO_TILE_PIXELS = 2048 * 2048  # "auto" VAE tiling above this canvas size
 #: Default tile of the tiled VAE decode, in pixels (diffusers' tile_sample_min_size for SD).
 VAE_TILE_PX = 512

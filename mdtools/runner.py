@@ -123,7 +123,9 @@ def resolve_device(device: str) -> str:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    from .pipeline import DTYPES
+
+    return DTYPES[name]
 
 
 class ModelCache:

@@ -7,6 +7,19 @@ import torch
 
 torch.set_num_threads(2)
 
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of small-batch CPU work (use with pytest.mark.usefixtures).
+
+    Why: a few hundred tiny ops per call gain nothing from a second thread, and with other jobs
+    on a 2-core machine, 2 OpenMP threads preempted at barriers were measured ~50x slower than 1
+    (25 s vs 0.5 s per toy window)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 WORDS = ["a", "photo", "of", "beach", "mountain", "sky", "city", "forest", "brick", "wall", "grass", "stars"]
 
 

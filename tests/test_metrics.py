@@ -27,13 +27,7 @@ PLAN = plan_views(256, 256, window=128, overlap=32)  # seam lines at 64, 128, 19
 NAMES = ("brick", "grass", "gravel", "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the per-line work is a few hundred tiny ops: extra threads only fight each other
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small CPU batches run fastest on 1 thread
 
 
 def load(name: str) -> torch.Tensor:

@@ -23,15 +23,7 @@ from mdtools.toy.data import PROMPTS, WINDOW, holdout_crops, training_crops  # n
 from mdtools.toy.quality import NearestCentroid, kid, psnr  # noqa: E402
 from mdtools.toy.train import ToyTrainConfig  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small-batch CPU generation: with other jobs on the machine, 2 OpenMP threads that get
-    # preempted at barriers were measured ~50x slower than 1 (25 s vs 0.5 s per window).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small CPU batches run fastest on 1 thread
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,7 @@ from mdtools.toy.scene_report import CHECKS, fidelity  # noqa: E402
 from mdtools.toy.scenes import SCENE_PROMPTS, analyse_scene, parse_prompt  # noqa: E402
 from mdtools.toy.texture_stats import wilson_interval  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # As in test_toy.py: on a shared CPU, 1 thread is much faster than 2 for these small batches.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small CPU batches run fastest on 1 thread
 
 
 def test_shipped_scenes_folder_is_complete_small_and_safetensors_only():

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, check_choice
+from ..pipeline import DTYPES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 VAE_TILING = ("auto", "on", "off")
 

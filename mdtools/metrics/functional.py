@@ -520,13 +520,19 @@ STYLE_BACKBONES = ("auto", "vgg19", "mdtools-feature-net")
 
 
 def _pick_backbone(backbone: str, pretrained: str, load_pretrained: Callable[[], Any], load_own: Callable[[], Any],
-                   choices: tuple[str, ...]) -> tuple[Any, dict[str, Any], str | None]:
-    """(network, details, reason-if-none): the pretrained one when asked for or cached, else the shipped one.
+                   choices: tuple[str, ...], *, given: Any = None, given_arg: str = "net",
+                   metric: str = "") -> tuple[Any, dict[str, Any], str | None]:
+    """(network, details, reason-if-none): a `given` network as it is, else the pretrained one when
+    asked for or cached, else the shipped one.
 
     "auto" takes the pretrained ImageNet network when its weights are in the local torch hub
     cache (numbers comparable with the literature) and the shipped feature network otherwise,
     so the metric is never NaN offline; details record which ran and why.
     """
+    if given is not None:
+        if backbone != "auto":
+            raise ConfigError(f"pass either {given_arg}= or backbone= to {metric}, not both (got backbone={backbone!r})")
+        return given, {"backbone": getattr(given, "backbone", "custom")}, None
     check_choice("backbone", backbone, choices)
     details: dict[str, Any] = {}
     if backbone in ("auto", pretrained):
@@ -565,17 +571,13 @@ def intra_lpips(
     crops, reason = _crops(image, crop)
     if reason:
         return Score.nan(reason)
-    if net is not None:
-        if backbone != "auto":
-            raise ConfigError(f"pass either net= or backbone= to intra_lpips, not both (got backbone={backbone!r})")
-        details = {"backbone": getattr(net, "backbone", "custom")}
-    else:
-        from .backbones import load_lpips_vgg
-        from .features import FeatureLPIPS
+    from .backbones import load_lpips_vgg
+    from .features import FeatureLPIPS
 
-        net, details, why = _pick_backbone(backbone, "lpips-vgg16", load_lpips_vgg, FeatureLPIPS, LPIPS_BACKBONES)
-        if net is None:
-            return Score.nan(why, **details)
+    net, details, why = _pick_backbone(backbone, "lpips-vgg16", load_lpips_vgg, FeatureLPIPS, LPIPS_BACKBONES,
+                                       given=net, given_arg="net", metric="intra_lpips")
+    if net is None:
+        return Score.nan(why, **details)
     total, n = _intra_lpips_update(crops, net)
     return Score(float(total) / n, details={"n_crops": crops.shape[0], "n_pairs": n, **details})
 
@@ -647,17 +649,13 @@ def intra_style(
     crops, reason = _crops(image, crop)
     if reason:
         return Score.nan(reason)
-    if features is not None:
-        if backbone != "auto":
-            raise ConfigError(f"pass either features= or backbone= to intra_style, not both (got backbone={backbone!r})")
-        details = {"backbone": getattr(features, "backbone", "custom")}
-    else:
-        from .backbones import load_vgg19_features
-        from .features import StyleFeatures
+    from .backbones import load_vgg19_features
+    from .features import StyleFeatures
 
-        features, details, why = _pick_backbone(backbone, "vgg19", load_vgg19_features, StyleFeatures, STYLE_BACKBONES)
-        if features is None:
-            return Score.nan(why, **details)
+    features, details, why = _pick_backbone(backbone, "vgg19", load_vgg19_features, StyleFeatures, STYLE_BACKBONES,
+                                            given=features, given_arg="features", metric="intra_style")
+    if features is None:
+        return Score.nan(why, **details)
     total, n = _intra_style_update(crops, features)
     value = float(total) if reduction == "sum" else float(total) / n
     return Score(value, details={"n_crops": crops.shape[0], "n_pairs": n, "reduction": reduction, **details})
