@@ -15,8 +15,10 @@ one-piece decode). Methods:
 - `mdtools_recompute`: exact, nothing parked, every tile replayed from its input;
 - `mdtools_park_bf16`: park with `park_dtype="bfloat16"` (opt-in, not float-exact);
 - `mdtools_nosync`: plain tiling with mdtools' halo and blending.
-Equal tile size = equal network input: mdtools runs a 384 px body plus a 64 px halo each
-side, so neither sends more than 512 px through the VAE.
+Equal tile size = equal network input: mdtools runs a body of 512 px less two exact halos
+(the halo its schedule needs, `schedule_estimate`: 16 px when parking at every barrier)
+and no overlap (exact tiles need no blending), so neither sends more than 512 px through
+the VAE. `mdtools_nosync` keeps a 384 px body, 64 px halos and 64 px overlap.
 
 Every (method, size, repetition) runs in a fresh process (`vae_memory._run_sub`): the peak
 is VmHWM after `clear_refs` once the model and latents are loaded (the decode's own
@@ -29,6 +31,13 @@ size, where `full` ran.
 
     .venv/bin/python benchmarks/vae_fast.py --sizes 1024 --repeats 2
     .venv/bin/python benchmarks/vae_fast.py --sizes 2048 --methods diffusers_tiled mdtools_auto:1024
+    .venv/bin/python benchmarks/vae_fast.py --estimate --sizes 1024 2048 4096 8192
+
+`--estimate` decodes nothing: it writes results/bench/vae_schedule.csv, the strategy,
+exact halo, parked peak and multiply-adds relative to one untiled decode that
+`schedule_estimate` predicts for each method and size (counts equal real runs, tested),
+next to diffusers' tiling (its tiles' area over the canvas: the multiply-adds of tiling
+without attention across tiles). Use it for sizes too large to decode here.
 
 Appends to results/bench/vae_fast.csv (one row per run, `--fresh` to start over).
 """
@@ -98,9 +107,13 @@ def decode(method: str, vae, z, report: dict):
                 return vae.decode(z).sample
         finally:
             vae.disable_tiling()
-    kw: dict = dict(tile=TILE - 2 * HALO, overlap=OVERLAP, halo=HALO, offload=True, report=report)
     if method == "mdtools_nosync":
-        return tiled_decode(vae, z, sync_groupnorm=False, **kw)
+        return tiled_decode(vae, z, sync_groupnorm=False, tile=TILE - 2 * HALO, overlap=OVERLAP, halo=HALO,
+                            offload=True, report=report)
+    strategy, budget = _strategy(method)
+    halo = exact_halo(vae, z.shape[-1], strategy, budget)
+    # equal network input: body + 2 halos = diffusers' tile; exact tiles need no overlap
+    kw: dict = dict(tile=TILE - 2 * halo, halo=halo, offload=True, report=report)
     if method == "mdtools_park":
         return tiled_decode(vae, z, sync_strategy="park", **kw)
     if method == "mdtools_park_bf16":
@@ -111,6 +124,75 @@ def decode(method: str, vae, z, report: dict):
         budget = int(float(method.split(":", 1)[1]) * 2**20)
         return tiled_decode(vae, z, sync_strategy="auto", park_budget_bytes=budget, **kw)
     raise SystemExit(f"unknown method {method!r}; choose from {METHODS} (mdtools_auto:<MiB>)")
+
+
+def _strategy(method: str) -> tuple[str, int | None]:
+    if method.startswith("mdtools_auto:"):
+        return "auto", int(float(method.split(":", 1)[1]) * 2**20)
+    return {"mdtools_park": "park", "mdtools_park_bf16": "park", "mdtools_recompute": "recompute"}.get(
+        method, "auto"), None
+
+
+def exact_halo(vae, latent: int, strategy: str, budget: int | None) -> int:
+    """The exact halo (px) of `strategy` for a tile body that leaves room for it in TILE."""
+    from mdtools.vae import schedule_estimate
+
+    halo = 16
+    for _ in range(4):  # the halo sets the body, the body the checkpoints, they the halo
+        need = schedule_estimate(vae, (latent, latent), sync_strategy=strategy, park_budget_bytes=budget,
+                                 tile=TILE - 2 * halo)["halo_px"]
+        if need == halo:
+            break
+        halo = need
+    return halo
+
+
+ESTIMATE_CSV = ROOT / "results" / "bench" / "vae_schedule.csv"
+ESTIMATE_METHODS = ("mdtools_park", "mdtools_auto:600", "mdtools_auto:1024", "mdtools_auto:2048", "mdtools_auto:4096",
+                    "mdtools_auto:8192", "mdtools_auto:16384", "mdtools_recompute")
+
+
+def diffusers_area(size: int, tile: int = TILE, overlap_factor: float = 0.25) -> float:
+    """Pixels diffusers' tiled decode runs through the VAE over the canvas's: tiles of
+    `tile` px every tile * (1 - overlap_factor) px, clipped at the canvas edge."""
+    stride = int(tile * (1 - overlap_factor))
+    per_axis = sum(min(tile, size - s) for s in range(0, size, stride))
+    return (per_axis / size) ** 2
+
+
+def estimate(arch: str, sizes: list[int], methods: list[str], out: Path) -> None:
+    import mdtools.vae as V
+
+    vae = build_vae(arch)
+    prof = V._profile(V.vae_layout(vae, "decode"), canvas_attention=True, macs=True)
+    conv = sum(prof.step_macs) + sum(prof.message_macs)  # per latent pixel
+    rows = []
+    for size in sizes:
+        canvas, tile = (size // 8) ** 2, (TILE // 8) ** 2
+        # multiply-adds per latent pixel: the untiled decode attends over the canvas,
+        # diffusers' tiles over themselves (edge tiles counted whole: an upper bound)
+        full = conv + canvas * prof.kv_values
+        theirs = diffusers_area(size) * (conv + tile * prof.kv_values) / full
+        rows.append({"method": "diffusers_tiled", "size": size, "arch": arch, "compute_vs_full": round(theirs, 3),
+                     "compute_vs_diffusers": 1.0})
+        for method in methods:
+            strategy, budget = _strategy(method)
+            halo = exact_halo(vae, size // 8, strategy, budget)
+            e = V.schedule_estimate(vae, (size // 8, size // 8), sync_strategy=strategy, park_budget_bytes=budget,
+                                    tile=TILE - 2 * halo, halo=halo)
+            rows.append({"method": method, "size": size, "arch": arch, "strategy": e["strategy"],
+                         "halo_px": e["halo_px"], "exact": e["exact"], "n_tiles": e["n_tiles"],
+                         "checkpoints": e["checkpoints"], "parked_peak_mib": round(e["parked_peak_bytes"] / 2**20),
+                         "compute_vs_full": round(float(e["compute_vs_full"]), 3),
+                         "compute_vs_diffusers": round(float(e["compute_vs_full"]) / theirs, 3)})
+            print(rows[-1], flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}")
 
 
 def worker(method: str, size: int, arch: str, threads: int, save: Path | None) -> dict:
@@ -137,7 +219,8 @@ def worker(method: str, size: int, arch: str, threads: int, save: Path | None) -
         "parked_peak_mb": round(report.get("parked_peak_bytes", 0) / 2**20, 1) if report else "",
         "strategy": report.get("strategy", ""), "n_tiles": report.get("n_tiles", ""),
         "tile_runs": report.get("tile_runs", ""), "resumes": report.get("resumes", ""),
-        "checkpoints": report.get("checkpoints", ""),
+        "checkpoints": report.get("checkpoints", ""), "halo_px": report.get("halo_px", ""),
+        "exact": report.get("exact", ""),
         "load_before": " ".join(f"{v:.2f}" for v in load0), "load_after": " ".join(f"{v:.2f}" for v in load1),
         "finite": bool(torch.isfinite(out).all()), "threads": threads, "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -164,10 +247,17 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=5400, help="seconds per worker process")
     ap.add_argument("--out", type=Path, default=OUT_CSV)
     ap.add_argument("--fresh", action="store_true", help="overwrite the CSV instead of appending")
+    ap.add_argument("--estimate", action="store_true",
+                    help=f"decode nothing: predict schedules with schedule_estimate into {ESTIMATE_CSV.name}")
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     ap.add_argument("--save", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.estimate:
+        methods = [m for m in args.methods if m.startswith("mdtools_") and m != "mdtools_nosync"]
+        estimate(args.arch, args.sizes, methods if args.methods != list(METHODS) else list(ESTIMATE_METHODS),
+                 ESTIMATE_CSV)
+        return
     if args.worker:
         row = worker(args.worker[0], int(args.worker[1]), args.arch, args.threads, args.save)
         print("RESULT " + json.dumps([row]), flush=True)

@@ -43,11 +43,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         MultiDiffusionPipeline,
         check_model_sizes,
         prepare_call,
+        read_model_kind,
         read_native_window,
         read_scale_factor,
         resolve_model_path,
     )
-    from .schedulers import check_scheduler_name
+    from .schedulers import check_scheduler_fits
 
     # --- all checks first -------------------------------------------------------------
     out = Path(args.out)
@@ -61,8 +62,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run_window = args.window or native
     window = run_window or 512
     check_model_sizes(path, args.height, args.width, window, scale)  # SD3 / FLUX: 16 px multiples, before loading
-    if args.scheduler:
-        check_scheduler_name(args.scheduler)
+    if args.scheduler:  # family from the config on disk (a hub id is checked once loaded)
+        check_scheduler_fits(args.scheduler, read_model_kind(path), field="--scheduler")
     kparams = _kernel_params(args.kernel_param)
     mparams = _kernel_params(args.method_param, "--method-param", "sync_steps=10")
     prepare_call(

@@ -319,8 +319,10 @@ def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any
     return runs, swept
 
 
-def prepare_run(cfg: RunConfig, scale: int, native: int | None) -> tuple[Any, Any]:
-    """The run's validated call spec and method (mdtools.pipeline.prepare_call), no model needed."""
+def prepare_run(cfg: RunConfig, scale: int, native: int | None, *, cfg_passes: int | None = None) -> tuple[Any, Any]:
+    """The run's validated call spec and method (mdtools.pipeline.prepare_call), no model
+    needed. `cfg_passes`: model evaluations per sample and step when the model fixes it
+    (FLUX: 1); None counts 2 with guidance > 1."""
     from .pipeline import prepare_call
 
     h, w = cfg.canvas.resolve(scale)
@@ -332,20 +334,20 @@ def prepare_run(cfg: RunConfig, scale: int, native: int | None) -> tuple[Any, An
         guidance_scale=cfg.sampler.guidance, view_batch_size=cfg.tiling.view_batch_size,
         circular=cfg.tiling.circular, output_type="pil", scale=scale, guidance_rescale=cfg.sampler.guidance_rescale,
         method=name, method_params=params, regions=[r.model_dump() for r in cfg.regions],
-        bootstrap_steps=cfg.bootstrap_steps,
+        bootstrap_steps=cfg.bootstrap_steps, cfg_passes=cfg_passes,
     )
 
 
 def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
     """Pydantic + engine checks for every run; all problems are reported together."""
     from .pipeline import check_model_sizes, read_model_kind, read_native_window, read_scale_factor, resolve_model_path
-    from .schedulers import check_scheduler_name
+    from .schedulers import check_scheduler_fits
 
     errors: list[str] = []
     runs: list[RunConfig] = []
     scale_cache: dict[str, tuple[int, int | None]] = {}
     paths: dict[str, str] = {}
-    transformer: dict[str, bool] = {}  # model -> SD3 / FLUX (read once per model, not per run)
+    kinds: dict[str, str | None] = {}  # model -> "sd3" / "flux" / None (read once per model, not per run)
     for i, d in enumerate(raw):
         tag = f"{where}run {i}: "
         try:
@@ -358,12 +360,12 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
                 path = paths[cfg.model] = resolve_model_path(cfg.model)
                 scale = read_scale_factor(path)
                 scale_cache[cfg.model] = (scale, read_native_window(path, scale))
-                transformer[cfg.model] = read_model_kind(path) is not None
+                kinds[cfg.model] = read_model_kind(path)
             scale, native = scale_cache[cfg.model]
-            if transformer[cfg.model]:  # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
+            if kinds[cfg.model] is not None:  # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
                 check_model_sizes(paths[cfg.model], *cfg.canvas.resolve(scale), cfg.tiling.window or native, scale)
             if cfg.sampler.scheduler:
-                check_scheduler_name(cfg.sampler.scheduler)
+                check_scheduler_fits(cfg.sampler.scheduler, kinds[cfg.model], field="sampler.scheduler")
             from .metrics import METRICS
 
             bad = [m for m in cfg.metrics if m not in METRICS]

@@ -23,7 +23,7 @@ from .kernels import Kernel
 from .methods import CallSpec, Method, Run, get_method
 from .methods.regions import check_regions
 from .plan import CIRCULAR_MODES, TilePlan, plan_views
-from .schedulers import MU_SOURCES, FlowMatchSchedule, check_scheduler_name, is_flow_scheduler, make_scheduler
+from .schedulers import MU_SOURCES, FlowMatchSchedule, check_scheduler_fits, make_scheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 #: dtype names of the CLI, experiment files and the ComfyUI nodes
@@ -36,9 +36,6 @@ ModelKind = Literal["sd", "sdxl", "pixel", "sd3", "flux"]
 DIT_KINDS = ("sd3", "flux")
 #: FLUX.1's training size (the transformer config has no sample_size): 1024 px, BFL's default.
 FLUX_NATIVE_PX = 1024
-#: Methods that run on SD3/FLUX. syncdiffusion needs an x0 prediction from alphas_cumprod or
-#: Karras sigmas (methods/syncdiffusion.py) and has no flow-matching formula (x0 = x - sigma v) yet.
-DIT_METHODS = ("multidiffusion", "mixture", "spotdiffusion", "global_pass", "demofusion")
 
 
 @dataclass
@@ -79,6 +76,7 @@ def prepare_call(
     bootstrap_steps: int = 0,
     strength: float = 1.0,
     img2img: bool = False,
+    cfg_passes: int | None = None,
 ) -> tuple[CallSpec, Method]:
     """Validate every generation argument; return the call spec and the method object.
 
@@ -117,7 +115,8 @@ def prepare_call(
     call = CallSpec(height=height, width=width, plan=plan, kernel=k, scale=scale, window=plan.window,
                     overlap=plan.overlap, circular=plan.circular, steps=num_inference_steps,
                     guidance_scale=float(guidance_scale), batch=batch, view_batch_size=view_batch_size, regions=regs,
-                    bootstrap_steps=bootstrap_steps, strength=float(strength), img2img=img2img)
+                    bootstrap_steps=bootstrap_steps, strength=float(strength), img2img=img2img,
+                    cfg_passes=cfg_passes)
     meth.check(call)
     if latents_shape is not None and latent_channels is not None:
         want = meth.noise_shape(call, latent_channels)
@@ -197,6 +196,12 @@ def read_native_window(path: str, scale: int) -> int | None:
             s = s[0] if isinstance(s, list) else s
             return None if s is None else int(s) * scale
     return None
+
+
+def flux_cfg_passes(true_cfg_scale: float = 1.0, negative_prompt: Any = None) -> int:
+    """Transformer evaluations per sample and step of FLUX: its guidance is an embedding
+    (one pass), plus diffusers' true-CFG pass with a negative prompt and true_cfg_scale > 1."""
+    return 2 if true_cfg_scale > 1.0 and negative_prompt is not None else 1
 
 
 def read_model_kind(path: str) -> ModelKind | None:
@@ -424,10 +429,7 @@ class MultiDiffusionPipeline:
     def set_scheduler(self, name: str, **overrides: Any) -> None:
         """Swap the scheduler for `name` (alias like 'dpmpp_2m' or a diffusers class name).
         SD3/FLUX take flow-matching schedulers only ('flow_euler', 'flow_heun'), UNets the others."""
-        flow = is_flow_scheduler(check_scheduler_name(name))
-        if flow != (self.kind in DIT_KINDS):
-            want = "a flow-matching scheduler such as 'flow_euler'" if not flow else "a diffusion scheduler such as 'ddim'"
-            raise ConfigError(f"scheduler={name!r} does not fit this {self.kind} model; use {want}")
+        check_scheduler_fits(name, self.kind)
         self.pipe.scheduler = make_scheduler(name, self.pipe.scheduler.config, **overrides)
 
     # ---- generation -------------------------------------------------------------------
@@ -515,7 +517,8 @@ class MultiDiffusionPipeline:
         return {
             # a VAE tile is unrelated to the UNet window: 512 px as diffusers' enable_tiling
             "tile": opts.get("tile") or VAE_TILE_PX,
-            "overlap": 64 if opts.get("overlap") is None else opts["overlap"],
+            # None: tiled_decode's default (0 px on an exact run, whose tiles need no blending)
+            "overlap": opts.get("overlap"),
             "sync_groupnorm": opts.get("sync_groupnorm", True),
             "sync_strategy": strategy,
             "circular": plan.circular,
@@ -552,16 +555,12 @@ class MultiDiffusionPipeline:
                 vae.to(dtype)
         return vae.decode(x.to(dtype), return_dict=False)[0]
 
-    def _check_dit_call(self, height: int, width: int, window: Any, method: Any, positions: str, flow_mu: Any,
+    def _check_dit_call(self, height: int, width: int, window: Any, positions: str, flow_mu: Any,
                         true_cfg_scale: float, max_sequence_length: int | None) -> None:
         """SD3/FLUX argument checks, before any compute (errors name the field and a valid value)."""
         scale = self.vae_scale_factor
         m = 2 * scale  # 2x2 patches (FLUX packing, SD3 PatchEmbed) of VAE latents
         _check_patch_multiples(height, width, window, m, scale)
-        name = method if isinstance(method, str) else getattr(method, "name", str(method))
-        if name not in DIT_METHODS:
-            raise ConfigError(f"method={name!r} does not run on {self.kind} yet (it needs an x0 prediction for flow "
-                              f"matching); use one of {list(DIT_METHODS)}")
         check_choice("positions", positions, POSITIONS)
         if positions == "global" and self.kind == "sd3":
             raise ConfigError("positions='global' is FLUX only: SD3's position embedding is a centred crop of a fixed "
@@ -658,7 +657,7 @@ class MultiDiffusionPipeline:
         scale = self.vae_scale_factor
         window = self.native_window if window is None else window
         if self.kind in DIT_KINDS:
-            self._check_dit_call(height, width, window, method, positions, flow_mu, true_cfg_scale, max_sequence_length)
+            self._check_dit_call(height, width, window, positions, flow_mu, true_cfg_scale, max_sequence_length)
         if init_latents is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
             raise ConfigError(f"strength must be in (0, 1] (e.g. 0.6), got {strength!r}")
         call, meth = prepare_call(
@@ -669,6 +668,7 @@ class MultiDiffusionPipeline:
             latents_shape=None if latents is None else latents.shape, latent_channels=self.unet.config.in_channels,
             method=method, method_params=method_params, regions=regions, bootstrap_steps=bootstrap_steps,
             strength=strength if init_latents is not None else 1.0, img2img=init_latents is not None,
+            cfg_passes=flux_cfg_passes(true_cfg_scale, negative_prompt) if self.kind == "flux" else None,
         )
         plan, batch = call.plan, call.batch
         vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
@@ -790,5 +790,5 @@ def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
 __all__ = [
     "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "prepare_call", "resolve_model_path",
     "read_scale_factor", "read_native_window", "read_model_kind", "check_model_sizes", "OUTPUT_TYPES", "DIT_KINDS",
-    "DIT_METHODS",
+    "flux_cfg_passes",
 ]

@@ -418,8 +418,13 @@ def estimate_work(cfg: RunConfig, scale: int, native: int | None) -> dict[str, f
     Solvers with more than one model call per step (Heun) take more; the record counts the
     real numbers."""
     from .config import prepare_run
+    from .pipeline import flux_cfg_passes, read_model_kind, resolve_model_path
 
-    call, meth = prepare_run(cfg, scale, native)
+    try:  # FLUX's guidance is an embedding: one pass per step, whatever the guidance value
+        kind = read_model_kind(resolve_model_path(cfg.model))
+    except Exception:  # noqa: BLE001 - a hub id not on disk: counted as a UNet model
+        kind = None
+    call, meth = prepare_run(cfg, scale, native, cfg_passes=flux_cfg_passes() if kind == "flux" else None)
     return meth.estimate(call)
 
 

@@ -71,6 +71,18 @@ FLOW_FAMILIES = ("sd3", "flux")
 MU_SOURCES = ("window", "canvas")
 
 
+def check_scheduler_fits(name: str, kind: str | None, *, field: str = "scheduler") -> str:
+    """Resolve `name` (check_scheduler_name) and check it fits the model `kind`: SD3 / FLUX
+    (FLOW_FAMILIES) take flow-matching schedulers only, UNet models (kind None or any other)
+    the others. Needs only the model's config, so it runs before any model loads."""
+    cls_name = check_scheduler_name(name)
+    dit = kind in FLOW_FAMILIES
+    if is_flow_scheduler(cls_name) != dit:
+        want = "a flow-matching scheduler such as 'flow_euler'" if dit else "a diffusion scheduler such as 'ddim'"
+        raise ConfigError(f"{field}={name!r} does not fit this {kind or 'UNet'} model; use {want}")
+    return cls_name
+
+
 def is_flow_scheduler(scheduler: Any) -> bool:
     """Whether a scheduler (or scheduler class name) is a flow-matching one (SD3, FLUX)."""
     name = scheduler if isinstance(scheduler, str) else type(getattr(scheduler, "scheduler", scheduler)).__name__
@@ -95,6 +107,7 @@ class FlowMatchSchedule:
     """
 
     init_noise_sigma = 1.0
+    is_flow_matching = True  # the model predicts a velocity (methods/syncdiffusion.py: x0 = x - sigma v)
 
     def __init__(self, scheduler: Any, *, family: str, image_seq_len: int, mu: float | None = None):
         if family not in FLOW_FAMILIES:

@@ -21,16 +21,26 @@ Geometry (all user sizes in pixels, planned on the latent grid):
   with `overlap`, shrunk to the smallest size that still covers (1024 px at tile 512,
   overlap 64: 3 tiles of 384 px, not 3 of 512 with 256 px overlaps), then spread evenly
   by `mdtools.plan_views`.
-- Each tile carries a halo of extra context (`halo` px, cropped after the network): the
-  decoder's receptive field reaches far beyond one latent pixel, so without it every tile
-  edge is computed against zero padding instead of its real neighbours. On a circular
-  axis the halo wraps (modulo indices), so a 360-degree panorama's two ends meet as real
+- Each tile carries a halo of extra context (`halo` px, cropped after the network): a
+  convolution at a tile edge sees zero padding instead of its real neighbours, and each
+  further convolution carries that error one kernel reach deeper. On a circular axis the
+  halo wraps (modulo indices), so a 360-degree panorama's two ends meet as real
   neighbours. On a non-circular axis it is clipped at the canvas edge, where the full
   decode sees zero padding too.
+- Halo refresh: whenever every tile is parked at the same barrier (a checkpoint, below),
+  each tile's non-core pixels are overwritten with the values the tile owning them
+  computed in its core (`_refresh_halos`): the edge error is erased and the next round
+  starts exact. So a halo need only be as deep as the padding error can travel between
+  two refreshes: `halo=None` (default, synchronised runs) takes exactly that
+  (`_exact_halo`, from each convolution's reach): 16 px for SD's decoder when parking at
+  every barrier (a resnet's conv2, then the upsampling conv, at most), its whole
+  receptive field (144 px) when replaying from the input every time. The run then equals
+  the full decode to float noise; `report["exact"]` says whether a given halo is enough.
 - Tile outputs are blended over the overlap with a kernel of `mdtools.KERNELS`; weights
   are normalised per axis (the grid is a product of rows and columns and kernels are
   separable), so the blended weights sum to exactly 1 at every output pixel without a
-  canvas-sized weight buffer.
+  canvas-sized weight buffer. Exact tiles agree, so an exact run needs no overlap:
+  `overlap=None` is 0 px there and DEFAULT_OVERLAP_PX (64) otherwise.
 - Every latent pixel belongs to exactly one tile's *core* (the overlaps are split at
   their midpoints); statistics and attention keys are taken over cores only, so each
   canvas pixel is counted once and halo or overlap duplicates are not counted at all.
@@ -56,21 +66,26 @@ so tiles cannot each run start to finish. A tile's whole state is explicit (next
 stack of live tensors), so it can stop at a barrier, be parked (moved to `park`, default
 "cpu"), copied, resumed or dropped and replayed. Round k of the driver brings every tile
 to barrier k; then the pooled reply k is final. The strategies (`sync_strategy`) differ
-only in which states they keep, and give the same bits:
-- "park": every tile is parked at every barrier. One pass; the compute device holds one
-  tile's activations plus the output canvas (`offload=True` puts the canvas on the CPU as
-  well), but the parked states together are about two canvas-sized activations at the
-  current layer: host RAM grows with the canvas (SD's VAE: 1.9 GB measured at 1024^2,
-  40 GiB at 4096^2 by `schedule_estimate`).
+in which states they keep; with their exact halos all equal the full decode to float
+noise, and with one halo exact for all of them they give the same bits (tested):
+- "park": every tile is parked at every barrier. One pass (SD's decoder: 1.15x the
+  multiply-adds of one untiled decode at 1024^2 with 16 px halos); the compute device
+  holds one tile's activations plus the output canvas (`offload=True` puts the canvas on
+  the CPU as well), but the parked states together are about two canvas-sized activations
+  at the current layer: host RAM grows with the canvas (SD's VAE: 1.1 GiB at 1024^2,
+  18 GiB at 4096^2 by `schedule_estimate`).
 - "recompute": nothing is parked; for barrier k every tile runs afresh from its input,
   applying the final replies of barriers < k without stopping. Memory is one tile's on
-  every device; compute is about (barriers / 2 + 1) decodes (x6 measured on the toy VAE).
+  every device (plus the canvas keys / values); compute is many decodes (SD's VAE, exact
+  144 px halos: 59x one untiled decode at 1024^2).
 - "auto" (default): checkpointing between the two. Tiles are parked at every barrier
-  whose parked states (plus the canvas keys / values) fit `park_budget_bytes` (default a
-  quarter of the park device's free memory, PARK_BUDGET_FRACTION); a barrier that does not
-  fit is reached by replaying a copy of each tile from its latest parked state, not from
-  its input. Only each tile's latest state is kept, so the parked memory never exceeds
-  the budget; with room for every barrier it is "park", with room for none "recompute".
+  whose parked states (plus the canvas keys / values still needed) fit
+  `park_budget_bytes` (default a quarter of the park device's free memory,
+  PARK_BUDGET_FRACTION); a barrier that does not fit is reached by replaying a copy of
+  each tile from its latest parked state, not from its input. Only each tile's latest
+  state is kept, so the parked memory never exceeds the budget; with room for every
+  barrier it is "park", with room for none "recompute". Keys / values of an attention
+  are freed once tiles are parked past it.
 - `park_dtype="bfloat16"` / `"float16"` (opt-in) parks states in half precision: half the
   parked bytes, but no longer float-exact, and no longer identical across strategies.
 (An iterative alternative, re-running whole passes with the previous pass's statistics,
@@ -83,13 +98,13 @@ input is not shared; a GroupNorm + activation feeding a 3x3 conv, and Upsample2D
 nearest upsampling + conv, run in row strips (`_conv_strips`), so their full-size
 intermediates never exist; on glibc the freed tile memory is returned with malloc_trim.
 
-Remaining approximations (measured in tests/test_vae.py and benchmarks/vae_memory.py):
-- convolutions at a tile's outer halo edge see zeros instead of real neighbours; the
-  halo makes this small (random VAE: 78 dB at 64 px, 130 dB at 128 px);
+Remaining approximations (measured in tests/test_vae.py and benchmarks/vae_fast.py):
+- none with the default halo on a synchronised run with canvas attention: float noise
+  (SD's random-weight decoder at 1024^2: see docs/vae.md). A halo given below
+  `report["exact_halo_px"]` leaves zero-padding error at tile edges;
 - with `attention="tile"`, or without sync, the mid-block attention sees only its tile +
-  halo: this was the whole of the synced error before canvas attention;
-- statistics and keys are pooled from tiled activations, so they are the exact pool of
-  what tiles compute, equal to the full decode's up to the halo error above.
+  halo, and without sync every tile normalises with its own statistics (default halo
+  DEFAULT_DECODE_HALO_PX / DEFAULT_ENCODE_HALO_PX, blended over DEFAULT_OVERLAP_PX).
 
 Non-finite values (fp16 overflow, the "black squares" of large fp16 decodes) raise a
 FloatingPointError naming the tile and layer; GroupNorm is always computed in float32.
@@ -97,6 +112,7 @@ FloatingPointError naming the tile and layer; GroupNorm is always computed in fl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Union
 
@@ -111,11 +127,14 @@ from .plan import CIRCULAR_MODES, plan_views
 
 CircularArg = Union[bool, Literal["x"], Literal["y"], Literal["both"]]
 
-#: Default halo in pixels. The decoder's receptive field is wide (several latent pixels
-#: at the latent level, before 3 upsamplings); 8 latent px (64 px) brings tile errors near
-#: the blend floor (see benchmarks/vae_memory.py). The encoder halo follows A1111's 32 px.
+#: Default halo in pixels of runs that cannot be exact (no sync, or attention within
+#: tiles); exact runs take the halo their checkpoints need (`_exact_halo`). The decoder's
+#: receptive field is wide; 8 latent px (64 px) brings tile errors near the blend floor
+#: (see benchmarks/vae_memory.py). The encoder halo follows A1111's 32 px.
 DEFAULT_DECODE_HALO_PX: int = 64
 DEFAULT_ENCODE_HALO_PX: int = 32
+#: Default overlap (px) of tiles that are blended: without sync, or with attention in tiles.
+DEFAULT_OVERLAP_PX: int = 64
 
 
 # --------------------------------------------------------------------------------------
@@ -414,12 +433,18 @@ class _Tile:
                 moved[id(t)] = t.to(device=device, dtype=dtype or t.dtype, copy=copy)
         self.stack = [moved[id(t)] for t in self.stack]
 
-    def snapshot(self, device: torch.device, dtype: torch.dtype | None) -> _Tile:
-        """An independent copy of this state on `device` (steps run in place, so a state
-        that will be resumed again must not be run itself)."""
+    def snapshot(self, device: torch.device, dtype: torch.dtype | None, copy_top: bool = True) -> _Tile:
+        """A state to run on `device` that leaves this one as it is (it will be resumed
+        again). Steps write only into a stack top they made, or into the top they start
+        with when `_Step.mutates_top`: so only that top needs a copy (`copy_top`); the
+        other tensors are shared (moved or cast copies when the device or dtype differ)."""
         twin = _Tile(self.key, self.hw, self.core, self.sync, list(self.stack), self.layer, self.known,
                      self.canvas_attention, self.pc)
-        twin.move(device, dtype, copy=True)
+        twin.move(device, dtype)
+        if copy_top and twin.stack:
+            top = twin.stack[-1]
+            fresh = top if top is not self.stack[-1] else top.clone()
+            twin.stack = [fresh if t is top else t for t in twin.stack]
         return twin
 
     def nbytes(self) -> int:
@@ -437,6 +462,11 @@ class _Step:
     kind: str
     body: Callable[[_Tile, Any], None]
     mod: Any = None
+    #: whether `body` writes into the stack top it starts with (an in-place GroupNorm).
+    #: No step writes into a stack entry below the top, nor into a top it did not make
+    #: unless flagged here: so a replayed state shares every tensor with its checkpoint
+    #: except a flagged top (`_Tile.snapshot`).
+    mutates_top: bool = False
 
 
 @dataclass(frozen=True)
@@ -615,14 +645,14 @@ def _resnet_steps(r: _ResnetSpec) -> list[_Step]:
         T.stack.append(h)
 
     def second(T: _Tile, stats: Any) -> None:
-        h = r.act(_group_norm(T.stack.pop(), r.norm2, stats, inplace=True))  # conv1's output: ours alone
+        h = r.act(_group_norm(T.stack.pop(), r.norm2, stats, inplace=True))  # conv1's output (mutates_top)
         h = r.conv2(r.dropout(h) if r.dropout is not None else h)
         x = T.stack.pop()  # the skip branch, shortcut applied
         h = h.add_(x)  # conv2's output is ours: add the skip in place
         del x
         T.stack.append(h if r.out_scale == 1 else h.div_(r.out_scale))
 
-    return [_Step("stats", first, r.norm1), _Step("stats", second, r.norm2)]
+    return [_Step("stats", first, r.norm1), _Step("stats", second, r.norm2, mutates_top=True)]
 
 
 #: queries per scaled_dot_product_attention call against canvas-wide keys (bounds the
@@ -675,7 +705,7 @@ def _final_steps(norm: nn.GroupNorm, act: Callable[[torch.Tensor], torch.Tensor]
         if tanh:
             T.apply(torch.tanh_)
 
-    return [_Step("stats", body, norm)]
+    return [_Step("stats", body, norm, mutates_top=True)]
 
 
 # ---- diffusers AutoencoderKL
@@ -959,6 +989,8 @@ def _check_args(layout: VAELayout, x: Any, *, what: str, tile: Any, overlap: Any
         check_multiple(f"{what} width", x.shape[3], scale)
     check_multiple("tile", tile, scale)
     for name, v in (("overlap", overlap), ("halo", halo)):
+        if v is None and name == "halo":
+            continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"{name} must be an integer >= 0 pixels (e.g. {8 * scale}), got {v!r}")
         if v % scale:
@@ -981,6 +1013,14 @@ def _check_args(layout: VAELayout, x: Any, *, what: str, tile: Any, overlap: Any
     except (TypeError, RuntimeError) as exc:
         raise ConfigError(f"park must be a device such as 'cpu', got {park!r}") from exc
     return scale, get_kernel(kernel), ("x" if circular is True else circular), park_dev, park_dtype
+
+
+def _default_overlap(overlap: int | None, sync_groupnorm: Any, attention: Any) -> Any:
+    """`overlap=None`: 0 px on an exact run (synchronised, canvas attention: tiles agree
+    with the full decode, so there is nothing to blend), else DEFAULT_OVERLAP_PX."""
+    if overlap is not None:
+        return overlap
+    return 0 if sync_groupnorm is True and attention == "canvas" else DEFAULT_OVERLAP_PX
 
 
 def _park_dtype(park_dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -1064,6 +1104,11 @@ class _Profile:
     barrier_steps: tuple[int, ...] = ()
     step_macs: tuple[float, ...] = ()
     message_macs: tuple[float, ...] = ()  # per core pixel, once per tile and barrier (keys, values)
+    #: per step, how far (latent pixels) its convolutions carry a tile edge's zero padding
+    #: inwards: the reach of each kernel at its input resolution (see `_conv_reach`)
+    step_reach: tuple[float, ...] = ()
+    #: per barrier, the canvas keys + values it sends per canvas latent pixel (0 at GroupNorms)
+    kv_each: tuple[float, ...] = ()
 
 
 def _profile(layout: VAELayout, *, canvas_attention: bool, macs: bool = False) -> _Profile:
@@ -1075,17 +1120,22 @@ def _profile(layout: VAELayout, *, canvas_attention: bool, macs: bool = False) -
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, layout.in_channels, L * unit, L * unit, generator=g).to(p.device, p.dtype)
     T = _Tile((0, 0), (L, L), (0, L, 0, L), True, [x], canvas_attention=canvas_attention)
-    kinds, values, where, sent, kv = [], [], [], [], 0.0
+    kinds, values, where, sent, kv, kv_each = [], [], [], [], 0.0, []
     counts = [0.0] * len(layout.steps)
+    reach = [0.0] * len(layout.steps)
 
-    def count(mod: nn.Module, _args: Any, out: Any) -> None:
+    def count(mod: nn.Module, args: Any, out: Any) -> None:
         # multiply-adds of the step being run (T.pc); convs and linears are the cost
         if isinstance(mod, nn.Conv2d):
-            counts[T.pc] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, nn.Linear):
+            if macs:
+                counts[T.pc] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+                # input pixels per latent pixel; width, because row strips cut the height
+                reach[T.pc] += _conv_reach(mod) / (args[0].shape[-1] / L)
+        elif macs and isinstance(mod, nn.Linear):
             counts[T.pc] += out.numel() * mod.in_features
 
-    hook = torch.nn.modules.module.register_module_forward_hook(count) if macs else None
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
     try:
         with torch.inference_mode():
             while (msg := _advance(T, layout.steps)) is not None:
@@ -1095,14 +1145,103 @@ def _profile(layout: VAELayout, *, canvas_attention: bool, macs: bool = False) -
                 sent.append(counts[T.pc] / (L * L))
                 counts[T.pc] = 0.0
                 values.append(sum({id(t): t.numel() for t in T.stack}.values()) / (L * L))
-                if msg[1] == "kv":
-                    kv += (msg[2].numel() + msg[3].numel()) / (L * L)
+                kv_each.append((msg[2].numel() + msg[3].numel()) / (L * L) if msg[1] == "kv" else 0.0)
+                kv += kv_each[-1]
                 T.known.append(_reply([msg], p.device))
     finally:
-        if hook is not None:
-            hook.remove()
+        hook.remove()
     return _Profile(tuple(kinds), tuple(values), T.stack[-1].shape[1], kv, tuple(where),
-                    tuple(c / (L * L) for c in counts), tuple(sent))
+                    tuple(c / (L * L) for c in counts), tuple(sent), tuple(reach), tuple(kv_each))
+
+
+def _conv_reach(conv: nn.Conv2d) -> float:
+    """How many input pixels deep a tile edge's padding corrupts the output of `conv`,
+    counted at its input resolution: a kernel of extent e = dilation * (k - 1) with
+    padding p reads p pixels past one edge and e - p past the other; a stride s rounds the
+    corrupted band up to whole output pixels (up to s - 1 more input pixels)."""
+    worst = 0.0
+    for d in (0, 1):
+        k, dil, s = conv.kernel_size[d], conv.dilation[d], conv.stride[d]
+        e = dil * (k - 1)
+        p = conv.padding if isinstance(conv.padding, str) else conv.padding[d]
+        if isinstance(p, str):  # "same" pads e // 2 (and e - e // 2), "valid" nothing
+            p = e // 2 if p == "same" else 0
+        worst = max(worst, max(p, e - p) + s - 1)
+    return worst
+
+
+def _exact_halo(prof: _Profile, checkpoints: frozenset[int], n_steps: int) -> int:
+    """The halo (latent pixels) that makes a synchronised run exact: every round runs a
+    tile from its latest checkpoint, where `_refresh_halos` made its whole state exact
+    (or from its input, exact by construction), to the next barrier; zero padding at the
+    tile edge then corrupts a band as deep as the reach of the convolutions run (summed in
+    latent pixels, `_conv_reach`). A halo at least that deep keeps the body, and so the
+    core statistics, keys and the blended output, equal to the full decode's values."""
+    cum = np.concatenate([[0.0], np.cumsum(prof.step_reach)])
+    n = len(prof.kinds)
+    worst, last = 0.0, 0
+    for k in range(n + 1):
+        end = prof.barrier_steps[k] if k < n else n_steps
+        worst = max(worst, cum[end] - cum[last])
+        if k in checkpoints:
+            last = end
+    return int(math.ceil(worst - 1e-9))
+
+
+def _axis_runs(axis: AxisTiles) -> list[list[tuple[int, int, int, int]]]:
+    """Per tile, where each of its input positions lives in a core: runs of
+    (dst_start, owner_tile, src_start, length), positions in the owner's input. Every
+    latent index is in exactly one core, so these cover every input position once."""
+    owner = np.full(axis.length, -1, dtype=np.int64)
+    pos = np.zeros(axis.length, dtype=np.int64)
+    for o in range(len(axis.starts)):
+        c0, c1 = axis.core[o]
+        idx = axis.input_indices(o)[c0:c1]
+        owner[idx], pos[idx] = o, np.arange(c0, c1)
+    runs = []
+    for i in range(len(axis.starts)):
+        idx = axis.input_indices(i)
+        ow, ps = owner[idx], pos[idx]
+        mine: list[tuple[int, int, int, int]] = []
+        q = 0
+        while q < len(idx):
+            e = q + 1
+            while e < len(idx) and ow[e] == ow[q] and ps[e] == ps[e - 1] + 1:
+                e += 1
+            mine.append((q, int(ow[q]), int(ps[q]), e - q))
+            q = e
+        runs.append(mine)
+    return runs
+
+
+def _refresh_halos(parked: list[_Tile | None], tiles: list[tuple[int, int]],
+                   runs: tuple[list, list]) -> None:
+    """With every tile parked at the same barrier, overwrite each tile's non-core pixels
+    (halo, and the overlap beyond its core) in every stack tensor with the values the
+    tile owning them computed in its core. The cores are exact, so every state becomes
+    exactly the full decode's activations over its tile: the edge error that zero padding
+    started is erased, and the next round starts clean. Sources are cores, never written
+    here, so the order of the copies does not matter."""
+    index = {key: t for t, key in enumerate(tiles)}
+    ry, rx = runs
+    for t, (i, j) in enumerate(tiles):
+        T = parked[t]
+        for dy, oy, sy, ny in ry[i]:
+            for dx, ox, sx, nx in rx[j]:
+                if oy == i and ox == j and dy == sy and dx == sx:
+                    continue  # its own core
+                S = parked[index[(oy, ox)]]
+                seen: set[int] = set()
+                for m, dst in enumerate(T.stack):
+                    if id(dst) in seen:
+                        continue
+                    seen.add(id(dst))
+                    src = S.stack[m]
+                    if dst.ndim != 4 or dst.shape[-2] % T.hw[0] or dst.shape[-1] % T.hw[1]:
+                        raise RuntimeError(f"stack tensor {tuple(dst.shape)} of tile {T.key} is not on its latent grid")
+                    u, v = dst.shape[-2] // T.hw[0], dst.shape[-1] // T.hw[1]
+                    dst[:, :, dy * u:(dy + ny) * u, dx * v:(dx + nx) * v] = \
+                        src[:, :, sy * u:(sy + ny) * u, sx * v:(sx + nx) * v]
 
 
 def _tile_pixels(plan: VAETilePlan) -> int:
@@ -1117,6 +1256,22 @@ def _barrier_bytes(prof: _Profile, plan: VAETilePlan, batch: int, element_size: 
 
 def _kv_bytes(prof: _Profile, plan: VAETilePlan, batch: int, element_size: int) -> int:
     return int(prof.kv_values * plan.y.length * plan.x.length * batch * element_size)
+
+
+def _live_kv_bytes(prof: _Profile, plan: VAETilePlan, batch: int, element_size: int,
+                   checkpoints: frozenset[int]) -> list[int]:
+    """Per barrier b, the canvas keys / values held while round b runs: those of every
+    attention barrier from the latest checkpoint before b (where replays start) to b.
+    Once tiles are parked at a later checkpoint none passes an earlier attention again,
+    and `_run_tiled` frees its keys. (`_checkpoints` makes the same count as it chooses.)"""
+    per_px = plan.y.length * plan.x.length * batch * element_size
+    cps, live, out = checkpoints, 0.0, []
+    for b, each in enumerate(prof.kv_each):
+        if b - 1 in cps:  # replays now start at b - 1: keys of barriers before it are gone
+            live = prof.kv_each[b - 1] * per_px
+        live += each * per_px
+        out.append(int(live))
+    return out
 
 
 def parked_bytes_estimate(vae: Any, plan: VAETilePlan, *, decode: bool, element_size: int = 4,
@@ -1161,9 +1316,17 @@ def _checkpoints(strategy: str, prof: _Profile, plan: VAETilePlan, *, batch: int
         return frozenset(range(n))
     if strategy == "recompute":
         return frozenset()
-    kv = _kv_bytes(prof, plan, batch, element_size)
     sizes = _barrier_bytes(prof, plan, batch, element_size)
-    return frozenset(b for b in range(n) if sizes[b] + kv <= budget)
+    per_px = plan.y.length * plan.x.length * batch * element_size
+    chosen: set[int] = set()
+    live = 0.0
+    for b in range(n):
+        if b - 1 in chosen:  # replays now start at b - 1: nothing passes earlier attentions
+            live = prof.kv_each[b - 1] * per_px
+        live += prof.kv_each[b] * per_px
+        if sizes[b] + live <= budget:
+            chosen.add(b)
+    return frozenset(chosen)
 
 
 def _strategy_name(checkpoints: frozenset[int], n: int) -> str:
@@ -1186,29 +1349,49 @@ def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode:
     return _strategy_name(cps, len(prof.values))
 
 
-def schedule_estimate(vae: Any, plan: VAETilePlan, *, decode: bool = True, sync_strategy: str = "auto",
-                      park_budget_bytes: int | None = None, park: str | torch.device = "cpu",
-                      park_dtype: str | torch.dtype | None = None, batch: int = 1) -> dict[str, Any]:
-    """What a synchronised tiled run of `plan` will cost, without running it: the strategy
-    it resolves to, the parked bytes at its peak (plus the canvas keys / values), and its
-    multiply-adds (convolutions, linears, canvas attention) relative to one park pass.
+def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: bool = True,
+                      sync_strategy: str = "auto", park_budget_bytes: int | None = None,
+                      park: str | torch.device = "cpu", park_dtype: str | torch.dtype | None = None, batch: int = 1,
+                      tile: int = 512, overlap: int | None = None, halo: int | None = None,
+                      circular: CircularArg = False) -> dict[str, Any]:
+    """What a synchronised tiled run will cost, without running it: the strategy it
+    resolves to, the parked bytes at its peak (plus the canvas keys / values), its
+    multiply-adds (convolutions, linears, canvas attention) relative to one park pass and
+    to one full (untiled) pass, its halo and the halo exactness needs (pixels).
 
-    Counts come from one tiny tile run (`_profile`) scaled by each tile's pixels, and the
-    replays are simulated round by round as `_run_tiled` schedules them. Use it to pick a
-    `park_budget_bytes`, and to extrapolate canvases too large to decode here."""
+    `plan`: a `VAETilePlan`, or the (height, width) of the canvas in latent pixels, planned
+    as `tiled_decode` / `tiled_encode` would with `tile`, `overlap`, `halo`, `circular`
+    (halo=None: the exact halo of the resolved checkpoints). Counts come from one tiny tile
+    run (`_profile`) scaled by each tile's pixels, and the replays are simulated round by
+    round as `_run_tiled` schedules them. Use it to pick a `park_budget_bytes`, and to
+    extrapolate canvases too large to decode here."""
     check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
     _check_budget(park_budget_bytes)
     layout = vae_layout(vae, "decode" if decode else "encode")
     prof = _profile(layout, canvas_attention=True, macs=True)
     park_dtype = _park_dtype(park_dtype)
+    if isinstance(plan, VAETilePlan):
+        given = plan
+        make_plan: Callable[[int], VAETilePlan] = lambda h: given  # noqa: E731
+        if halo is None:  # what the plan was made with (edge tiles have theirs clipped)
+            halo = max(given.y.halo_lo + given.y.halo_hi + given.x.halo_lo + given.x.halo_hi) * layout.scale
+    else:
+        (lat_h, lat_w), ov = plan, _default_overlap(overlap, True, "canvas")
+        mode = "x" if circular is True else circular
+
+        def make_plan(h: int) -> VAETilePlan:
+            return plan_vae_tiles(lat_h, lat_w, tile=tile, overlap=ov, halo=h, scale=layout.scale, circular=mode)
+
+    sched = _schedule(layout, prof, make_plan, halo, default_halo=0, sync=True, exact=True, strategy=sync_strategy,
+                      park=torch.device(park), park_budget_bytes=park_budget_bytes, park_dtype=park_dtype,
+                      batch=batch)
+    plan, cps = sched.plan, sched.checkpoints
     size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
-    budget = _park_budget(park_budget_bytes, torch.device(park)) if sync_strategy == "auto" else 0
-    cps = _checkpoints(sync_strategy, prof, plan, batch=batch, element_size=size, budget=budget)
     canvas_px = plan.y.length * plan.x.length
     attn = [0.0] * len(prof.step_macs)
     for b, kind in enumerate(prof.kinds):  # queries of a tile pixel x every canvas key, and x values
         if kind == "kv":
-            attn[prof.barrier_steps[b]] += 2 * canvas_px * prof.kv_values / 2
+            attn[prof.barrier_steps[b]] += 2 * canvas_px * prof.kv_each[b] / 2
     n = len(prof.kinds)
 
     def total(cost: list[float]) -> tuple[float, float]:
@@ -1228,23 +1411,73 @@ def schedule_estimate(vae: Any, plan: VAETilePlan, *, decode: bool = True, sync_
     # every tile sends each barrier's message once, computed over its core: the canvas
     sent = sum(prof.message_macs) * canvas_px * batch / px
     conv, conv_pass = conv + sent, conv_pass + sent
-    sizes = [s + _kv_bytes(prof, plan, batch, size) for s in _barrier_bytes(prof, plan, batch, size)]
+    sizes = [s + k for s, k in zip(_barrier_bytes(prof, plan, batch, size),
+                                   _live_kv_bytes(prof, plan, batch, size, cps))]
+    # the untiled decode: every step and key / value projection once per canvas pixel, and
+    # canvas x canvas attention
+    full_pass = (sum(prof.step_macs) + sum(prof.message_macs)) * canvas_px * batch
+    full_pass += canvas_px * prof.kv_values * canvas_px * batch
     return {"strategy": _strategy_name(cps, n),
             "parked_peak_bytes": max((sizes[b] for b in cps), default=0),
             "compute_vs_park": (conv + att) / (conv_pass + att_pass),
+            "compute_vs_full": (conv + att) * px / full_pass,
             "macs": (conv + att) * px, "attention_macs": att * px,
-            "barriers": n, "checkpoints": len(cps)}
+            "barriers": n, "checkpoints": len(cps), "n_tiles": plan.n_tiles,
+            "halo_px": sched.halo_px, "exact_halo_px": sched.needed_px, "exact": sched.halo_px >= sched.needed_px}
 
 
 def _park_budget(park_budget_bytes: int | None, park: torch.device) -> int:
     return int(PARK_BUDGET_FRACTION * _free_bytes(park)) if park_budget_bytes is None else park_budget_bytes
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """What a tiled run will do: its plan, the barriers where tiles are parked (and their
+    halos refreshed), the halo it runs with and the halo exactness needs (pixels)."""
+
+    plan: VAETilePlan
+    checkpoints: frozenset[int]
+    halo_px: int
+    needed_px: int | None  # None: no halo makes it exact (no sync, or attention within tiles)
+
+
+def _schedule(layout: VAELayout, prof: _Profile, make_plan: Callable[[int], VAETilePlan], halo: int | None, *,
+              default_halo: int, sync: bool, exact: bool, strategy: str, park: torch.device,
+              park_budget_bytes: int | None, park_dtype: torch.dtype | None, batch: int) -> _Schedule:
+    """Plan the tiles and the checkpoints together. With `halo=None` on an exact run
+    (synchronised statistics and canvas attention) the halo is the smallest that is exact
+    for the checkpoints chosen (`_exact_halo`); a larger halo makes tiles larger, which
+    may drop checkpoints under the budget and need a larger halo again, so this iterates
+    to the fixed point (it only grows, up to the halo of "recompute")."""
+    size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
+    budget = _park_budget(park_budget_bytes, park) if sync and strategy == "auto" else 0
+    n, n_steps, unit = len(prof.kinds), len(layout.steps), layout.scale
+
+    def cps(plan: VAETilePlan) -> frozenset[int]:
+        return _checkpoints(strategy, prof, plan, batch=batch, element_size=size, budget=budget) if sync else frozenset()
+
+    if halo is not None or not exact:
+        plan = make_plan(default_halo if halo is None else halo)
+        chosen = cps(plan)
+        needed = _exact_halo(prof, chosen, n_steps) * unit if exact else None
+        return _Schedule(plan, chosen, default_halo if halo is None else halo, needed)
+    h = _exact_halo(prof, frozenset(range(n)), n_steps)  # parking everywhere needs the least
+    while True:
+        plan = make_plan(h * unit)
+        chosen = cps(plan)
+        need = _exact_halo(prof, chosen, n_steps)
+        if need <= h:
+            return _Schedule(plan, chosen, h * unit, need * unit)
+        h = need
+
+
 def _run_tiled(
     *,
     layout: VAELayout,
     x: torch.Tensor,
-    plan: VAETilePlan,
+    make_plan: Callable[[int], VAETilePlan],
+    halo: int | None,
+    default_halo: int,
     in_unit: int,
     out_unit: int,
     kernel: Kernel,
@@ -1258,17 +1491,19 @@ def _run_tiled(
     park_budget_bytes: int | None = None,
     park_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Run the layout's tile program over every tile of `plan` and blend the outputs.
+    """Run the layout's tile program over every tile of the plan and blend the outputs.
 
+    `make_plan(halo_px)` plans the tiles; `halo=None` picks the halo (`_schedule`).
     `x` holds latents or pixels (`in_unit` samples per latent pixel); tile outputs have
     `out_unit` samples per latent pixel. No sync: tiles run one after another, each from
     input to output. Sync: round k ends at barrier k; in every round each tile runs from
     its latest parked state (or from its input) to barrier k, reports, and is parked on
-    `park` if barrier k is a checkpoint (see `_checkpoints`), else dropped. Round k + 1
-    resumes a tile parked at barrier k directly; from an older checkpoint it replays a
-    copy, so that checkpoint stays for later rounds. All tiles have then reached barrier
-    k, so the pooled reply k is final: no strategy ever uses a provisional value, and all
-    run the same steps on the same values (bit-identical outputs).
+    `park` if barrier k is a checkpoint (see `_checkpoints`), else dropped. When every
+    tile is parked at a checkpoint, their halos are refreshed from their neighbours' cores
+    (`_refresh_halos`). Round k + 1 resumes a tile parked at barrier k directly; from an
+    older checkpoint it replays a copy, so that checkpoint stays for later rounds. All
+    tiles have then reached barrier k, so the pooled reply k is final: no strategy ever
+    uses a provisional value.
     """
     p = layout.parameter
     device, dtype = p.device, p.dtype
@@ -1276,16 +1511,15 @@ def _run_tiled(
     B = x.shape[0]
     steps = layout.steps
     # One tile with no wrap holds the whole canvas: its own statistics are the canvas's.
-    sync = sync and not (plan.n_tiles == 1 and not (plan.y.wraps or plan.x.wraps))
+    probe = make_plan(0)
+    sync = sync and not (probe.n_tiles == 1 and not (probe.y.wraps or probe.x.wraps))
     prof = _profile(layout, canvas_attention=sync and canvas_attention)
+    sched = _schedule(layout, prof, make_plan, halo, default_halo=default_halo, sync=sync,
+                      exact=sync and canvas_attention, strategy=strategy, park=park,
+                      park_budget_bytes=park_budget_bytes, park_dtype=park_dtype, batch=B)
+    plan, checkpoints = sched.plan, sched.checkpoints
     out_channels = prof.out_channels
     n_barriers = len(prof.values) if sync else 0
-    if sync:
-        size = park_dtype.itemsize if park_dtype is not None else p.element_size()
-        budget = _park_budget(park_budget_bytes, park) if strategy == "auto" else 0
-        checkpoints = _checkpoints(strategy, prof, plan, batch=B, element_size=size, budget=budget)
-    else:
-        checkpoints = frozenset()
     wy = _normalised_axis_weights(plan.y, kernel, out_unit, blend_overlap)
     wx = _normalised_axis_weights(plan.x, kernel, out_unit, blend_overlap)
     out = torch.zeros(B, out_channels, plan.y.length * out_unit, plan.x.length * out_unit,
@@ -1318,6 +1552,7 @@ def _run_tiled(
                 out[:, :, dy:dy + ly, dx:dx + lx] += body[:, :, sy:sy + ly, sx:sx + lx]
 
     tiles = list(plan.tiles())
+    runs = (_axis_runs(plan.y), _axis_runs(plan.x))
     parked: list[_Tile | None] = [None] * len(tiles)
     parked_peak = 0
     known: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -1334,8 +1569,8 @@ def _run_tiled(
                 elif final or k in checkpoints:  # its next parked state replaces this one
                     T, parked[t] = state, None
                     T.move(device, dtype)
-                else:  # replay a copy: this checkpoint is needed again next round
-                    T = state.snapshot(device, dtype)
+                else:  # replay: this checkpoint is needed again next round, so it is not written
+                    T = state.snapshot(device, dtype, copy_top=steps[state.pc].mutates_top)
                     resumes += 1
                 msg = _advance(T, steps)
                 if msg is None:
@@ -1354,6 +1589,13 @@ def _run_tiled(
                     _malloc_trim()
             if sync and checkpoints:
                 parked_peak = max(parked_peak, sum(s.nbytes() for s in parked if s is not None))
+            if not final and k in checkpoints:
+                _refresh_halos(parked, tiles, runs)
+                # every tile now resumes at k or later: the canvas keys / values of earlier
+                # attention barriers are never read again
+                for a in range(min(k, len(known))):
+                    if prof.kv_each[a]:
+                        known[a] = None
             if not final:
                 known.append(_reply(msgs, device))
                 attn_barriers += msgs[0][1] == "kv"
@@ -1363,7 +1605,8 @@ def _run_tiled(
                       canvas_attention=bool(attn_barriers),
                       strategy=_strategy_name(checkpoints, n_barriers) if sync else "none", tile_runs=tile_runs,
                       resumes=resumes, checkpoints=len(checkpoints), parked_peak_bytes=parked_peak,
-                      layout=layout.kind)
+                      layout=layout.kind, halo_px=sched.halo_px, exact_halo_px=sched.needed_px,
+                      exact=sched.needed_px is not None and sched.halo_px >= sched.needed_px)
     return out
 
 
@@ -1372,7 +1615,7 @@ def tiled_decode(
     latents: torch.Tensor,
     *,
     tile: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     sync_groupnorm: bool = True,
     circular: CircularArg = False,
     kernel: str | Kernel = "linear",
@@ -1395,7 +1638,11 @@ def tiled_decode(
     ComfyUI LATENTs are unscaled already), shape (B, latent_channels, h, w). `tile`,
     `overlap`, `halo` are pixels, multiples of the VAE scale factor; `tile` is the largest
     tile body (the fewest tiles that cover are used, shrunk to fit) and the VAE sees up to
-    `tile + 2 * halo` px per tile; `halo` defaults to DEFAULT_DECODE_HALO_PX. `circular`
+    `tile + 2 * halo` px per tile. `halo=None`: on a synchronised run with canvas
+    attention, the smallest halo that makes the result exact for the strategy's
+    checkpoints (halos are refreshed from the neighbours at every checkpoint; 16 px for
+    SD's decoder with "park"), else DEFAULT_DECODE_HALO_PX. `overlap=None`: 0 on such an
+    exact run (nothing to blend), else DEFAULT_OVERLAP_PX. `circular`
     is False, True (= "x"), "x", "y" or "both". `offload=True` keeps the output canvas on
     the CPU; `park` is where tiles waiting at a barrier keep their activations (sync only).
     `sync_strategy`: "park" (one pass; all tiles' activations parked on `park`, which grows
@@ -1403,7 +1650,8 @@ def tiled_decode(
     up to every GroupNorm, several times the compute) or "auto": park at every barrier
     where that fits in `park_budget_bytes` (default: a quarter of the park device's free
     memory) and replay from the latest such checkpoint elsewhere; it never parks more than
-    the budget. All give the same image bit for bit. `park_dtype` ("bfloat16" or
+    the budget. With their default halos all equal the full decode to float noise (with
+    one halo exact for all, bit for bit). `park_dtype` ("bfloat16" or
     "float16", opt-in) parks states in half precision: half the parked memory, but the
     result is no longer float-exact (rounded activations) and no longer identical across
     strategies. `attention` (sync only): "canvas" gives the mid-block self-attention the
@@ -1411,18 +1659,23 @@ def tiled_decode(
     activations, kept on the compute device); "tile" lets it attend within its tile + halo.
     Returns a float32 (B, out_channels, 8h, 8w) tensor (blending is done in float32).
     `report`, if given, is filled with n_tiles, synced, groupnorm_barriers, strategy,
-    tile_runs, resumes, checkpoints, parked_peak_bytes, layout.
+    tile_runs, resumes, checkpoints, parked_peak_bytes, layout, halo_px, exact_halo_px
+    (None when no halo can make the run exact) and exact.
     """
-    halo = DEFAULT_DECODE_HALO_PX if halo is None else halo
     layout = vae_layout(vae, "decode")
+    overlap = _default_overlap(overlap, sync_groupnorm, attention)
     scale, k, circ, park_dev, pdt = _check_args(
         layout, latents, what="latents", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
         sync_groupnorm=sync_groupnorm, park=park, pixel_input=False, sync_strategy=sync_strategy,
         attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype)
-    plan = plan_vae_tiles(latents.shape[2], latents.shape[3], tile=tile, overlap=overlap, halo=halo,
-                          scale=scale, circular=circ)
+
+    def make_plan(h: int) -> VAETilePlan:
+        return plan_vae_tiles(latents.shape[2], latents.shape[3], tile=tile, overlap=overlap, halo=h, scale=scale,
+                              circular=circ)
+
     return _run_tiled(
-        layout=layout, x=latents, plan=plan, in_unit=1, out_unit=scale, kernel=k, blend_overlap=overlap,
+        layout=layout, x=latents, make_plan=make_plan, halo=halo, default_halo=DEFAULT_DECODE_HALO_PX, in_unit=1,
+        out_unit=scale, kernel=k, blend_overlap=overlap,
         sync=sync_groupnorm, park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
         strategy=sync_strategy, canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes,
         park_dtype=pdt,
@@ -1445,7 +1698,7 @@ def tiled_encode(
     images: torch.Tensor,
     *,
     tile: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     sync_groupnorm: bool = True,
     circular: CircularArg = False,
     kernel: str | Kernel = "linear",
@@ -1467,22 +1720,27 @@ def tiled_encode(
     posterior mode / sample of `quant_conv(encoder(images))` when that holds mean and
     log-variance (double_z), else the output itself. Bare LDM Encoder: `encoder(images)`.
     `images` in [-1, 1], shape (B, in_channels, H, W) with H, W multiples of the scale
-    factor; `tile`, `overlap`, `halo` in pixels (halo default DEFAULT_ENCODE_HALO_PX).
+    factor; `tile`, `overlap`, `halo` in pixels (`halo=None`: exact as in `tiled_decode`,
+    else DEFAULT_ENCODE_HALO_PX).
     The posterior moments (mean, log-variance) are blended, then mode/sample is taken.
     The other options are those of `tiled_decode`.
     """
-    halo = DEFAULT_ENCODE_HALO_PX if halo is None else halo
     layout = vae_layout(vae, "encode")
+    overlap = _default_overlap(overlap, sync_groupnorm, attention)
     scale, k, circ, park_dev, pdt = _check_args(
         layout, images, what="images", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
         sync_groupnorm=sync_groupnorm, park=park, pixel_input=True, sync_strategy=sync_strategy,
         attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype)
     if not isinstance(sample, bool):
         raise ConfigError(f"sample must be True (posterior sample) or False (posterior mode), got {sample!r}")
-    plan = plan_vae_tiles(images.shape[2] // scale, images.shape[3] // scale, tile=tile, overlap=overlap,
-                          halo=halo, scale=scale, circular=circ)
+
+    def make_plan(h: int) -> VAETilePlan:
+        return plan_vae_tiles(images.shape[2] // scale, images.shape[3] // scale, tile=tile, overlap=overlap, halo=h,
+                              scale=scale, circular=circ)
+
     moments = _run_tiled(
-        layout=layout, x=images, plan=plan, in_unit=scale, out_unit=1, kernel=k, blend_overlap=overlap // scale,
+        layout=layout, x=images, make_plan=make_plan, halo=halo, default_halo=DEFAULT_ENCODE_HALO_PX,
+        in_unit=scale, out_unit=1, kernel=k, blend_overlap=overlap // scale,
         sync=sync_groupnorm, park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
         strategy=sync_strategy, canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes,
         park_dtype=pdt,
@@ -1501,6 +1759,7 @@ __all__ = [
     "ACCEPTED_VAES", "AxisTiles", "GroupStats", "VAELayout", "VAETilePlan", "blend_weight_sum",
     "parked_bytes_estimate", "plan_vae_tiles", "resolve_sync_strategy", "schedule_estimate", "tiled_decode",
     "tiled_encode",
-    "vae_layout", "vae_scale_factor", "DEFAULT_DECODE_HALO_PX", "DEFAULT_ENCODE_HALO_PX", "PARK_DTYPES",
+    "vae_layout", "vae_scale_factor", "DEFAULT_DECODE_HALO_PX", "DEFAULT_ENCODE_HALO_PX", "DEFAULT_OVERLAP_PX",
+    "PARK_DTYPES",
     "SYNC_STRATEGIES",
 ]

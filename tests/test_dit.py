@@ -158,12 +158,35 @@ def test_methods_run_on_sd3(sd3_pipe, method):
     assert torch.isfinite(out.latents).all() and out.latents.shape == (1, 16, 16, 32)
 
 
-@pytest.mark.parametrize("method", ["demofusion", "regions"])
+def test_syncdiffusion_x0_is_the_flow_euler_step_to_sigma_zero():
+    """Outside reference: on the last step diffusers' FlowMatchEulerDiscreteScheduler steps
+    to sigma = 0, so its result is the predicted clean latent x0 = x - sigma v."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from mdtools.methods.syncdiffusion import predicted_x0
+    from mdtools.schedulers import FlowMatchSchedule
+
+    sch = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    fs = FlowMatchSchedule(sch, family="sd3", image_seq_len=64)
+    fs.set_timesteps(4)
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(1, 4, 6, 6, generator=g), torch.randn(1, 4, 6, 6, generator=g)
+    for i, t in enumerate(fs.timesteps):
+        mine = predicted_x0(fs, x, v, t)
+        if i == len(fs.timesteps) - 1:  # the last Euler step lands on sigma = 0: x0 itself
+            ref = sch.step(v, t, x, return_dict=False)[0]
+            assert torch.allclose(mine, ref, atol=1e-6)
+        assert torch.allclose(mine, x - fs.sigmas[i] * v, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["demofusion", "regions", "syncdiffusion"])
 def test_methods_run_on_flux(flux_pipe, method):
     import mdtools
 
     extra = ({"regions": [mdtools.Region("a red boat", box=(0, 16, 32, 32))], "bootstrap_steps": 1}
              if method == "regions" else {"method": method})
+    if method == "syncdiffusion":  # mse: no LPIPS backbone download offline
+        extra["method_params"] = {"loss": "mse", "weight": 5.0, "sync_steps": 2}
     out = MultiDiffusionPipeline.from_pipe(flux_pipe)(
         "a photo of a beach", height=32, width=64, window=32, overlap=16, num_inference_steps=2, guidance_scale=3.5,
         max_sequence_length=16, generator=0, output_type="latent", progress=False, **extra)
@@ -188,8 +211,6 @@ def test_bad_inputs_name_the_field(flux_pipe, sd3_pipe):
     flux = MultiDiffusionPipeline.from_pipe(flux_pipe)
     with pytest.raises(ConfigError, match=r"width=42 is not a multiple of 4 px.*use 40 or 44"):
         flux("a beach", height=32, width=42, num_inference_steps=1)
-    with pytest.raises(ConfigError, match="syncdiffusion"):
-        flux("a beach", height=32, width=32, method="syncdiffusion", num_inference_steps=1)
     with pytest.raises(ConfigError, match="flow_mu"):
         flux("a beach", height=32, width=32, flow_mu="big", num_inference_steps=1)
     sd3 = MultiDiffusionPipeline.from_pipe(sd3_pipe)
@@ -228,3 +249,16 @@ def test_heun_cannot_take_flux_dynamic_shift_and_says_so():
     fs = FlowMatchSchedule(FlowMatchHeunDiscreteScheduler(), family="flux", image_seq_len=1024)
     with pytest.raises(ConfigError, match="flow_euler"):
         fs.set_timesteps(4)
+
+
+def test_dry_run_estimate_counts_one_flux_pass_per_step():
+    """FLUX-dev's guidance is an embedding: one transformer pass per view and step, where a
+    UNet model with the same guidance value runs two (CFG)."""
+    from mdtools.config import RunConfig
+    from mdtools.runner import estimate_work
+
+    base = {"prompt": "x", "canvas": {"height": 512, "width": 1024}, "tiling": {"window": 512, "overlap": 256},
+            "sampler": {"steps": 4, "guidance": 3.5}}
+    flux = estimate_work(RunConfig.model_validate({**base, "model": "arch:flux"}), 16, 512)
+    unet = estimate_work(RunConfig.model_validate({**base, "model": "toy"}), 16, 512)
+    assert unet["unet_evaluations"] == 2 * flux["unet_evaluations"] == 2 * 3 * 4

@@ -293,6 +293,48 @@ def test_toy_vae_sync_beats_no_sync_and_diffusers():
     assert s["mean"] <= n["mean"] and s["mean"] < d["mean"]
 
 
+@pytest.mark.parametrize("attention", [False, True])
+def test_default_halo_is_exact_for_every_strategy(attention):
+    """halo=None: each strategy runs with the smallest halo that is exact for its
+    checkpoints, because tiles parked at a checkpoint take their halo from the
+    neighbours' cores (`_refresh_halos`). "park" refreshes at every barrier, so 2 latent
+    px (the deepest zero-padding reach between two barriers: conv2, then the upsampling
+    conv) suffice; "recompute" needs the whole program's reach. All equal the full decode
+    to float noise; without the refresh, park at 16 px is far off."""
+    import mdtools.vae as V
+
+    vae = make_vae(attention=attention)
+    z = structured_latents(LAT, 20)
+    with torch.no_grad():
+        full = vae.decode(z).sample
+    halos = {}
+    for strategy, extra in (("park", {}), ("recompute", {}), ("auto", {"park_budget_bytes": 300_000})):
+        rep: dict = {}
+        out = tiled_decode(vae, z, tile=TILE, sync_strategy=strategy, report=rep, **extra)
+        e = errors(out, full)
+        assert rep["exact"] and rep["halo_px"] == rep["exact_halo_px"] and rep["n_tiles"] > 1, rep
+        assert e["max"] < 2e-5 and e["psnr"] > 120, (strategy, e)
+        halos[rep["strategy"]] = rep["halo_px"]
+    assert halos["park"] == 16 < halos["checkpoint"] < halos["recompute"], halos
+    # the same encode: exact with its own small park halo
+    img = full.clamp(-1, 1)
+    with torch.no_grad():
+        ref = vae.encode(img).latent_dist.mode()
+    rep = {}
+    enc = tiled_encode(vae, img, tile=TILE, sync_strategy="park", report=rep)
+    assert rep["exact"] and errors(enc, ref)["max"] < 2e-5, (rep, errors(enc, ref))
+    # a given halo below what the checkpoints need is run as given, and reported inexact
+    rep = {}
+    tiled_decode(vae, z, tile=TILE, halo=16, sync_strategy="recompute", report=rep)
+    assert not rep["exact"] and rep["exact_halo_px"] == halos["recompute"]
+    # without the refresh, the same 16 px park run carries the zero padding inwards
+    calls: list = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(V, "_refresh_halos", lambda *a: calls.append(1))
+        stale = tiled_decode(vae, z, tile=TILE, halo=16, sync_strategy="park")
+    assert calls and errors(stale, full)["max"] > 1e-3
+
+
 # ---------------------------------------------------------------- canvas-wide attention
 
 
@@ -328,10 +370,12 @@ def test_recompute_strategy_gives_the_park_result_bit_for_bit(attention):
     earlier layers: the same arithmetic as lock-step parking, so the same bits."""
     vae = make_vae(attention=attention)
     z = structured_latents(LAT, 20)
-    kw = dict(tile=TILE, overlap=OVERLAP, halo=HALO)
     park, rec = {}, {}
+    # recompute's own (exact) halo for both: park then refreshes halos that are exact already
+    b = tiled_decode(vae, z, tile=TILE, overlap=OVERLAP, sync_strategy="recompute", report=rec)
+    kw = dict(tile=TILE, overlap=OVERLAP, halo=rec["halo_px"])
     a = tiled_decode(vae, z, sync_strategy="park", report=park, **kw)
-    b = tiled_decode(vae, z, sync_strategy="recompute", report=rec, **kw)
+    assert rec["exact"] and rec["halo_px"] == rec["exact_halo_px"] > park["exact_halo_px"]
     assert torch.equal(a, b)
     assert park["strategy"] == "park" and rec["strategy"] == "recompute"
     # one run per tile and barrier, plus the final pass
@@ -352,7 +396,8 @@ def test_auto_strategy_parks_only_within_its_budget(monkeypatch):
     import mdtools.vae as V
 
     vae = make_vae(attention=False)
-    plan = plan_vae_tiles(LAT, LAT, tile=TILE, overlap=OVERLAP, halo=HALO, scale=8)
+    # a halo that is exact for every strategy (the whole canvas), so all give the same bits
+    plan = plan_vae_tiles(LAT, LAT, tile=TILE, overlap=OVERLAP, halo=LAT * 8, scale=8)
     need = V.parked_bytes_estimate(vae, plan, decode=True)
     # decoder worst barrier: norm2 of a resnet at full resolution holds its skip and
     # conv1's output, 2 x 32 channels x 64 values per latent pixel; no attention, no keys
@@ -366,7 +411,7 @@ def test_auto_strategy_parks_only_within_its_budget(monkeypatch):
     assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu, park_budget_bytes=1000) == "recompute"
     assert V.resolve_sync_strategy("park", vae, plan, decode=True, park=cpu, park_budget_bytes=0) == "park"
     z = structured_latents(LAT, LAT)
-    kw = dict(tile=TILE, overlap=OVERLAP, halo=HALO)
+    kw = dict(tile=TILE, overlap=OVERLAP, halo=LAT * 8)
     rep32: dict = {}
     ref = tiled_decode(vae, z, sync_strategy="park", report=rep32, **kw)
     for budget, strategy in ((need // 3, "checkpoint"), (0, "recompute")):
@@ -458,3 +503,31 @@ def test_experiment_configs_can_sweep_the_vae_strategy():
     assert cfg.vae.sync_strategy == "recompute"
     with pytest.raises(Exception, match="sync_strategy"):
         RunConfig.model_validate({"prompt": "x", "vae": {"sync_strategy": "fast"}})
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "ldm"])
+def test_replays_never_write_into_their_checkpoint(layout):
+    """A replay shares its checkpoint's tensors except a top that the next step writes in
+    place (`_Step.mutates_top`): at every barrier of the decoder and encoder programs,
+    running one round from a snapshot leaves the parked state's tensors unchanged."""
+    import mdtools.vae as V
+    from tests.ldm_vae import tiny_ldm_vae
+
+    vae = make_vae(attention=True) if layout == "diffusers" else tiny_ldm_vae(seed=0)
+    for direction, x in (("decode", structured_latents(4, 4)), ("encode", torch.randn(1, 3, 32, 32))):
+        lay = V.vae_layout(vae, direction)
+        T = V._Tile((0, 0), (4, 4), (0, 4, 0, 4), True, [x], canvas_attention=True)
+        checked = 0
+        with torch.inference_mode():
+            while (msg := V._advance(T, lay.steps)) is not None:
+                before = [t.clone() for t in T.stack]
+                reply = V._reply([msg], torch.device("cpu"))
+                T.known.append(reply)
+                twin = T.snapshot(torch.device("cpu"), None, copy_top=lay.steps[T.pc].mutates_top)
+                V._advance(twin, lay.steps)  # one round: to the next barrier (or the end)
+                assert all(torch.equal(a, b) for a, b in zip(before, T.stack)), (direction, T.pc)
+                checked += 1
+                T.layer += 1  # pass the barrier on the original too
+                lay.steps[T.pc].body(T, reply)
+                T.pc += 1
+        assert checked > 10

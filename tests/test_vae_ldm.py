@@ -80,7 +80,7 @@ def test_ldm_strategies_are_bit_identical(ldm, z):
     """park, recompute and a budget that parks only at the small barriers (checkpoint)
     run the same steps on the same values."""
     z = z[:, :, :8, :8]  # 2 x 2 tiles of 40 px: recompute replays every tile at each of 23 barriers
-    kw = dict(halo=16, tile=48, overlap=16)
+    kw = dict(halo=WHOLE, tile=48, overlap=16)  # a halo exact for every strategy
     runs = {}
     for name, extra in (("park", {"sync_strategy": "park"}), ("recompute", {"sync_strategy": "recompute"}),
                         ("auto", {"park_budget_bytes": 300_000})):

@@ -48,14 +48,14 @@ def _load(vae: Any) -> tuple[torch.device, torch.dtype]:
 def _options(tile: int, overlap: int, sync_strategy: str, circular: str, halo: int) -> dict[str, Any]:
     check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
     check_choice("circular", circular, CIRCULAR)
-    opts: dict[str, Any] = {"tile": tile, "overlap": overlap, "sync_strategy": sync_strategy,
-                            "circular": False if circular == "off" else circular}
+    opts: dict[str, Any] = {"tile": tile, "overlap": overlap if overlap >= 0 else None,  # -1: mdtools' default
+                            "sync_strategy": sync_strategy, "circular": False if circular == "off" else circular}
     if halo >= 0:  # -1: mdtools' default halo
         opts["halo"] = halo
     return opts
 
 
-def decode(vae: Any, samples: dict, *, tile: int = 512, overlap: int = 64, sync_strategy: str = "auto",
+def decode(vae: Any, samples: dict, *, tile: int = 512, overlap: int = -1, sync_strategy: str = "auto",
            circular: str = "off", halo: int = -1) -> tuple[torch.Tensor, dict[str, Any]]:
     """LATENT -> IMAGE (B, H, W, C) with the exact tiled decode; also the decode's report."""
     from ..vae import tiled_decode
@@ -76,7 +76,7 @@ def decode(vae: Any, samples: dict, *, tile: int = 512, overlap: int = 64, sync_
     return out.to(getattr(vae, "output_device", "cpu")).movedim(1, -1), report
 
 
-def encode(vae: Any, pixels: torch.Tensor, *, tile: int = 512, overlap: int = 64, sync_strategy: str = "auto",
+def encode(vae: Any, pixels: torch.Tensor, *, tile: int = 512, overlap: int = -1, sync_strategy: str = "auto",
            circular: str = "off", halo: int = -1) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """IMAGE -> LATENT ({"samples"}) with the exact tiled encode (posterior mode, as VAEEncode)."""
     from ..vae import tiled_encode
@@ -102,10 +102,11 @@ def _inputs(io_name: str, io_type: str) -> dict[str, Any]:
         "vae": ("VAE",),
         "tile_size": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 8,
                               "tooltip": "largest tile body in pixels (multiple of 8)"}),
-        "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 8}),
+        "overlap": ("INT", {"default": -1, "min": -1, "max": 4096, "step": 8,
+                            "tooltip": "blend overlap in pixels; -1 = mdtools' default (0: exact tiles agree)"}),
         "sync_strategy": (list(SYNC_STRATEGIES), {"default": "auto", "tooltip":
                           "park: one pass, parked tile states in RAM; recompute: one tile in memory, more compute; "
-                          "auto: park while it fits. All give the same bits."}),
+                          "auto: park while it fits. Each is exact with its default halo."}),
     }, "optional": {
         "circular": (list(CIRCULAR), {"default": "off"}),
         "halo": ("INT", {"default": -1, "min": -1, "max": 4096, "step": 8,

@@ -51,6 +51,14 @@ class CallSpec:
     bootstrap_steps: int = 0
     strength: float = 1.0
     img2img: bool = False
+    #: model evaluations per sample and step; None: 2 with classifier-free guidance
+    #: (guidance_scale > 1), else 1. FLUX-dev's guidance is an embedding: 1 (2 with true CFG).
+    cfg_passes: int | None = None
+
+    @property
+    def cfg_factor(self) -> int:
+        """Model evaluations per sample and step (`cfg_passes`, or 2 with CFG, else 1)."""
+        return self.cfg_passes or (2 if self.guidance_scale > 1 else 1)
 
 
 @dataclass
@@ -186,7 +194,7 @@ class Method:
 
     def estimate(self, call: CallSpec) -> dict[str, float]:
         """Expected work, for dry runs: UNet sample evaluations (CFG counts 2) and other calls."""
-        cfg = 2 if call.guidance_scale > 1 else 1
+        cfg = call.cfg_factor
         steps = max(1, int(call.steps * call.strength)) if call.img2img else call.steps
         return {"unet_evaluations": call.plan.n_views * steps * cfg * call.batch}
 

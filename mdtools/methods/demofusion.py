@@ -127,7 +127,7 @@ class DemoFusionMethod(Method):
         return [View(t, left, wh, ww) for t in local_starts(H, wh, sy) for left in local_starts(W, ww, sx)]
 
     def estimate(self, call: CallSpec) -> dict[str, float]:
-        cfg = 2 if call.guidance_scale > 1 else 1
+        cfg = call.cfg_factor
         S = self.n_stages(call)
         views = self.stage_plan(call, 1).n_views
         for s in range(2, S + 1):

@@ -53,7 +53,7 @@ class GlobalPassMethod(MultiDiffusionMethod):
         return (call.batch, channels, lh // call.scale, lw // call.scale)
 
     def estimate(self, call: CallSpec) -> dict[str, float]:
-        cfg = 2 if call.guidance_scale > 1 else 1
+        cfg = call.cfg_factor
         tiled = max(1, int(call.steps * self.strength))
         return {"unet_evaluations": (self.low_plan(call).n_views * call.steps + call.plan.n_views * tiled) * cfg * call.batch}
 

@@ -119,8 +119,22 @@ def alpha_bar(scheduler: Any, t: torch.Tensor) -> torch.Tensor:
     return ac[int(t)].float()
 
 
+def is_flow_matching(scheduler: Any) -> bool:
+    """SD3 / FLUX schedules (mdtools.schedulers.FlowMatchSchedule, or a diffusers FlowMatch* scheduler)."""
+    inner = getattr(scheduler, "scheduler", scheduler)
+    return bool(getattr(scheduler, "is_flow_matching", False)) or type(inner).__name__.startswith("FlowMatch")
+
+
 def predicted_x0(scheduler: Any, x_in: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The model's predicted clean latent from the scaled input and its output (DDIM's pred_original_sample)."""
+    """The model's predicted clean latent from the scaled input and its output (DDIM's pred_original_sample).
+
+    Flow matching (SD3, FLUX): x_t = sigma x_noise + (1 - sigma) x0 and the model predicts
+    the velocity v = x_noise - x0, so x0 = x_t - sigma v, where sigma = t / num_train_timesteps
+    (diffusers' FlowMatchEulerDiscreteScheduler sets timesteps = sigmas * num_train_timesteps);
+    this is the Euler step to sigma = 0."""
+    if is_flow_matching(scheduler):
+        sigma = t.float().to(x_in.device) / float(scheduler.config.get("num_train_timesteps", 1000))
+        return x_in - sigma.to(x_in.dtype) * out
     abar = alpha_bar(scheduler, t).to(x_in.device)
     kind = scheduler.config.get("prediction_type", "epsilon")
     if kind == "epsilon":
@@ -172,7 +186,7 @@ class SyncDiffusionMethod(Method):
         return (i + 1) % self.sync_freq == 0 and i < self.sync_steps
 
     def estimate(self, call: CallSpec) -> dict[str, float]:
-        cfg = 2 if call.guidance_scale > 1 else 1
+        cfg = call.cfg_factor
         V, B = call.plan.n_views, call.batch
         n_sync = sum(self.is_sync(i) for i in range(call.steps))
         return {
