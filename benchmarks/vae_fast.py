@@ -39,7 +39,8 @@ exact halo, parked peak and multiply-adds relative to one untiled decode that
 next to diffusers' tiling (its tiles' area over the canvas: the multiply-adds of tiling
 without attention across tiles). Use it for sizes too large to decode here.
 
-Appends to results/bench/vae_fast.csv (one row per run, `--fresh` to start over).
+Appends to results/bench/vae_fast.csv as each run finishes (one row per run, `--fresh` to
+start over).
 """
 
 from __future__ import annotations
@@ -265,6 +266,9 @@ def main() -> None:
 
     stamp = _dt.datetime.now().isoformat(timespec="seconds")
     tmp = Path(tempfile.mkdtemp(prefix="vae_fast_"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.fresh and args.out.is_file():
+        args.out.unlink()
     rows: list[dict] = []
     for rep in range(args.repeats):
         for size in args.sizes:
@@ -274,29 +278,37 @@ def main() -> None:
                 extra = ["--save", str(save)] if save else []
                 got = _run_sub(["--worker", method, str(size), "--arch", args.arch, "--threads", str(args.threads),
                                 *extra], args.timeout, script=Path(__file__))
-                if got:
-                    r = dict(got[0], repeat=rep + 1, date=stamp, malloc_mmap_threshold=MMAP_THRESHOLD)
-                    rows.append(r)
-                    print(f"  {r['seconds']} s, decode peak {r['decode_peak_mb']} MB, parked {r['parked_peak_mb']} "
-                          f"MB, {r['strategy']}, load {r['load_before']} -> {r['load_after']}", flush=True)
-    for r in rows:
-        ref = tmp / f"full_{r['size']}.pt"
-        own = tmp / f"{r['method'].replace(':', '_')}_{r['size']}.pt"
-        r.update(errors(own, ref) if ref.is_file() and own.is_file() else {"err_max": "", "psnr_db": ""})
+                if not got:
+                    continue
+                r = dict(got[0], repeat=rep + 1, date=stamp, malloc_mmap_threshold=MMAP_THRESHOLD)
+                # errors against `full` of this size when it ran first in this invocation
+                ref, own = tmp / f"full_{size}.pt", tmp / f"{method.replace(':', '_')}_{size}.pt"
+                r.update(errors(own, ref) if ref.is_file() and own.is_file() else {"err_max": "", "psnr_db": ""})
+                rows.append(r)
+                _append(args.out, r)  # row by row: an interrupted run keeps what finished
+                print(f"  {r['seconds']} s, decode peak {r['decode_peak_mb']} MB, parked {r['parked_peak_mb']} "
+                      f"MB, {r['strategy']}, load {r['load_before']} -> {r['load_after']}", flush=True)
     if not rows:
         raise SystemExit("no run finished")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = args.fresh or not args.out.is_file()
-    fields = list(rows[0])
-    with args.out.open("w" if new else "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerows(rows)
     for r in rows:
         print({k: r[k] for k in ("method", "size", "seconds", "decode_peak_mb", "parked_peak_mb", "err_max",
                                  "psnr_db")})
     print(f"wrote {args.out}")
+
+
+def _append(path: Path, row: dict) -> None:
+    """Append `row` to the CSV at `path` (header from the file if it exists, else from the row)."""
+    if path.is_file() and path.stat().st_size:
+        with path.open(newline="") as fh:
+            fields = next(csv.reader(fh))
+        new = False
+    else:
+        fields, new = list(row), True
+    with path.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
 
 
 if __name__ == "__main__":

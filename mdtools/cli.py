@@ -42,11 +42,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         DTYPES,
         MultiDiffusionPipeline,
         check_model_sizes,
+        config_source,
         prepare_call,
         read_model_kind,
         read_native_window,
         read_scale_factor,
-        resolve_model_path,
     )
     from .schedulers import check_scheduler_fits
 
@@ -54,7 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ConfigError(f"--out {args.out!r} must end in one of {list(IMAGE_SUFFIXES)}, e.g. panorama.png")
-    path = resolve_model_path(args.model)
+    path = config_source(args.model, args.checkpoint_config)
     scale = read_scale_factor(path)
     native = read_native_window(path, scale)
     # A hub id has no local config: validate with 512 px, but let the loaded pipeline pick its own
@@ -75,7 +75,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
     # --- load and run -----------------------------------------------------------------------
-    md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, device=device)
+    extra = {"config": args.checkpoint_config} if args.checkpoint_config else {}
+    md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, **extra)
     if args.scheduler:
         md.set_scheduler(args.scheduler)
     res = md(
@@ -153,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate one canvas with MultiDiffusion")
-    g.add_argument("--model", default="toy", help="'toy' (embedded), a diffusers folder or a hub id")
+    g.add_argument("--model", default="toy",
+                   help="'toy' (embedded), 'arch:<preset>', a diffusers folder, a hub id or a checkpoint file")
+    g.add_argument("--checkpoint-config", default=None,
+                   help="for a single checkpoint file: 'arch:<preset>' (e.g. arch:sd21-768) or a diffusers config "
+                        "folder, instead of the architecture detected from the file")
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--height", type=int, default=512, help="pixels")

@@ -136,6 +136,9 @@ class RunConfig(_Strict):
     """One generation, fully specified."""
 
     model: str = "toy"
+    #: single checkpoint files only: 'arch:<preset>' or a diffusers config folder, instead
+    #: of the architecture detected from the file (e.g. arch:sd21-768 for the 768-v model)
+    checkpoint_config: Optional[str] = None
     prompt: str
     negative_prompt: Optional[str] = None
     canvas: CanvasConfig = CanvasConfig(height=512, width=2048)
@@ -190,6 +193,8 @@ class RunConfig(_Strict):
             d.pop("regions", None)
         if not d.get("bootstrap_steps"):
             d.pop("bootstrap_steps", None)
+        if d.get("checkpoint_config") is None:
+            d.pop("checkpoint_config", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -340,14 +345,15 @@ def prepare_run(cfg: RunConfig, scale: int, native: int | None, *, cfg_passes: i
 
 def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
     """Pydantic + engine checks for every run; all problems are reported together."""
-    from .pipeline import check_model_sizes, read_model_kind, read_native_window, read_scale_factor, resolve_model_path
+    from .pipeline import check_model_sizes, config_source, read_model_kind, read_native_window, read_scale_factor
     from .schedulers import check_scheduler_fits
 
     errors: list[str] = []
     runs: list[RunConfig] = []
-    scale_cache: dict[str, tuple[int, int | None]] = {}
-    paths: dict[str, str] = {}
-    kinds: dict[str, str | None] = {}  # model -> "sd3" / "flux" / None (read once per model, not per run)
+    # keyed by (model, checkpoint_config); configs are read once per model, not per run
+    scale_cache: dict[tuple, tuple[int, int | None]] = {}
+    paths: dict[tuple, str] = {}
+    kinds: dict[tuple, str | None] = {}  # "sd3" / "flux" / None
     for i, d in enumerate(raw):
         tag = f"{where}run {i}: "
         try:
@@ -356,16 +362,17 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
             errors.extend(_fmt_pydantic(e, tag))
             continue
         try:
-            if cfg.model not in scale_cache:
-                path = paths[cfg.model] = resolve_model_path(cfg.model)
+            m = (cfg.model, cfg.checkpoint_config)
+            if m not in scale_cache:
+                path = paths[m] = config_source(cfg.model, cfg.checkpoint_config)
                 scale = read_scale_factor(path)
-                scale_cache[cfg.model] = (scale, read_native_window(path, scale))
-                kinds[cfg.model] = read_model_kind(path)
-            scale, native = scale_cache[cfg.model]
-            if kinds[cfg.model] is not None:  # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
-                check_model_sizes(paths[cfg.model], *cfg.canvas.resolve(scale), cfg.tiling.window or native, scale)
+                scale_cache[m] = (scale, read_native_window(path, scale))
+                kinds[m] = read_model_kind(path)
+            scale, native = scale_cache[m]
+            if kinds[m] is not None:  # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
+                check_model_sizes(paths[m], *cfg.canvas.resolve(scale), cfg.tiling.window or native, scale)
             if cfg.sampler.scheduler:
-                check_scheduler_fits(cfg.sampler.scheduler, kinds[cfg.model], field="sampler.scheduler")
+                check_scheduler_fits(cfg.sampler.scheduler, kinds[m], field="sampler.scheduler")
             from .metrics import METRICS
 
             bad = [m for m in cfg.metrics if m not in METRICS]

@@ -132,6 +132,19 @@ def _cached_tokenizers(preset: str, folder: Path) -> dict[str, Any]:
     return out
 
 
+#: diffusers pipeline class of a config folder -> the preset whose tokenizers it uses
+PIPELINE_PRESETS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl",
+                    "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+
+
+def _folder_preset(folder: Path, path: str | Path) -> str:
+    name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    if name not in PIPELINE_PRESETS:
+        raise ModelLoadError(f"model={str(path)!r}: architecture not recognised, and config {str(folder)!r} is a "
+                             f"{name}; mdtools loads single files as {sorted(PIPELINE_PRESETS)}")
+    return PIPELINE_PRESETS[name]
+
+
 def load_single_file(path: str | Path, *, config: str | Path | None = None, torch_dtype: torch.dtype = torch.float32,
                      **components: Any) -> tuple[Any, dict[str, Any]]:
     """(diffusers pipeline, info) from a single-file checkpoint, offline.
@@ -148,10 +161,22 @@ def load_single_file(path: str | Path, *, config: str | Path | None = None, torc
     p = Path(path).expanduser()
     if not p.is_file():
         raise ModelLoadError(f"model={str(path)!r} does not exist")
-    preset = detect_architecture(p) if config is None or not is_arch(str(config)) else preset_name(str(config))
-    folder = Path(config) if config is not None and not is_arch(str(config)) else preset_dir("arch:" + preset)
-    if not (folder / "model_index.json").is_file():
-        raise ConfigError(f"config={str(config)!r} is not a diffusers config folder (no model_index.json)")
+    if config is None:
+        preset = detect_architecture(p)
+        folder = preset_dir("arch:" + preset)
+    elif is_arch(str(config)):
+        preset = preset_name(str(config))
+        folder = preset_dir("arch:" + preset)
+    else:
+        folder = Path(config).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise ConfigError(f"config={str(config)!r} is not a diffusers config folder (no model_index.json)")
+        try:
+            preset = detect_architecture(p)
+        except ModelLoadError:
+            # the config folder says what the file is (diffusers' detector knows only the
+            # published sizes); the preset is then only where to look for tokenizers
+            preset = _folder_preset(folder, path)
     missing = [c for c in json.loads((folder / "model_index.json").read_text()) if c.startswith("tokenizer")
                and c not in components and not (folder / c).is_dir()]
     if missing:

@@ -239,6 +239,29 @@ def _check_patch_multiples(height: int, width: int, window: Any, m: int, scale: 
         check_multiple("window", v, m, what=what)
 
 
+def config_source(model: str, config: str | os.PathLike | None = None) -> str:
+    """Where to read `model`'s configs before loading it: with `config` (single checkpoint
+    files only: 'arch:<preset>' or a diffusers config folder) that folder, else the
+    resolved model path (resolve_model_path). ConfigError for a config on anything but a
+    single file, or a folder without model_index.json."""
+    path = resolve_model_path(model)
+    if config is None:
+        return path
+    from .arch import is_arch, preset_dir
+    from .loading import is_single_file
+
+    if not is_single_file(path):
+        raise ConfigError(f"checkpoint_config={str(config)!r} applies to single checkpoint files only; {model!r} is a "
+                          "diffusers folder or hub id, which carries its own configs (drop it)")
+    if is_arch(str(config)):
+        return str(preset_dir(str(config)))
+    folder = Path(config).expanduser()
+    if not (folder / "model_index.json").is_file():
+        raise ConfigError(f"checkpoint_config={str(config)!r} is not a diffusers config folder (no model_index.json) nor "
+                          "an 'arch:<preset>' name such as 'arch:sd21-768'")
+    return str(folder)
+
+
 def _config_folder(path: str) -> str:
     """A single checkpoint file -> the shipped config folder of its detected architecture (header only)."""
     from .loading import is_single_file
@@ -790,5 +813,5 @@ def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
 __all__ = [
     "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "prepare_call", "resolve_model_path",
     "read_scale_factor", "read_native_window", "read_model_kind", "check_model_sizes", "OUTPUT_TYPES", "DIT_KINDS",
-    "flux_cfg_passes",
+    "flux_cfg_passes", "config_source",
 ]

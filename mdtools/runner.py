@@ -138,16 +138,18 @@ class ModelCache:
         self.loads = 0
 
     @staticmethod
-    def _default_loader(model: str, dtype: torch.dtype, device: str) -> Any:
+    def _default_loader(model: str, dtype: torch.dtype, device: str, config: str | None = None) -> Any:
         from .pipeline import MultiDiffusionPipeline
 
-        return MultiDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, device=device)
+        return MultiDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, device=device, config=config)
 
     def get(self, cfg: RunConfig) -> Any:
-        key = (cfg.model, cfg.dtype, resolve_device(cfg.device))
+        key = (cfg.model, cfg.dtype, resolve_device(cfg.device), cfg.checkpoint_config)
         if key != self._key:
             self._pipe = None  # free the previous model before loading the next
-            self._pipe = self._loader(cfg.model, _dtype(cfg.dtype), key[2])
+            # a loader is called as loader(model, dtype, device), plus config= for a checkpoint_config
+            extra = {"config": cfg.checkpoint_config} if cfg.checkpoint_config else {}
+            self._pipe = self._loader(cfg.model, _dtype(cfg.dtype), key[2], **extra)
             self._key = key
             self.loads += 1
         return self._pipe
@@ -418,10 +420,10 @@ def estimate_work(cfg: RunConfig, scale: int, native: int | None) -> dict[str, f
     Solvers with more than one model call per step (Heun) take more; the record counts the
     real numbers."""
     from .config import prepare_run
-    from .pipeline import flux_cfg_passes, read_model_kind, resolve_model_path
+    from .pipeline import config_source, flux_cfg_passes, read_model_kind
 
     try:  # FLUX's guidance is an embedding: one pass per step, whatever the guidance value
-        kind = read_model_kind(resolve_model_path(cfg.model))
+        kind = read_model_kind(config_source(cfg.model, cfg.checkpoint_config))
     except Exception:  # noqa: BLE001 - a hub id not on disk: counted as a UNet model
         kind = None
     call, meth = prepare_run(cfg, scale, native, cfg_passes=flux_cfg_passes() if kind == "flux" else None)
@@ -452,7 +454,7 @@ def execute(
     after the other, with `models`' cache; `RayExecutor(...)` spreads them over Ray
     workers. Everything else (what to run, run ids, records, the table) is the same."""
     from .executors import LocalExecutor
-    from .pipeline import read_native_window, read_scale_factor, resolve_model_path
+    from .pipeline import config_source, read_native_window, read_scale_factor, resolve_model_path
 
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
@@ -467,16 +469,17 @@ def execute(
     # runs of one model together, so that each worker loads each model once
     by_model: dict[tuple, list] = defaultdict(list)
     for rid, c in todo:
-        by_model[(c.model, c.dtype, c.device)].append((rid, c))
+        by_model[(c.model, c.checkpoint_config, c.dtype, c.device)].append((rid, c))
     todo = [item for group in by_model.values() for item in group]
-    geometry: dict[str, tuple[int, int | None]] = {}  # model -> (scale, native window), read once
+    geometry: dict[tuple, tuple[int, int | None]] = {}  # (model, config) -> (scale, native window), read once
     work: dict[str, float] = defaultdict(float)
     for _, c in todo:
-        if c.model not in geometry:
-            path = resolve_model_path(c.model)
+        m = (c.model, c.checkpoint_config)
+        if m not in geometry:
+            path = config_source(c.model, c.checkpoint_config)
             scale = read_scale_factor(path)
-            geometry[c.model] = (scale, read_native_window(path, scale))
-        for k, v in estimate_work(c, *geometry[c.model]).items():
+            geometry[m] = (scale, read_native_window(path, scale))
+        for k, v in estimate_work(c, *geometry[m]).items():
             work[k] += v
     evals = int(round(work["unet_evaluations"] + work.get("unet_grad_evaluations", 0)))
     extra = ", ".join(f"{int(v):,} {k.replace('_', ' ')}" for k, v in work.items() if k != "unet_evaluations" and v)
