@@ -109,7 +109,8 @@ def decode_row(md: Any, preset: str, size: int, tiled: bool, args: argparse.Name
     lat = torch.randn(1, md.vae.config.latent_channels, size // scale, size // scale,
                       generator=torch.Generator().manual_seed(0)).to(md.device, md.dtype)
     plan = plan_views(size, size, window=min(size, md.native_window), overlap=0, scale=scale)
-    opts = md.vae_tiling_options(True, plan) if tiled else None
+    opts = md.vae_tiling_options({"tiling": True, "park_budget_bytes": int(args.park_budget_gb * GB)}, plan) \
+        if tiled else None
     gc.collect()
     before = _before_gb(md.device)
     rec = Recorder(md.device, dtype=md.dtype)
@@ -119,15 +120,31 @@ def decode_row(md: Any, preset: str, size: int, tiled: bool, args: argparse.Name
     del img
     name = "decode_tiled" if tiled else "decode_full"
     return _base(md, preset, args) | {"size_px": size, "phase": name, "kind": "measured",
-                                      "basis": f"tile {opts['tile']} px, overlap {opts['overlap']} px, "
-                                               f"strategy {report.get('strategy', opts['sync_strategy'])}" if tiled else "",
+                                      "basis": f"tile {opts['tile']} px, halo {report.get('halo_px')} px, "
+                                               f"strategy {report.get('strategy', opts['sync_strategy'])}, park budget "
+                                               f"{args.park_budget_gb:g} GiB" if tiled else "",
+                                      "parked_gb": report.get("parked_peak_bytes", 0) / GB if tiled else None,
                                       "seconds": rec.record.phases["decode"].seconds,
                                       "loadavg_1m": os.getloadavg()[0]} | _peaks(rec.record.phases["decode"], before)
 
 
+def _tiled_estimate(vae: Any, size: int, budget_gb: float) -> dict[str, Any]:
+    """schedule_estimate of the exact tiled decode at `size` px with the benchmark's budget."""
+    from mdtools.pipeline import VAE_TILE_PX
+    from mdtools.vae import schedule_estimate
+
+    return schedule_estimate(vae, (size // 8, size // 8), tile=VAE_TILE_PX, sync_strategy="auto",
+                             park_budget_bytes=int(budget_gb * GB))
+
+
 def extrapolate(rows: list[dict[str, Any]], preset: str, sizes: list[int], window: int, steps: int,
-                base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows for sizes not run, from the measured ones (named as extrapolated, with their basis)."""
+                base: dict[str, Any], vae: Any = None, budget_gb: float = 4.0) -> list[dict[str, Any]]:
+    """Rows for sizes not run, from the measured ones (named as extrapolated, with their basis).
+
+    Full decodes: peak linear in area. Exact tiled decodes (`vae` given): the measured peak
+    at the largest size, less what `schedule_estimate` says that run held (parked states,
+    canvas keys / values) and its output, plus what it says the larger canvas holds under the
+    same park budget and its output; time scaled by the estimated multiply-adds."""
     out = []
     den = [r for r in rows if r["preset"] == preset and r["phase"] == "denoise" and r["kind"] == "measured"
            and r.get("status") == "ok"]
@@ -150,19 +167,38 @@ def extrapolate(rows: list[dict[str, Any]], preset: str, sizes: list[int], windo
             px = np.array([r["size_px"] ** 2 for r in meas], dtype=float)
             mem = np.array([r["peak_above_weights_gb"] for r in meas])
             sec = np.array([r["seconds"] for r in meas])
+            t = sec[-1] * size**2 / px[-1]
+            time_how = f"time linear in area from {meas[-1]['size_px']} px"
             if phase == "decode_tiled":
-                # bounded by design: the peak is that of the largest measured canvas (per-tile work plus the
-                # canvas-wide attention keys, which grow with the area: taken linearly from the fit)
-                slope = max(0.0, np.polyfit(px, mem, 1)[0]) if len(meas) >= 2 else 0.0
-                m = mem[-1] + slope * (size**2 - px[-1])
-                how = f"tiled peak at {meas[-1]['size_px']} px + its linear growth in area over {len(meas)} sizes"
+                if vae is None:
+                    continue
+                at, to = _tiled_estimate(vae, int(meas[-1]["size_px"]), budget_gb), _tiled_estimate(vae, size, budget_gb)
+                working = mem[-1] - (at["held_peak_bytes"] + at["output_bytes"]) / GB
+                m = working + (to["held_peak_bytes"] + to["output_bytes"]) / GB
+                t = sec[-1] * to["macs"] / at["macs"]
+                how = (f"measured peak at {meas[-1]['size_px']} px less its estimated parked states, keys and output "
+                       f"({working:.2f} GB of tile working set left), plus those estimated here: {to['strategy']} under "
+                       f"a {budget_gb:g} GiB park budget, {to['held_peak_bytes'] / GB:.2f} GB held, output "
+                       f"{to['output_bytes'] / GB:.2f} GB (schedule_estimate)")
+                time_how = f"time x {to['macs'] / at['macs']:.1f} estimated multiply-adds from {meas[-1]['size_px']} px"
             else:
                 m = (np.polyval(np.polyfit(px, mem, 1), size**2) if len(meas) >= 2 else mem[-1] * size**2 / px[-1])
                 how = f"linear in area from full decodes at {', '.join(str(r['size_px']) for r in meas)} px"
-            t = sec[-1] * size**2 / px[-1]
             out.append(base | {"size_px": size, "phase": phase, "kind": "extrapolated", "peak_above_weights_gb": float(m),
-                               "seconds": float(t), "basis": how + f"; time linear in area from {meas[-1]['size_px']} px"})
+                               "seconds": float(t), "basis": how + f"; {time_how}"})
     return out
+
+
+def _preset_vae(preset: str) -> Any:
+    """The preset's AutoencoderKL with random weights (for schedule_estimate: only its layout counts)."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from mdtools.arch import _component_dir, preset_dir
+
+    cfg = json.loads((_component_dir(preset_dir("arch:" + preset), "vae") / "config.json").read_text())
+    return AutoencoderKL.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
 
 
 def merge(args: argparse.Namespace) -> int:
@@ -178,7 +214,8 @@ def merge(args: argparse.Namespace) -> int:
         base = {k: first[k] for k in ("preset", "device", "dtype", "random_weights", "text_encoders", "date")}
         steps = int(g["steps"].dropna().iloc[0]) if g["steps"].notna().any() else 1
         window = read_native_window(resolve_model_path("arch:" + preset), 8) or 512
-        rows.extend(extrapolate(rows, preset, extra.get(preset, []), window, steps, base))
+        rows.extend(extrapolate(rows, preset, extra.get(preset, []), window, steps, base, vae=_preset_vae(preset),
+                                budget_gb=args.park_budget_gb))
     out = Path(args.out)
     pd.DataFrame(rows).to_csv(out, index=False)
     print(f"wrote {out} ({len(rows)} rows: {len(meas)} measured)")
@@ -193,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiled-decode", help="tiled-decode sides per preset (same format)")
     ap.add_argument("--extrapolate", help="sides to extrapolate per preset (same format)")
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--park-budget-gb", type=float, default=4.0,
+                    help="park_budget_bytes (GiB) of the exact tiled decodes, measured and extrapolated")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--out", default="results/bench/real_arch.csv")
@@ -239,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 print({k: rows[-1].get(k) for k in ("preset", "size_px", "phase", "seconds", "peak_above_weights_gb")},
                       flush=True)
                 flush()
-        rows.extend(extrapolate(rows, preset, extra.get(preset, []), md.native_window, args.steps, _base(md, preset, args)))
+        rows.extend(extrapolate(rows, preset, extra.get(preset, []), md.native_window, args.steps,
+                                _base(md, preset, args), vae=md.vae, budget_gb=args.park_budget_gb))
         flush()
         del md
         gc.collect()

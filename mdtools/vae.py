@@ -1355,7 +1355,9 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
                       tile: int = 512, overlap: int | None = None, halo: int | None = None,
                       circular: CircularArg = False) -> dict[str, Any]:
     """What a synchronised tiled run will cost, without running it: the strategy it
-    resolves to, the parked bytes at its peak (plus the canvas keys / values), its
+    resolves to, the parked bytes at its peak (plus the canvas keys / values), what it
+    holds at most beyond one tile's working set (`held_peak_bytes`: parked states and
+    canvas keys / values, also when nothing is parked), the float32 output's bytes, its
     multiply-adds (convolutions, linears, canvas attention) relative to one park pass and
     to one full (untiled) pass, its halo and the halo exactness needs (pixels).
 
@@ -1411,14 +1413,28 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
     # every tile sends each barrier's message once, computed over its core: the canvas
     sent = sum(prof.message_macs) * canvas_px * batch / px
     conv, conv_pass = conv + sent, conv_pass + sent
-    sizes = [s + k for s, k in zip(_barrier_bytes(prof, plan, batch, size),
-                                   _live_kv_bytes(prof, plan, batch, size, cps))]
+    states = _barrier_bytes(prof, plan, batch, size)
+    live = _live_kv_bytes(prof, plan, batch, size, cps)
+    sizes = [s + k for s, k in zip(states, live)]
+    # what is held while each round runs: the latest checkpoint's states (while a round
+    # parks at a new checkpoint, tile by tile, the larger of the old and the new), plus the
+    # canvas keys / values that replays may still pass; the last round keeps those of
+    # attentions after the last checkpoint (all of them without checkpoints)
+    held, last = [], None
+    for b in range(n + 1):
+        old = states[last] if last is not None else 0
+        kv_b = live[b] if b < n else sum(prof.kv_each[(last or 0):]) * canvas_px * batch * size
+        held.append(max(old, states[b] if b in cps else 0) + kv_b)
+        if b in cps:
+            last = b
     # the untiled decode: every step and key / value projection once per canvas pixel, and
     # canvas x canvas attention
     full_pass = (sum(prof.step_macs) + sum(prof.message_macs)) * canvas_px * batch
     full_pass += canvas_px * prof.kv_values * canvas_px * batch
     return {"strategy": _strategy_name(cps, n),
             "parked_peak_bytes": max((sizes[b] for b in cps), default=0),
+            "held_peak_bytes": int(max(held)),
+            "output_bytes": prof.out_channels * canvas_px * (layout.scale ** 2 if decode else 1) * batch * 4,
             "compute_vs_park": (conv + att) / (conv_pass + att_pass),
             "compute_vs_full": (conv + att) * px / full_pass,
             "macs": (conv + att) * px, "attention_macs": att * px,
