@@ -187,12 +187,10 @@ def estimate(arch: str, sizes: list[int], methods: list[str], out: Path) -> None
                          "compute_vs_full": round(float(e["compute_vs_full"]), 3),
                          "compute_vs_diffusers": round(float(e["compute_vs_full"]) / theirs, 3)})
             print(rows[-1], flush=True)
+    import pandas as pd
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with out.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    pd.DataFrame(rows).convert_dtypes().to_csv(out, index=False)  # integer columns stay integers
     print(f"wrote {out}")
 
 

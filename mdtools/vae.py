@@ -1130,8 +1130,9 @@ def _profile(layout: VAELayout, *, canvas_attention: bool, macs: bool = False) -
             if macs:
                 counts[T.pc] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
             if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
-                # input pixels per latent pixel; width, because row strips cut the height
-                reach[T.pc] += _conv_reach(mod) / (args[0].shape[-1] / L)
+                # input pixels per latent pixel; width, because row strips cut the height (floor:
+                # Downsample2D pads its input by one pixel before the conv)
+                reach[T.pc] += _conv_reach(mod) / max(1, args[0].shape[-1] // L)
         elif macs and isinstance(mod, nn.Linear):
             counts[T.pc] += out.numel() * mod.in_features
 
