@@ -114,7 +114,7 @@ def decode(method: str, vae, z, report: dict):
     strategy, budget = _strategy(method)
     halo = exact_halo(vae, z.shape[-1], strategy, budget)
     # equal network input: body + 2 halos = diffusers' tile; exact tiles need no overlap
-    kw: dict = dict(tile=TILE - 2 * halo, halo=halo, offload=True, report=report)
+    kw: dict = dict(tile=TILE - 2 * halo, halo=halo, overlap=0, offload=True, report=report)
     if method == "mdtools_park":
         return tiled_decode(vae, z, sync_strategy="park", **kw)
     if method == "mdtools_park_bf16":
@@ -141,11 +141,11 @@ def exact_halo(vae, latent: int, strategy: str, budget: int | None) -> int:
     halo = 16
     for _ in range(4):  # the halo sets the body, the body the checkpoints, they the halo
         need = schedule_estimate(vae, (latent, latent), sync_strategy=strategy, park_budget_bytes=budget,
-                                 tile=TILE - 2 * halo)["halo_px"]
+                                 tile=TILE - 2 * halo, overlap=0)["halo_px"]
         if need == halo:
-            break
+            return halo
         halo = need
-    return halo
+    raise SystemExit(f"no exact halo found for {strategy} (budget {budget}) at {latent * 8} px")
 
 
 ESTIMATE_CSV = ROOT / "results" / "bench" / "vae_schedule.csv"
@@ -180,7 +180,7 @@ def estimate(arch: str, sizes: list[int], methods: list[str], out: Path) -> None
             strategy, budget = _strategy(method)
             halo = exact_halo(vae, size // 8, strategy, budget)
             e = V.schedule_estimate(vae, (size // 8, size // 8), sync_strategy=strategy, park_budget_bytes=budget,
-                                    tile=TILE - 2 * halo, halo=halo)
+                                    tile=TILE - 2 * halo, halo=halo, overlap=0)
             rows.append({"method": method, "size": size, "arch": arch, "strategy": e["strategy"],
                          "halo_px": e["halo_px"], "exact": e["exact"], "n_tiles": e["n_tiles"],
                          "checkpoints": e["checkpoints"], "parked_peak_mib": round(e["parked_peak_bytes"] / 2**20),
@@ -300,6 +300,8 @@ def _append(path: Path, row: dict) -> None:
         with path.open(newline="") as fh:
             fields = next(csv.reader(fh))
         new = False
+        if missing := [k for k in row if k not in fields]:
+            print(f"  note: {path.name} has no column for {missing}; start a new file with --fresh to keep them")
     else:
         fields, new = list(row), True
     with path.open("a", newline="") as fh:

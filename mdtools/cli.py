@@ -62,8 +62,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run_window = args.window or native
     window = run_window or 512
     check_model_sizes(path, args.height, args.width, window, scale)  # SD3 / FLUX: 16 px multiples, before loading
-    if args.scheduler:  # family from the config on disk (a hub id is checked once loaded)
-        check_scheduler_fits(args.scheduler, read_model_kind(path), field="--scheduler")
+    if args.scheduler:  # the family from the config on disk; a hub id is checked once loaded (set_scheduler)
+        check_scheduler_fits(args.scheduler, read_model_kind(path), field="--scheduler",
+                             family_known=Path(path).exists())
     kparams = _kernel_params(args.kernel_param)
     mparams = _kernel_params(args.method_param, "--method-param", "sync_steps=10")
     prepare_call(

@@ -87,10 +87,12 @@ class VaeConfig(_Strict):
 
     tiling: Union[bool, Literal["auto"]] = "auto"
     tile: Optional[int] = None  # pixels; None: 512 (diffusers' enable_tiling tile for SD)
+    # blend overlap; 64 since the first results (run ids hash it). Exact tiles need none:
+    # `overlap: 0` saves their compute (mdtools.vae's own default on exact runs)
     overlap: int = 64
     sync_groupnorm: bool = True
     # park: one pass, parked activations grow with the canvas; recompute: one tile's memory,
-    # several times the compute; auto: park while it fits in a quarter of free memory
+    # many times the compute; auto: park what fits in a quarter of free memory, replay the rest
     sync_strategy: Literal["auto", "park", "recompute"] = "auto"
     auto_pixels: int = 2048 * 2048
 
@@ -371,8 +373,9 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
             scale, native = scale_cache[m]
             if kinds[m] is not None:  # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
                 check_model_sizes(paths[m], *cfg.canvas.resolve(scale), cfg.tiling.window or native, scale)
-            if cfg.sampler.scheduler:
-                check_scheduler_fits(cfg.sampler.scheduler, kinds[m], field="sampler.scheduler")
+            if cfg.sampler.scheduler:  # a hub id's family is checked once loaded (set_scheduler)
+                check_scheduler_fits(cfg.sampler.scheduler, kinds[m], field="sampler.scheduler",
+                                     family_known=Path(paths[m]).exists())
             from .metrics import METRICS
 
             bad = [m for m in cfg.metrics if m not in METRICS]

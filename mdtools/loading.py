@@ -138,11 +138,23 @@ PIPELINE_PRESETS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipelin
 
 
 def _folder_preset(folder: Path, path: str | Path) -> str:
+    """The preset whose tokenizers a config folder's pipeline uses: its pipeline class, and
+    for SD 1.x vs 2.x (one class) the text encoder's width (OpenCLIP's 1024) and, for 2.x,
+    v-prediction (the 768 px model)."""
     name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
     if name not in PIPELINE_PRESETS:
         raise ModelLoadError(f"model={str(path)!r}: architecture not recognised, and config {str(folder)!r} is a "
                              f"{name}; mdtools loads single files as {sorted(PIPELINE_PRESETS)}")
-    return PIPELINE_PRESETS[name]
+    preset = PIPELINE_PRESETS[name]
+    if preset == "sd15":
+
+        def read(component: str) -> dict:
+            f = folder / component / ("config.json" if component != "scheduler" else "scheduler_config.json")
+            return json.loads(f.read_text()) if f.is_file() else {}
+
+        if read("text_encoder").get("hidden_size") == 1024:
+            preset = "sd21-768" if read("scheduler").get("prediction_type") == "v_prediction" else "sd21"
+    return preset
 
 
 def load_single_file(path: str | Path, *, config: str | Path | None = None, torch_dtype: torch.dtype = torch.float32,

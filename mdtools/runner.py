@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from .config import Experiment, RunConfig
+from .errors import ConfigError
 
 STATUS_OK, STATUS_FAILED, STATUS_OOM, STATUS_NAN = "ok", "failed", "oom", "nan"
 
@@ -131,7 +132,9 @@ def _dtype(name: str) -> torch.dtype:
 class ModelCache:
     """Loads each (model, dtype, device) once for all the runs that use it."""
 
-    def __init__(self, loader: Callable[[str, torch.dtype, str], Any] | None = None):
+    def __init__(self, loader: Callable[..., Any] | None = None):
+        """`loader(model, dtype, device)` (plus `config=` for a run with checkpoint_config)
+        builds a pipeline; default `MultiDiffusionPipeline.from_pretrained`."""
         self._loader = loader or self._default_loader
         self._key: tuple | None = None
         self._pipe: Any = None
@@ -414,18 +417,27 @@ def build_table(out_dir: Path) -> pd.DataFrame:
     return df
 
 
-def estimate_work(cfg: RunConfig, scale: int, native: int | None) -> dict[str, float]:
-    """Expected work of a run, from its method: UNet sample evaluations (views x steps x 2
-    with CFG), and for SyncDiffusion gradient evaluations, backward passes and VAE decodes.
-    Solvers with more than one model call per step (Heun) take more; the record counts the
-    real numbers."""
-    from .config import prepare_run
-    from .pipeline import config_source, flux_cfg_passes, read_model_kind
+def model_kind(cfg: RunConfig) -> str | None:
+    """'sd3' / 'flux' / None (a UNet model, or a hub id without a config on disk), from configs only."""
+    from .pipeline import config_source, read_model_kind
 
-    try:  # FLUX's guidance is an embedding: one pass per step, whatever the guidance value
-        kind = read_model_kind(config_source(cfg.model, cfg.checkpoint_config))
-    except Exception:  # noqa: BLE001 - a hub id not on disk: counted as a UNet model
-        kind = None
+    try:
+        return read_model_kind(config_source(cfg.model, cfg.checkpoint_config))
+    except (ConfigError, OSError, ValueError):  # unreadable configs: planned as a UNet model
+        return None
+
+
+def estimate_work(cfg: RunConfig, scale: int, native: int | None, kind: str | None | bool = True) -> dict[str, float]:
+    """Expected work of a run, from its method: model sample evaluations (views x steps x 2
+    with CFG; FLUX 1, its guidance is an embedding), and for SyncDiffusion gradient
+    evaluations, backward passes and VAE decodes. `kind`: the model's kind (`model_kind`,
+    pass it when estimating many runs of one model), or True to read it here. Solvers with
+    more than one model call per step (Heun) take more; the record counts the real numbers."""
+    from .config import prepare_run
+    from .pipeline import flux_cfg_passes
+
+    if kind is True:
+        kind = model_kind(cfg)
     call, meth = prepare_run(cfg, scale, native, cfg_passes=flux_cfg_passes() if kind == "flux" else None)
     return meth.estimate(call)
 
@@ -471,14 +483,15 @@ def execute(
     for rid, c in todo:
         by_model[(c.model, c.checkpoint_config, c.dtype, c.device)].append((rid, c))
     todo = [item for group in by_model.values() for item in group]
-    geometry: dict[tuple, tuple[int, int | None]] = {}  # (model, config) -> (scale, native window), read once
+    # (model, config) -> (scale, native window, kind), read once per model
+    geometry: dict[tuple, tuple[int, int | None, str | None]] = {}
     work: dict[str, float] = defaultdict(float)
     for _, c in todo:
         m = (c.model, c.checkpoint_config)
         if m not in geometry:
             path = config_source(c.model, c.checkpoint_config)
             scale = read_scale_factor(path)
-            geometry[m] = (scale, read_native_window(path, scale))
+            geometry[m] = (scale, read_native_window(path, scale), model_kind(c))
         for k, v in estimate_work(c, *geometry[m]).items():
             work[k] += v
     evals = int(round(work["unet_evaluations"] + work.get("unet_grad_evaluations", 0)))

@@ -71,11 +71,14 @@ FLOW_FAMILIES = ("sd3", "flux")
 MU_SOURCES = ("window", "canvas")
 
 
-def check_scheduler_fits(name: str, kind: str | None, *, field: str = "scheduler") -> str:
+def check_scheduler_fits(name: str, kind: str | None, *, field: str = "scheduler", family_known: bool = True) -> str:
     """Resolve `name` (check_scheduler_name) and check it fits the model `kind`: SD3 / FLUX
     (FLOW_FAMILIES) take flow-matching schedulers only, UNet models (kind None or any other)
-    the others. Needs only the model's config, so it runs before any model loads."""
+    the others. Needs only the model's config, so it runs before any model loads;
+    `family_known=False` (a hub id, no config on disk) checks the name only."""
     cls_name = check_scheduler_name(name)
+    if not family_known:
+        return cls_name
     dit = kind in FLOW_FAMILIES
     if is_flow_scheduler(cls_name) != dit:
         want = "a flow-matching scheduler such as 'flow_euler'" if dit else "a diffusion scheduler such as 'ddim'"

@@ -67,7 +67,7 @@ stack of live tensors), so it can stop at a barrier, be parked (moved to `park`,
 "cpu"), copied, resumed or dropped and replayed. Round k of the driver brings every tile
 to barrier k; then the pooled reply k is final. The strategies (`sync_strategy`) differ
 in which states they keep; with their exact halos all equal the full decode to float
-noise, and with one halo exact for all of them they give the same bits (tested):
+noise (and with one halo exact for all of them they gave the same bits on CPU, tested):
 - "park": every tile is parked at every barrier. One pass (SD's decoder: 1.15x the
   multiply-adds of one untiled decode at 1024^2 with 16 px halos); the compute device
   holds one tile's activations plus the output canvas (`offload=True` puts the canvas on
@@ -387,8 +387,10 @@ def _group_norm(x: torch.Tensor, mod: nn.GroupNorm, stats: tuple[torch.Tensor, t
 # reported, runs on with the pooled canvas reply. Because the state is explicit, a tile
 # stopped at a barrier can be parked (moved off the compute device), copied (snapshot),
 # resumed later or dropped and replayed from an earlier snapshot: every strategy of
-# `_run_tiled` is a different choice of which states to keep, over the same steps, so
-# they give the same bits.
+# `_run_tiled` is a different choice of which states to keep, over the same steps (with
+# one exact halo they gave the same bits on CPU, tested; a GPU may pick convolution
+# algorithms by tile shape, and the halo refresh feeds a neighbour's values where another
+# strategy keeps the tile's own, so there they agree to float noise).
 #
 # The steps come from a layout reader: `_diffusers_*` for diffusers' AutoencoderKL
 # (ResnetBlock2D, Attention with AttnProcessor2_0 maths, UNetMidBlock2D,
@@ -1015,12 +1017,16 @@ def _check_args(layout: VAELayout, x: Any, *, what: str, tile: Any, overlap: Any
     return scale, get_kernel(kernel), ("x" if circular is True else circular), park_dev, park_dtype
 
 
-def _default_overlap(overlap: int | None, sync_groupnorm: Any, attention: Any) -> Any:
-    """`overlap=None`: 0 px on an exact run (synchronised, canvas attention: tiles agree
-    with the full decode, so there is nothing to blend), else DEFAULT_OVERLAP_PX."""
+def _default_overlap(overlap: int | None, sync_groupnorm: Any, attention: Any, halo: Any = None,
+                     reach_known: bool = True) -> Any:
+    """`overlap=None`: 0 px on an exact run (synchronised, canvas attention, every
+    spatial operation's reach known, and the halo left to mdtools, which makes it exact:
+    tiles agree with the full decode, so there is nothing to blend), else
+    DEFAULT_OVERLAP_PX (a given halo may be too small to be exact)."""
     if overlap is not None:
         return overlap
-    return 0 if sync_groupnorm is True and attention == "canvas" else DEFAULT_OVERLAP_PX
+    exact = sync_groupnorm is True and attention == "canvas" and halo is None and reach_known
+    return 0 if exact else DEFAULT_OVERLAP_PX
 
 
 def _park_dtype(park_dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -1171,6 +1177,39 @@ def _conv_reach(conv: nn.Conv2d) -> float:
     return worst
 
 
+def _unclipped_halos(plan: VAETilePlan) -> list[int]:
+    """The halos (latent px) of tile sides that do not reach the canvas edge: only through
+    those can zero padding put error into a tile (a wrapping axis has no edge)."""
+    out = []
+    for ax in (plan.y, plan.x):
+        for i, s in enumerate(ax.starts):
+            lo, hi = ax.halo_lo[i], ax.halo_hi[i]
+            if ax.wraps or s - lo > 0:
+                out.append(lo)
+            if ax.wraps or s + ax.size + hi < ax.length:
+                out.append(hi)
+    return out
+
+
+def _reach_known(layout: VAELayout) -> bool:
+    """Whether `_conv_reach` covers every spatial operation of the layout's modules: plain
+    nn.Conv2d (and subclasses, as ComfyUI's ops), and pools whose windows do not overlap.
+    Anything else with a spatial kernel (ConvTranspose2d, conv wrappers that are not
+    nn.Conv2d, overlapping pools) has an unknown reach: no halo is then claimed exact."""
+    for m in layout.module.modules():
+        if isinstance(m, nn.Conv2d):
+            continue
+        if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+            k, st = m.kernel_size, m.stride if m.stride is not None else m.kernel_size
+            if k == st and not m.padding:
+                continue
+            return False
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.ndim == 4:
+            return False
+    return True
+
+
 def _exact_halo(prof: _Profile, checkpoints: frozenset[int], n_steps: int) -> int:
     """The halo (latent pixels) that makes a synchronised run exact: every round runs a
     tile from its latest checkpoint, where `_refresh_halos` made its whole state exact
@@ -1307,8 +1346,9 @@ def _checkpoints(strategy: str, prof: _Profile, plan: VAETilePlan, *, batch: int
     """The barriers at which every tile's state is parked.
 
     "park": all; "recompute": none (every barrier replays each tile from its input);
-    "auto": every barrier whose parked states, plus the canvas keys / values, fit in
-    `budget` bytes. Only each tile's latest parked state is kept, so the parked memory
+    "auto": every barrier whose parked states, plus the canvas keys / values replays may
+    still need (`_live_kv_bytes`), fit in `budget` bytes. Only each tile's latest parked
+    state is kept, so the parked memory
     peaks at the largest chosen barrier, and parking at every barrier that fits is the
     least recompute for that peak: a barrier that does not fit is reached by replaying
     each tile from its latest parked state (a checkpoint), not from its input."""
@@ -1378,14 +1418,19 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
         make_plan: Callable[[int], VAETilePlan] = lambda h: given  # noqa: E731
         if halo is None:  # what the plan was made with (edge tiles have theirs clipped)
             halo = max(given.y.halo_lo + given.y.halo_hi + given.x.halo_lo + given.x.halo_hi) * layout.scale
+        # a halo clipped at the canvas edge reaches it: no padding error enters from that side
+        effective = min((h * layout.scale for h in _unclipped_halos(given)), default=math.inf)
     else:
-        (lat_h, lat_w), ov = plan, _default_overlap(overlap, True, "canvas")
+        (lat_h, lat_w), ov = plan, _default_overlap(overlap, True, "canvas", halo, _reach_known(layout))
         mode = "x" if circular is True else circular
 
         def make_plan(h: int) -> VAETilePlan:
             return plan_vae_tiles(lat_h, lat_w, tile=tile, overlap=ov, halo=h, scale=layout.scale, circular=mode)
 
-    sched = _schedule(layout, prof, make_plan, halo, default_halo=0, sync=True, exact=True, strategy=sync_strategy,
+        effective = None
+
+    sched = _schedule(layout, prof, make_plan, halo, default_halo=DEFAULT_DECODE_HALO_PX if decode else
+                      DEFAULT_ENCODE_HALO_PX, sync=True, exact=_reach_known(layout), strategy=sync_strategy,
                       park=torch.device(park), park_budget_bytes=park_budget_bytes, park_dtype=park_dtype,
                       batch=batch)
     plan, cps = sched.plan, sched.checkpoints
@@ -1440,7 +1485,9 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
             "compute_vs_full": (conv + att) * px / full_pass,
             "macs": (conv + att) * px, "attention_macs": att * px,
             "barriers": n, "checkpoints": len(cps), "n_tiles": plan.n_tiles,
-            "halo_px": sched.halo_px, "exact_halo_px": sched.needed_px, "exact": sched.halo_px >= sched.needed_px}
+            "halo_px": sched.halo_px, "exact_halo_px": sched.needed_px,
+            "exact": sched.needed_px is not None and (sched.halo_px if effective is None else effective)
+            >= sched.needed_px}
 
 
 def _park_budget(park_budget_bytes: int | None, park: torch.device) -> int:
@@ -1532,9 +1579,14 @@ def _run_tiled(
     sync = sync and not (probe.n_tiles == 1 and not (probe.y.wraps or probe.x.wraps))
     prof = _profile(layout, canvas_attention=sync and canvas_attention)
     sched = _schedule(layout, prof, make_plan, halo, default_halo=default_halo, sync=sync,
-                      exact=sync and canvas_attention, strategy=strategy, park=park,
+                      exact=sync and canvas_attention and _reach_known(layout), strategy=strategy, park=park,
                       park_budget_bytes=park_budget_bytes, park_dtype=park_dtype, batch=B)
     plan, checkpoints = sched.plan, sched.checkpoints
+    # exact: one tile with no wrap is the full decode; else the halo must cover every round's
+    # reach through every side that does not reach the canvas edge
+    exact = True if probe.n_tiles == 1 and not (probe.y.wraps or probe.x.wraps) else (
+        sched.needed_px is not None
+        and min((h * layout.scale for h in _unclipped_halos(plan)), default=math.inf) >= sched.needed_px)
     out_channels = prof.out_channels
     n_barriers = len(prof.values) if sync else 0
     wy = _normalised_axis_weights(plan.y, kernel, out_unit, blend_overlap)
@@ -1622,8 +1674,7 @@ def _run_tiled(
                       canvas_attention=bool(attn_barriers),
                       strategy=_strategy_name(checkpoints, n_barriers) if sync else "none", tile_runs=tile_runs,
                       resumes=resumes, checkpoints=len(checkpoints), parked_peak_bytes=parked_peak,
-                      layout=layout.kind, halo_px=sched.halo_px, exact_halo_px=sched.needed_px,
-                      exact=sched.needed_px is not None and sched.halo_px >= sched.needed_px)
+                      layout=layout.kind, halo_px=sched.halo_px, exact_halo_px=sched.needed_px, exact=exact)
     return out
 
 
@@ -1664,11 +1715,11 @@ def tiled_decode(
     the CPU; `park` is where tiles waiting at a barrier keep their activations (sync only).
     `sync_strategy`: "park" (one pass; all tiles' activations parked on `park`, which grows
     with the canvas), "recompute" (memory of one tile on every device; each tile re-runs
-    up to every GroupNorm, several times the compute) or "auto": park at every barrier
+    up to every GroupNorm, many times the compute) or "auto": park at every barrier
     where that fits in `park_budget_bytes` (default: a quarter of the park device's free
     memory) and replay from the latest such checkpoint elsewhere; it never parks more than
     the budget. With their default halos all equal the full decode to float noise (with
-    one halo exact for all, bit for bit). `park_dtype` ("bfloat16" or
+    one halo exact for all, bit for bit on CPU). `park_dtype` ("bfloat16" or
     "float16", opt-in) parks states in half precision: half the parked memory, but the
     result is no longer float-exact (rounded activations) and no longer identical across
     strategies. `attention` (sync only): "canvas" gives the mid-block self-attention the
@@ -1680,7 +1731,7 @@ def tiled_decode(
     (None when no halo can make the run exact) and exact.
     """
     layout = vae_layout(vae, "decode")
-    overlap = _default_overlap(overlap, sync_groupnorm, attention)
+    overlap = _default_overlap(overlap, sync_groupnorm, attention, halo, _reach_known(layout))
     scale, k, circ, park_dev, pdt = _check_args(
         layout, latents, what="latents", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
         sync_groupnorm=sync_groupnorm, park=park, pixel_input=False, sync_strategy=sync_strategy,
@@ -1743,7 +1794,7 @@ def tiled_encode(
     The other options are those of `tiled_decode`.
     """
     layout = vae_layout(vae, "encode")
-    overlap = _default_overlap(overlap, sync_groupnorm, attention)
+    overlap = _default_overlap(overlap, sync_groupnorm, attention, halo, _reach_known(layout))
     scale, k, circ, park_dev, pdt = _check_args(
         layout, images, what="images", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
         sync_groupnorm=sync_groupnorm, park=park, pixel_input=True, sync_strategy=sync_strategy,

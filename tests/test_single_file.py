@@ -287,3 +287,15 @@ def test_checkpoint_config_from_the_cli_and_experiment_configs(tiny_single_file,
     assert "applies to single checkpoint files only" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="not a diffusers config folder"):
         validate_runs([{**run, "checkpoint_config": str(tmp_path)}])
+
+
+def test_config_folder_names_the_preset_when_the_file_is_not_recognised():
+    """A config folder's pipeline class (and for SD 1 / 2, the text encoder's width and the
+    prediction type) says which tokenizers a file diffusers cannot classify needs."""
+    from pathlib import Path
+
+    from mdtools.arch import preset_dir
+    from mdtools.loading import _folder_preset
+
+    for preset in ("sd15", "sd21", "sd21-768", "sdxl", "sd3", "flux"):
+        assert _folder_preset(Path(preset_dir("arch:" + preset)), "x.safetensors") == preset

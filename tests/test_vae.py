@@ -325,13 +325,17 @@ def test_default_halo_is_exact_for_every_strategy(attention):
     assert rep["exact"] and errors(enc, ref)["max"] < 2e-5, (rep, errors(enc, ref))
     # a given halo below what the checkpoints need is run as given, and reported inexact
     rep = {}
-    tiled_decode(vae, z, tile=TILE, halo=16, sync_strategy="recompute", report=rep)
+    tiled_decode(vae, z, tile=TILE, halo=16, overlap=0, sync_strategy="recompute", report=rep)
     assert not rep["exact"] and rep["exact_halo_px"] == halos["recompute"]
+    # a given halo is not known to be exact beforehand, so the default overlap blends
+    assert V._default_overlap(None, True, "canvas", 16) == V.DEFAULT_OVERLAP_PX
+    assert V._default_overlap(None, True, "canvas", None) == 0 == V._default_overlap(0, False, "tile", 16)
+    assert V._default_overlap(None, False, "canvas", None) == V.DEFAULT_OVERLAP_PX
     # without the refresh, the same 16 px park run carries the zero padding inwards
     calls: list = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(V, "_refresh_halos", lambda *a: calls.append(1))
-        stale = tiled_decode(vae, z, tile=TILE, halo=16, sync_strategy="park")
+        stale = tiled_decode(vae, z, tile=TILE, halo=16, overlap=0, sync_strategy="park")
     assert calls and errors(stale, full)["max"] > 1e-3
 
 
@@ -531,3 +535,20 @@ def test_replays_never_write_into_their_checkpoint(layout):
                 lay.steps[T.pc].body(T, reply)
                 T.pc += 1
         assert checked > 10
+
+
+def test_unknown_spatial_ops_are_never_claimed_exact():
+    """The exact halo counts nn.Conv2d reaches (and non-overlapping pools): a VAE with
+    another spatial operation (here a transposed-conv upsampler) gets the default halo and
+    overlap, and its report says it is not exact."""
+    import mdtools.vae as V
+
+    vae = make_vae(attention=False)
+    assert V._reach_known(V.vae_layout(vae, "decode"))
+    up = vae.decoder.up_blocks[0].upsamplers[0]
+    up.conv = torch.nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1)
+    up.use_conv_transpose = True
+    assert not V._reach_known(V.vae_layout(vae, "decode"))
+    rep: dict = {}
+    tiled_decode(vae, structured_latents(LAT, 2 * LAT), tile=2 * TILE, report=rep)  # default 64 px overlap
+    assert rep["n_tiles"] > 1 and not rep["exact"] and rep["exact_halo_px"] is None and rep["halo_px"] == V.DEFAULT_DECODE_HALO_PX

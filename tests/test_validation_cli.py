@@ -96,3 +96,14 @@ def test_python_api_readme_example_on_saved_tiny_pipeline(saved_sd_dir):
     out = md("a photo of a beach", height=64, width=256, overlap=32, num_inference_steps=3,
              generator=0, progress=False)
     assert out.images[0].size == (256, 64) and out.plan.n_views == 7
+
+
+def test_hub_models_get_their_scheduler_family_checked_after_loading():
+    """A hub id has no config on disk: its kind is unknown before loading, so a flow
+    scheduler for a hub FLUX model is not refused as a UNet mismatch (set_scheduler checks
+    it once the model is loaded)."""
+    from mdtools.config import validate_runs
+
+    (run,) = validate_runs([{"model": "black-forest-labs/FLUX.1-dev", "prompt": "x",
+                             "sampler": {"scheduler": "flow_euler"}}])
+    assert run.sampler.scheduler == "flow_euler"

@@ -23,7 +23,8 @@ sync_freq 1, sync_steps 10 (the official shell script and notebook; the function
 default is 50), loss LPIPS(VGG). Departures: the official code computes the anchor's own
 gradient and discards it; mdtools skips it (identical result, one backward pass less per
 sync step). It hard-codes SD's scale 0.18215 and DDIM; mdtools uses the VAE's scaling
-factor and any scheduler (x0 from the scheduler's alpha-bar or sigma at step i).
+factor and any scheduler (x0 from the scheduler's alpha-bar or sigma at step i; on SD3 /
+FLUX's flow matching x0 = x - sigma v, `predicted_x0`).
 
 Memory is bounded: one view with gradients at a time; `checkpointing=True` turns on the
 UNet's and VAE's gradient checkpointing for the sync pass.
