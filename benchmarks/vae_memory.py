@@ -122,7 +122,12 @@ def decode(method: str, vae, z, tile: int, overlap: int):
         finally:
             vae.disable_tiling()
     strategy = {"mdtools_sync_park": "park", "mdtools_sync_recompute": "recompute"}.get(method, "park")
-    return tiled_decode(vae, z, tile=mdtools_tile(tile), overlap=overlap, sync_groupnorm=method != "mdtools_nosync",
+    from mdtools.vae import DEFAULT_DECODE_HALO_PX
+
+    # the setup docs/vae.md's toy-VAE table was measured with: 64 px halos (mdtools' exact
+    # runs now default to the smaller exact halo; benchmarks/vae_fast.py measures those)
+    return tiled_decode(vae, z, tile=mdtools_tile(tile), overlap=overlap, halo=DEFAULT_DECODE_HALO_PX,
+                        sync_groupnorm=method != "mdtools_nosync",
                         sync_strategy=strategy, offload=True,
                         attention="tile" if method == "mdtools_sync_tile_attention" else "canvas")
 
