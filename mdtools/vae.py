@@ -1300,13 +1300,14 @@ def _kv_bytes(prof: _Profile, plan: VAETilePlan, batch: int, element_size: int) 
 
 def _live_kv_bytes(prof: _Profile, plan: VAETilePlan, batch: int, element_size: int,
                    checkpoints: frozenset[int]) -> list[int]:
-    """Per barrier b, the canvas keys / values held while round b runs: those of every
-    attention barrier from the latest checkpoint before b (where replays start) to b.
+    """Per barrier b, and last for the final round, the canvas keys / values held while
+    round b runs: those of every attention barrier from the latest checkpoint before b
+    (where replays start) to b.
     Once tiles are parked at a later checkpoint none passes an earlier attention again,
     and `_run_tiled` frees its keys. (`_checkpoints` makes the same count as it chooses.)"""
     per_px = plan.y.length * plan.x.length * batch * element_size
     cps, live, out = checkpoints, 0.0, []
-    for b, each in enumerate(prof.kv_each):
+    for b, each in enumerate((*prof.kv_each, 0.0)):  # the last entry: the final round
         if b - 1 in cps:  # replays now start at b - 1: keys of barriers before it are gone
             live = prof.kv_each[b - 1] * per_px
         live += each * per_px
@@ -1469,8 +1470,7 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
     held, last = [], None
     for b in range(n + 1):
         old = states[last] if last is not None else 0
-        kv_b = live[b] if b < n else sum(prof.kv_each[(last or 0):]) * canvas_px * batch * size
-        held.append(max(old, states[b] if b in cps else 0) + kv_b)
+        held.append(max(old, states[b] if b in cps else 0) + live[b])
         if b in cps:
             last = b
     # the untiled decode: every step and key / value projection once per canvas pixel, and
@@ -1542,6 +1542,7 @@ def _run_tiled(
     make_plan: Callable[[int], VAETilePlan],
     halo: int | None,
     default_halo: int,
+    reach_known: bool,
     in_unit: int,
     out_unit: int,
     kernel: Kernel,
@@ -1579,7 +1580,7 @@ def _run_tiled(
     sync = sync and not (probe.n_tiles == 1 and not (probe.y.wraps or probe.x.wraps))
     prof = _profile(layout, canvas_attention=sync and canvas_attention)
     sched = _schedule(layout, prof, make_plan, halo, default_halo=default_halo, sync=sync,
-                      exact=sync and canvas_attention and _reach_known(layout), strategy=strategy, park=park,
+                      exact=sync and canvas_attention and reach_known, strategy=strategy, park=park,
                       park_budget_bytes=park_budget_bytes, park_dtype=park_dtype, batch=B)
     plan, checkpoints = sched.plan, sched.checkpoints
     # exact: one tile with no wrap is the full decode; else the halo must cover every round's
@@ -1731,7 +1732,8 @@ def tiled_decode(
     (None when no halo can make the run exact) and exact.
     """
     layout = vae_layout(vae, "decode")
-    overlap = _default_overlap(overlap, sync_groupnorm, attention, halo, _reach_known(layout))
+    reach_known = _reach_known(layout)
+    overlap = _default_overlap(overlap, sync_groupnorm, attention, halo, reach_known)
     scale, k, circ, park_dev, pdt = _check_args(
         layout, latents, what="latents", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
         sync_groupnorm=sync_groupnorm, park=park, pixel_input=False, sync_strategy=sync_strategy,
@@ -1742,7 +1744,8 @@ def tiled_decode(
                               circular=circ)
 
     return _run_tiled(
-        layout=layout, x=latents, make_plan=make_plan, halo=halo, default_halo=DEFAULT_DECODE_HALO_PX, in_unit=1,
+        layout=layout, x=latents, make_plan=make_plan, halo=halo, default_halo=DEFAULT_DECODE_HALO_PX,
+        reach_known=reach_known, in_unit=1,
         out_unit=scale, kernel=k, blend_overlap=overlap,
         sync=sync_groupnorm, park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
         strategy=sync_strategy, canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes,
@@ -1794,7 +1797,8 @@ def tiled_encode(
     The other options are those of `tiled_decode`.
     """
     layout = vae_layout(vae, "encode")
-    overlap = _default_overlap(overlap, sync_groupnorm, attention, halo, _reach_known(layout))
+    reach_known = _reach_known(layout)
+    overlap = _default_overlap(overlap, sync_groupnorm, attention, halo, reach_known)
     scale, k, circ, park_dev, pdt = _check_args(
         layout, images, what="images", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
         sync_groupnorm=sync_groupnorm, park=park, pixel_input=True, sync_strategy=sync_strategy,
@@ -1808,6 +1812,7 @@ def tiled_encode(
 
     moments = _run_tiled(
         layout=layout, x=images, make_plan=make_plan, halo=halo, default_halo=DEFAULT_ENCODE_HALO_PX,
+        reach_known=reach_known,
         in_unit=scale, out_unit=1, kernel=k, blend_overlap=overlap // scale,
         sync=sync_groupnorm, park=park_dev, out_device=torch.device("cpu") if offload else None, report=report,
         strategy=sync_strategy, canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes,
