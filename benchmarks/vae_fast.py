@@ -14,6 +14,11 @@ one-piece decode). Methods:
   barriers that fit, replays from the latest parked state elsewhere (same bits as park);
 - `mdtools_recompute`: exact, nothing parked, every tile replayed from its input;
 - `mdtools_park_bf16`: park with `park_dtype="bfloat16"` (opt-in, not float-exact);
+- `mdtools_disk`: park out of core (`park="disk"`: parked states and canvas keys / values
+  in files under the system's temp dir), so the process holds one tile plus the output;
+  `disk_written_mb` / `disk_read_mb` say how much went through the files (here they
+  stayed in the kernel's page cache; on a machine where they reach the disk, add that
+  I/O at its bandwidth);
 - `mdtools_nosync`: plain tiling with mdtools' halo and blending.
 Equal tile size = equal network input: mdtools runs a body of 512 px less two exact halos
 (the halo its schedule needs, `schedule_estimate`: 16 px when parking at every barrier)
@@ -67,7 +72,7 @@ ARCH_DIRS = {"sd15": "stable-diffusion-v1-5", "sd21": "stable-diffusion-2-1"}
 SHARED = ROOT.parent / "shared" / "arch-configs"
 OUT_CSV = ROOT / "results" / "bench" / "vae_fast.csv"
 METHODS = ("full", "diffusers_tiled", "mdtools_park", "mdtools_auto:1024", "mdtools_recompute", "mdtools_park_bf16",
-           "mdtools_nosync")
+           "mdtools_disk", "mdtools_nosync")
 TILE, OVERLAP, HALO = 512, 64, 64
 
 
@@ -119,6 +124,8 @@ def decode(method: str, vae, z, report: dict):
         return tiled_decode(vae, z, sync_strategy="park", **kw)
     if method == "mdtools_park_bf16":
         return tiled_decode(vae, z, sync_strategy="park", park_dtype="bfloat16", **kw)
+    if method == "mdtools_disk":
+        return tiled_decode(vae, z, sync_strategy="park", park="disk", **kw)
     if method == "mdtools_recompute":
         return tiled_decode(vae, z, sync_strategy="recompute", **kw)
     if method.startswith("mdtools_auto:"):
@@ -130,7 +137,8 @@ def decode(method: str, vae, z, report: dict):
 def _strategy(method: str) -> tuple[str, int | None]:
     if method.startswith("mdtools_auto:"):
         return "auto", int(float(method.split(":", 1)[1]) * 2**20)
-    return {"mdtools_park": "park", "mdtools_park_bf16": "park", "mdtools_recompute": "recompute"}.get(
+    return {"mdtools_park": "park", "mdtools_park_bf16": "park", "mdtools_disk": "park",
+            "mdtools_recompute": "recompute"}.get(
         method, "auto"), None
 
 
@@ -220,6 +228,8 @@ def worker(method: str, size: int, arch: str, threads: int, save: Path | None) -
         "tile_runs": report.get("tile_runs", ""), "resumes": report.get("resumes", ""),
         "checkpoints": report.get("checkpoints", ""), "halo_px": report.get("halo_px", ""),
         "exact": report.get("exact", ""),
+        "disk_written_mb": round(report.get("disk_written_bytes", 0) / 2**20, 1) if report else "",
+        "disk_read_mb": round(report.get("disk_read_bytes", 0) / 2**20, 1) if report else "",
         "load_before": " ".join(f"{v:.2f}" for v in load0), "load_after": " ".join(f"{v:.2f}" for v in load1),
         "finite": bool(torch.isfinite(out).all()), "threads": threads, "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -295,20 +305,23 @@ def main() -> None:
 
 
 def _append(path: Path, row: dict) -> None:
-    """Append `row` to the CSV at `path` (header from the file if it exists, else from the row)."""
+    """Append `row` to the CSV at `path`; a column the file lacks is added (the file is
+    rewritten with it, earlier rows left empty there)."""
+    rows: list[dict] = []
+    fields, rewrite = list(row), True
     if path.is_file() and path.stat().st_size:
         with path.open(newline="") as fh:
-            fields = next(csv.reader(fh))
-        new = False
-        if missing := [k for k in row if k not in fields]:
-            print(f"  note: {path.name} has no column for {missing}; start a new file with --fresh to keep them")
-    else:
-        fields, new = list(row), True
-    with path.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        if new:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or [])
+            missing = [k for k in row if k not in fields]
+            rows, fields, rewrite = (list(reader), fields + missing, True) if missing else ([], fields, False)
+    if rewrite:
+        with path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
-        w.writerow(row)
+            w.writerows(rows)
+    with path.open("a", newline="") as fh:
+        csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore").writerow(row)
 
 
 if __name__ == "__main__":

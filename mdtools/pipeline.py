@@ -513,9 +513,11 @@ class MultiDiffusionPipeline:
 
     def vae_tiling_options(self, vae_tiling: Any, plan: TilePlan) -> dict[str, Any] | None:
         """Resolve `vae_tiling` (False, True, "auto" or a dict with keys tiling, tile, overlap,
-        sync_groupnorm, sync_strategy, auto_pixels, park_budget_bytes, park_dtype) into tiled-decode
-        options, or None for a full decode. sync_strategy: one of `mdtools.vae.SYNC_STRATEGIES`;
-        park_budget_bytes caps what the "auto" strategy parks (see `mdtools.vae.tiled_decode`).
+        sync_groupnorm, sync_strategy, auto_pixels, park, park_budget_bytes, park_dtype) into
+        tiled-decode options, or None for a full decode. sync_strategy: one of
+        `mdtools.vae.SYNC_STRATEGIES`; park: where waiting tiles are kept ("cpu", a device, or
+        "disk" / "disk:<dir>" out of core); park_budget_bytes caps what the "auto" strategy
+        parks (see `mdtools.vae.tiled_decode`).
 
         "auto" tiles when the canvas has more than `auto_pixels` pixels (default 2048^2, where
         a full SD decode needs several GB of activations)."""
@@ -523,11 +525,14 @@ class MultiDiffusionPipeline:
             return None
         opts: dict[str, Any] = {"tiling": vae_tiling} if not isinstance(vae_tiling, dict) else dict(vae_tiling)
         unknown = set(opts) - {"tiling", "tile", "overlap", "sync_groupnorm", "sync_strategy", "auto_pixels",
-                               "park_budget_bytes", "park_dtype"}
+                               "park", "park_budget_bytes", "park_dtype"}
         if unknown:
             raise ConfigError(f"vae_tiling has unknown key(s) {sorted(unknown)}; valid keys: tiling, tile, overlap, "
-                              "sync_groupnorm, sync_strategy, auto_pixels, park_budget_bytes, park_dtype")
-        from .vae import SYNC_STRATEGIES
+                              "sync_groupnorm, sync_strategy, auto_pixels, park, park_budget_bytes, park_dtype")
+        from .vae import SYNC_STRATEGIES, park_target
+
+        if opts.get("park") is not None:
+            park_target(opts["park"], "vae_tiling.park")  # a bad value fails here, before any denoising
 
         strategy = opts.get("sync_strategy") or "auto"
         check_choice("vae_tiling.sync_strategy", strategy, SYNC_STRATEGIES)
@@ -546,7 +551,7 @@ class MultiDiffusionPipeline:
             "sync_strategy": strategy,
             "circular": plan.circular,
             # None: tiled_decode's own default (a quarter of the park device's free memory, exact parking)
-            **{k: opts[k] for k in ("park_budget_bytes", "park_dtype") if opts.get(k) is not None},
+            **{k: opts[k] for k in ("park", "park_budget_bytes", "park_dtype") if opts.get(k) is not None},
         }
 
     def decode(self, latents: torch.Tensor, *, tiling: dict[str, Any] | None = None,

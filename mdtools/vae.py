@@ -88,6 +88,12 @@ noise (and with one halo exact for all of them they gave the same bits on CPU, t
   are freed once tiles are parked past it.
 - `park_dtype="bfloat16"` / `"float16"` (opt-in) parks states in half precision: half the
   parked bytes, but no longer float-exact, and no longer identical across strategies.
+- `park="disk"` (or "disk:<dir>") parks out of core: parked states and the canvas keys /
+  values go to files in a private temporary directory (`_DiskStore`), so the process holds
+  one tile's working set plus the output, at any canvas size. Halos are refreshed from
+  small edge files each owner writes when it is parked (the same values as
+  `_refresh_halos`), and the canvas attention streams the keys / values block by block
+  with an online softmax: float noise against the in-memory attention, not the same bits.
 (An iterative alternative, re-running whole passes with the previous pass's statistics,
 Jacobi style, was tried and does not converge on random-weight VAEs; it is not offered.)
 `sync_groupnorm=False` runs tiles one after another start to finish with their own
@@ -113,6 +119,9 @@ FloatingPointError naming the tile and layer; GroupNorm is always computed in fl
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Union
 
@@ -678,16 +687,20 @@ def _attention_steps(a: _AttnSpec) -> list[_Step]:
         res = T.stack.pop()
         shape = tuple(h.shape)
         q = a.q(h)
-        if kv is not None:
+        if isinstance(kv, _DiskKV):  # out of core: stream the blocks
+            del h
+            o = _attend_blocks(q, kv.read(q.device), a.scale)
+        elif kv is not None:
             del h
             k, v = (t.to(q.device, q.dtype) for t in kv)
             o = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + ATTENTION_QUERY_CHUNK], k, v, scale=a.scale)
                            for i in range(0, q.shape[2], ATTENTION_QUERY_CHUNK)], dim=2)
+            del k, v
         else:
             k, v = a.k(h), a.v(h)
             del h
             o = F.scaled_dot_product_attention(q, k, v, scale=a.scale)
-        del k, v
+            del k, v
         o = a.out(o.to(q.dtype), shape)
         if a.residual:
             o = o.add_(res)
@@ -1010,11 +1023,37 @@ def _check_args(layout: VAELayout, x: Any, *, what: str, tile: Any, overlap: Any
     check_choice("attention", attention, ("canvas", "tile"))
     _check_budget(park_budget_bytes)
     park_dtype = _park_dtype(park_dtype)
+    return scale, get_kernel(kernel), ("x" if circular is True else circular), park_target(park), park_dtype
+
+
+@dataclass(frozen=True)
+class DiskPark:
+    """Park out of core: tile states and canvas keys / values in files under `root`."""
+
+    root: str
+    type: str = "disk"
+
+
+Park = Union[torch.device, DiskPark]
+
+
+def park_target(park: Any, field: str = "park") -> Park:
+    """`park` as given to tiled_decode / tiled_encode -> a torch.device, or a DiskPark for
+    "disk" (the system's temporary directory) / "disk:<dir>" (ConfigError naming `field`
+    otherwise)."""
+    if isinstance(park, DiskPark):
+        return park
+    if isinstance(park, str) and (park == "disk" or park.startswith("disk:")):
+        root = os.path.expanduser(park[5:]) or tempfile.gettempdir()
+        if not os.path.isdir(root) or not os.access(root, os.W_OK | os.X_OK):
+            raise ConfigError(f"{field}={park!r}: {root!r} is not a writable directory; use 'disk' (the system's "
+                              "temporary directory) or 'disk:/path/to/scratch'")
+        return DiskPark(root)
     try:
-        park_dev = torch.device(park)
+        return torch.device(park)
     except (TypeError, RuntimeError) as exc:
-        raise ConfigError(f"park must be a device such as 'cpu', got {park!r}") from exc
-    return scale, get_kernel(kernel), ("x" if circular is True else circular), park_dev, park_dtype
+        raise ConfigError(f"{field} must be a device such as 'cpu' or 'cuda', or 'disk' / 'disk:<dir>' (out of core), "
+                          f"got {park!r}") from exc
 
 
 def _default_overlap(overlap: int | None, sync_groupnorm: Any, attention: Any, halo: Any = None,
@@ -1254,6 +1293,45 @@ def _axis_runs(axis: AxisTiles) -> list[list[tuple[int, int, int, int]]]:
     return runs
 
 
+def _halo_copies(tiles: list[tuple[int, int]], runs: tuple[list, list]
+                 ) -> Iterator[tuple[int, int, tuple[int, int, int, int, int, int]]]:
+    """Every copy of a halo refresh: (dst tile, owner tile, (dy, sy, ny, dx, sx, nx)) puts
+    the owner's latent box [sy:sy+ny, sx:sx+nx] (in its core) at [dy:dy+ny, dx:dx+nx] of
+    the destination's non-core pixels (halo, and overlap beyond its core)."""
+    index = {key: t for t, key in enumerate(tiles)}
+    ry, rx = runs
+    for t, (i, j) in enumerate(tiles):
+        for dy, oy, sy, ny in ry[i]:
+            for dx, ox, sx, nx in rx[j]:
+                if oy == i and ox == j and dy == sy and dx == sx:
+                    continue  # its own core
+                yield t, index[(oy, ox)], (dy, sy, ny, dx, sx, nx)
+
+
+def _unique(stack: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """The distinct tensors of a stack (a skip branch may share its input's tensor), in
+    order of first appearance, and each slot's index into them."""
+    first: dict[int, int] = {}
+    uniq: list[torch.Tensor] = []
+    slots = []
+    for t in stack:
+        if id(t) not in first:
+            first[id(t)] = len(uniq)
+            uniq.append(t)
+        slots.append(first[id(t)])
+    return uniq, slots
+
+
+def _grid_box(x: torch.Tensor, hw: tuple[int, int], key: Any, y0: int, ny: int, x0: int, nx: int
+              ) -> tuple[slice, slice, slice, slice]:
+    """Index of the latent box [y0:y0+ny, x0:x0+nx] in an activation of a tile whose input
+    is `hw` latent pixels (the activation has an integer number of pixels per latent pixel)."""
+    if x.ndim != 4 or x.shape[-2] % hw[0] or x.shape[-1] % hw[1]:
+        raise RuntimeError(f"stack tensor {tuple(x.shape)} of tile {key} is not on its latent grid")
+    u, v = x.shape[-2] // hw[0], x.shape[-1] // hw[1]
+    return slice(None), slice(None), slice(y0 * u, (y0 + ny) * u), slice(x0 * v, (x0 + nx) * v)
+
+
 def _refresh_halos(parked: list[_Tile | None], tiles: list[tuple[int, int]],
                    runs: tuple[list, list]) -> None:
     """With every tile parked at the same barrier, overwrite each tile's non-core pixels
@@ -1262,26 +1340,218 @@ def _refresh_halos(parked: list[_Tile | None], tiles: list[tuple[int, int]],
     exactly the full decode's activations over its tile: the edge error that zero padding
     started is erased, and the next round starts clean. Sources are cores, never written
     here, so the order of the copies does not matter."""
-    index = {key: t for t, key in enumerate(tiles)}
-    ry, rx = runs
-    for t, (i, j) in enumerate(tiles):
-        T = parked[t]
-        for dy, oy, sy, ny in ry[i]:
-            for dx, ox, sx, nx in rx[j]:
-                if oy == i and ox == j and dy == sy and dx == sx:
-                    continue  # its own core
-                S = parked[index[(oy, ox)]]
-                seen: set[int] = set()
-                for m, dst in enumerate(T.stack):
-                    if id(dst) in seen:
-                        continue
-                    seen.add(id(dst))
-                    src = S.stack[m]
-                    if dst.ndim != 4 or dst.shape[-2] % T.hw[0] or dst.shape[-1] % T.hw[1]:
-                        raise RuntimeError(f"stack tensor {tuple(dst.shape)} of tile {T.key} is not on its latent grid")
-                    u, v = dst.shape[-2] // T.hw[0], dst.shape[-1] // T.hw[1]
-                    dst[:, :, dy * u:(dy + ny) * u, dx * v:(dx + nx) * v] = \
-                        src[:, :, sy * u:(sy + ny) * u, sx * v:(sx + nx) * v]
+    for t, o, (dy, sy, ny, dx, sx, nx) in _halo_copies(tiles, runs):
+        T, S = parked[t], parked[o]
+        dst, _ = _unique(T.stack)
+        src, _ = _unique(S.stack)
+        for d, s_ in zip(dst, src):
+            d[_grid_box(d, T.hw, T.key, dy, ny, dx, nx)] = s_[_grid_box(s_, S.hw, S.key, sy, ny, sx, nx)]
+
+
+#: (shape, dtype) of each tensor of a file, in the order written
+_Meta = list[tuple[tuple[int, ...], torch.dtype]]
+
+
+def _write_tensors(path: str, tensors: list[torch.Tensor]) -> tuple[_Meta, int]:
+    """Write CPU tensors' raw bytes one after another; returns their metas and the bytes."""
+    meta, n = [], 0
+    with open(path, "wb") as f:
+        for t in tensors:
+            t = t.contiguous()
+            f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+            meta.append((tuple(t.shape), t.dtype))
+            n += t.numel() * t.element_size()
+    return meta, n
+
+
+def _read_tensors(path: str, meta: _Meta) -> list[torch.Tensor]:
+    """Read back what `_write_tensors` wrote, into fresh CPU tensors (plain reads, no
+    memory map: the file's pages stay the kernel's cache, not this process's memory)."""
+    out = []
+    with open(path, "rb") as f:
+        for shape, dtype in meta:
+            t = torch.empty(shape, dtype=dtype)
+            buf = t.reshape(-1).view(torch.uint8).numpy()
+            if f.readinto(buf.data) != buf.nbytes:
+                raise RuntimeError(f"{path} is shorter than written (the disk is full or the file was changed)")
+            out.append(t)
+    return out
+
+
+@dataclass
+class _DiskState:
+    """A tile parked on disk: its state without tensors, and where they are."""
+
+    tile: _Tile
+    path: str
+    meta: _Meta
+    slots: list[int]
+    barrier: int
+    size: int
+
+    @property
+    def pc(self) -> int:
+        return self.tile.pc
+
+    def nbytes(self) -> int:
+        return self.size
+
+
+@dataclass
+class _DiskKV:
+    """Canvas keys and values on disk, one block per tile core in tile order (the order
+    of the in-memory concatenation)."""
+
+    path: str
+    blocks: list[tuple[int, _Meta]]  # (offset, [(keys shape, dtype), (values shape, dtype)])
+    store: _DiskStore
+
+    def read(self, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.store.kv_blocks(self, device)
+
+
+class _DiskStore:
+    """Out-of-core parking (`park="disk"`): tile states, halo-refresh edges and canvas keys
+    / values in files of a private temporary directory (removed by `close`).
+
+    When tile t is parked at checkpoint k it also writes, for every tile u whose halo it
+    owns, the boxes of its core that u's non-core pixels are (`_halo_copies`), cast as
+    parked; loading u's state of checkpoint k pastes them in, which is what
+    `_refresh_halos` does in memory. So no tile ever needs another tile's whole state."""
+
+    def __init__(self, root: str, tiles: list[tuple[int, int]], runs: tuple[list, list]) -> None:
+        self.dir = tempfile.mkdtemp(prefix="mdtools-park-", dir=root)
+        self.sends: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        for u, o, box in _halo_copies(tiles, runs):
+            self.sends.setdefault(o, []).append((u, box))
+        #: tile u -> its edges, as (checkpoint, path, meta, boxes)
+        self.edges: dict[int, list[tuple[int, str, _Meta, list[tuple[int, ...]]]]] = {}
+        self.hw: dict[int, tuple[int, int]] = {}
+        self.written = self.read = 0
+
+    def park(self, t: int, T: _Tile, barrier: int, dtype: torch.dtype | None) -> _DiskState:
+        uniq, slots = _unique(T.stack)
+        cpu = torch.device("cpu")
+        uniq = [x.to(device=cpu, dtype=dtype or x.dtype) for x in uniq]
+        self.hw[t] = T.hw
+        for u, boxes in self._by_destination(t):
+            pieces = [x[_grid_box(x, T.hw, T.key, sy, ny, sx, nx)]
+                      for (_, sy, ny, _, sx, nx) in boxes for x in uniq]
+            path = os.path.join(self.dir, f"e{u}-{t}-{barrier}")
+            meta, n = _write_tensors(path, pieces)
+            self.written += n
+            self.edges.setdefault(u, []).append((barrier, path, meta, boxes))
+        path = os.path.join(self.dir, f"s{t}-{barrier}")
+        meta, n = _write_tensors(path, uniq)
+        self.written += n
+        state = _Tile(T.key, T.hw, T.core, T.sync, [], T.layer, T.known, T.canvas_attention, T.pc)
+        T.stack = []
+        return _DiskState(state, path, meta, slots, barrier, n)
+
+    def _by_destination(self, t: int) -> list[tuple[int, list[tuple[int, ...]]]]:
+        out: dict[int, list[tuple[int, ...]]] = {}
+        for u, box in self.sends.get(t, []):
+            out.setdefault(u, []).append(box)
+        return list(out.items())
+
+    def load(self, t: int, state: _DiskState, device: torch.device, dtype: torch.dtype, last: bool) -> _Tile:
+        """The parked tile on `device` / `dtype`, its halos refreshed; `last`: the state is
+        not needed again (its files are removed)."""
+        uniq = _read_tensors(state.path, state.meta)
+        self.read += state.size
+        keep = []
+        for barrier, path, meta, boxes in self.edges.get(t, []):
+            if barrier != state.barrier:
+                keep.append((barrier, path, meta, boxes))
+                continue
+            pieces = iter(_read_tensors(path, meta))
+            for dy, _, ny, dx, _, nx in boxes:
+                for x in uniq:
+                    p = next(pieces)
+                    self.read += p.numel() * p.element_size()
+                    x[_grid_box(x, state.tile.hw, state.tile.key, dy, ny, dx, nx)] = p
+            if last:
+                os.remove(path)
+            else:
+                keep.append((barrier, path, meta, boxes))
+        self.edges[t] = keep
+        if last:
+            os.remove(state.path)
+        T = state.tile
+        T = _Tile(T.key, T.hw, T.core, T.sync, [uniq[i] for i in state.slots], T.layer, T.known,
+                  T.canvas_attention, T.pc)
+        T.move(device, dtype)
+        return T
+
+    def put_kv(self, msg: Message) -> Message:
+        """Append a tile's core keys / values to the barrier's file; the message then
+        carries where they are instead of the tensors."""
+        layer, _, k, v = msg
+        path = os.path.join(self.dir, f"kv{layer}")
+        offset = os.path.getsize(path) if os.path.exists(path) else 0
+        with open(path, "ab") as f:
+            meta = []
+            for x in (k, v):
+                x = x.to("cpu").contiguous()
+                f.write(x.reshape(-1).view(torch.uint8).numpy().data)
+                meta.append((tuple(x.shape), x.dtype))
+                self.written += x.numel() * x.element_size()
+        return (layer, "kv", path, offset, meta)
+
+    def kv_reply(self, msgs: list[Message]) -> _DiskKV:
+        return _DiskKV(msgs[0][2], [(m[3], m[4]) for m in msgs], self)
+
+    def kv_blocks(self, kv: _DiskKV, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        with open(kv.path, "rb") as f:
+            for offset, meta in kv.blocks:
+                f.seek(offset)
+                pair = []
+                for shape, dtype in meta:
+                    t = torch.empty(shape, dtype=dtype)
+                    buf = t.reshape(-1).view(torch.uint8).numpy()
+                    if f.readinto(buf.data) != buf.nbytes:
+                        raise RuntimeError(f"{kv.path} is shorter than written")
+                    self.read += buf.nbytes
+                    pair.append(t.to(device))
+                yield pair[0], pair[1]
+
+    def drop_kv(self, kv: Any) -> None:
+        if isinstance(kv, _DiskKV) and os.path.exists(kv.path):
+            os.remove(kv.path)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _attend_blocks(q: torch.Tensor, blocks: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                   scale: float | None) -> torch.Tensor:
+    """softmax(q k^T * scale) v over keys / values that arrive in blocks, each read once:
+    the online softmax (a running maximum m, normaliser l and weighted sum, rescaled by
+    exp(m_old - m_new) when the maximum grows; Milakov & Gimelshein 2018). Equal to the
+    one-piece attention up to float rounding, in float32."""
+    B, H, N, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    qf = q.float()
+    m = torch.full((B, H, N, 1), -math.inf, device=q.device)
+    den = torch.zeros(B, H, N, 1, device=q.device)
+    acc = None
+    for k, v in blocks:
+        k, v = k.float(), v.float()
+        if acc is None:
+            acc = torch.zeros(B, H, N, v.shape[-1], device=q.device)
+        for i in range(0, N, ATTENTION_QUERY_CHUNK):
+            c = slice(i, i + ATTENTION_QUERY_CHUNK)
+            s = torch.matmul(qf[:, :, c], k.transpose(-1, -2)).mul_(scale)
+            new = torch.maximum(m[:, :, c], s.amax(dim=-1, keepdim=True))
+            p = s.sub_(new).exp_()
+            fix = torch.exp(m[:, :, c] - new)
+            den[:, :, c] = den[:, :, c] * fix + p.sum(dim=-1, keepdim=True)
+            acc[:, :, c] = acc[:, :, c] * fix + torch.matmul(p, v)
+            m[:, :, c] = new
+            del s, p
+    if acc is None:
+        raise RuntimeError("no keys / values to attend over")
+    return acc.div_(den)
 
 
 def _tile_pixels(plan: VAETilePlan) -> int:
@@ -1327,8 +1597,11 @@ def parked_bytes_estimate(vae: Any, plan: VAETilePlan, *, decode: bool, element_
                                                                                      element_size)
 
 
-def _free_bytes(device: torch.device) -> int:
-    """Free memory of `device`: CUDA's free memory, or the host's MemAvailable."""
+def _free_bytes(device: Park) -> int:
+    """Free memory of `device`: CUDA's free memory, the host's MemAvailable, or for a
+    DiskPark the free space of its file system."""
+    if isinstance(device, DiskPark):
+        return int(shutil.disk_usage(device.root).free)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
@@ -1375,7 +1648,7 @@ def _strategy_name(checkpoints: frozenset[int], n: int) -> str:
     return "park" if len(checkpoints) == n else "recompute" if not checkpoints else "checkpoint"
 
 
-def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode: bool, park: torch.device,
+def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode: bool, park: str | Park,
                           park_budget_bytes: int | None = None, park_dtype: str | torch.dtype | None = None,
                           batch: int = 1) -> str:
     """What `strategy` runs as: "park", "recompute" or (from "auto" when only some barriers
@@ -1386,7 +1659,7 @@ def resolve_sync_strategy(strategy: str, vae: Any, plan: VAETilePlan, *, decode:
     prof = _profile(layout, canvas_attention=True)
     park_dtype = _park_dtype(park_dtype)
     size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
-    budget = _park_budget(park_budget_bytes, park) if strategy == "auto" else 0
+    budget = _park_budget(park_budget_bytes, park_target(park)) if strategy == "auto" else 0
     cps = _checkpoints(strategy, prof, plan, batch=batch, element_size=size, budget=budget)
     return _strategy_name(cps, len(prof.values))
 
@@ -1432,7 +1705,7 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
 
     sched = _schedule(layout, prof, make_plan, halo, default_halo=DEFAULT_DECODE_HALO_PX if decode else
                       DEFAULT_ENCODE_HALO_PX, sync=True, exact=_reach_known(layout), strategy=sync_strategy,
-                      park=torch.device(park), park_budget_bytes=park_budget_bytes, park_dtype=park_dtype,
+                      park=park_target(park), park_budget_bytes=park_budget_bytes, park_dtype=park_dtype,
                       batch=batch)
     plan, cps = sched.plan, sched.checkpoints
     size = park_dtype.itemsize if park_dtype is not None else layout.parameter.element_size()
@@ -1490,7 +1763,7 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
             >= sched.needed_px}
 
 
-def _park_budget(park_budget_bytes: int | None, park: torch.device) -> int:
+def _park_budget(park_budget_bytes: int | None, park: Park) -> int:
     return int(PARK_BUDGET_FRACTION * _free_bytes(park)) if park_budget_bytes is None else park_budget_bytes
 
 
@@ -1506,7 +1779,7 @@ class _Schedule:
 
 
 def _schedule(layout: VAELayout, prof: _Profile, make_plan: Callable[[int], VAETilePlan], halo: int | None, *,
-              default_halo: int, sync: bool, exact: bool, strategy: str, park: torch.device,
+              default_halo: int, sync: bool, exact: bool, strategy: str, park: Park,
               park_budget_bytes: int | None, park_dtype: torch.dtype | None, batch: int) -> _Schedule:
     """Plan the tiles and the checkpoints together. With `halo=None` on an exact run
     (synchronised statistics and canvas attention) the halo is the smallest that is exact
@@ -1548,7 +1821,7 @@ def _run_tiled(
     kernel: Kernel,
     blend_overlap: int,
     sync: bool,
-    park: torch.device,
+    park: Park,
     out_device: torch.device | None,
     report: dict | None,
     strategy: str = "auto",
@@ -1623,59 +1896,84 @@ def _run_tiled(
 
     tiles = list(plan.tiles())
     runs = (_axis_runs(plan.y), _axis_runs(plan.x))
-    parked: list[_Tile | None] = [None] * len(tiles)
+    parked: list[Any] = [None] * len(tiles)  # _Tile, or _DiskState out of core
     parked_peak = 0
-    known: list[tuple[torch.Tensor, torch.Tensor]] = []
+    known: list[Any] = []
     attn_barriers = 0
-    host = device.type == "cpu" or park.type == "cpu"  # give freed tile memory back to the OS
-    with torch.inference_mode():
-        for k in range(n_barriers + 1):
-            final = k == n_barriers
-            msgs: list[Message] = []
-            for t, (i, j) in enumerate(tiles):
-                state = parked[t]
-                if state is None:
-                    T = start(i, j, known)
-                elif final or k in checkpoints:  # its next parked state replaces this one
-                    T, parked[t] = state, None
-                    T.move(device, dtype)
-                else:  # replay: this checkpoint is needed again next round, so it is not written
-                    T = state.snapshot(device, dtype, copy_top=steps[state.pc].mutates_top)
-                    resumes += 1
-                msg = _advance(T, steps)
-                if msg is None:
-                    if not final:
-                        raise RuntimeError(f"tile {T.key} finished before barrier {k}")
-                    finish(T, T.stack.pop())
-                else:
-                    if final or msg[0] != k:
-                        raise RuntimeError("tiles reached different GroupNorm layers")
-                    msgs.append(msg)
-                    if k in checkpoints:
-                        T.move(park, park_dtype)
-                        parked[t] = T
-                del T, state
-                if host:
-                    _malloc_trim()
-            if sync and checkpoints:
-                parked_peak = max(parked_peak, sum(s.nbytes() for s in parked if s is not None))
-            if not final and k in checkpoints:
-                _refresh_halos(parked, tiles, runs)
-                # every tile now resumes at k or later: the canvas keys / values of earlier
-                # attention barriers are never read again
-                for a in range(min(k, len(known))):
-                    if prof.kv_each[a]:
-                        known[a] = None
-            if not final:
-                known.append(_reply(msgs, device))
-                attn_barriers += msgs[0][1] == "kv"
-                del msgs
+    disk = isinstance(park, DiskPark) and sync
+    store = _DiskStore(park.root, tiles, runs) if disk else None
+    # give freed tile memory back to the OS
+    host = device.type == "cpu" or not isinstance(park, torch.device) or park.type == "cpu"
+    try:
+        with torch.inference_mode():
+            for k in range(n_barriers + 1):
+                final = k == n_barriers
+                msgs: list[Message] = []
+                for t, (i, j) in enumerate(tiles):
+                    state = parked[t]
+                    if state is None:
+                        T = start(i, j, known)
+                    elif final or k in checkpoints:  # its next parked state replaces this one
+                        parked[t] = None
+                        if store is not None:
+                            T = store.load(t, state, device, dtype, last=True)
+                        else:
+                            T = state
+                            T.move(device, dtype)
+                    else:  # replay: this checkpoint is needed again next round, so it is not written
+                        if store is not None:
+                            T = store.load(t, state, device, dtype, last=False)
+                        else:
+                            T = state.snapshot(device, dtype, copy_top=steps[state.pc].mutates_top)
+                        resumes += 1
+                    msg = _advance(T, steps)
+                    if msg is None:
+                        if not final:
+                            raise RuntimeError(f"tile {T.key} finished before barrier {k}")
+                        finish(T, T.stack.pop())
+                    else:
+                        if final or msg[0] != k:
+                            raise RuntimeError("tiles reached different GroupNorm layers")
+                        msgs.append(store.put_kv(msg) if store is not None and msg[1] == "kv" else msg)
+                        del msg
+                        if k in checkpoints:
+                            if store is not None:
+                                parked[t] = store.park(t, T, k, park_dtype)
+                            else:
+                                T.move(park, park_dtype)
+                                parked[t] = T
+                    del T, state
+                    if host:
+                        _malloc_trim()
+                if sync and checkpoints:
+                    parked_peak = max(parked_peak, sum(s.nbytes() for s in parked if s is not None))
+                if not final and k in checkpoints:
+                    if store is None:  # out of core, the owners' edge files refresh the halos on load
+                        _refresh_halos(parked, tiles, runs)
+                    # every tile now resumes at k or later: the canvas keys / values of earlier
+                    # attention barriers are never read again
+                    for a in range(min(k, len(known))):
+                        if prof.kv_each[a]:
+                            if store is not None:
+                                store.drop_kv(known[a])
+                            known[a] = None
+                if not final:
+                    kv = msgs[0][1] == "kv"
+                    known.append(store.kv_reply(msgs) if store is not None and kv else _reply(msgs, device))
+                    attn_barriers += kv
+                    del msgs
+    finally:
+        if store is not None:
+            store.close()
     if report is not None:
         report.update(n_tiles=plan.n_tiles, synced=sync, groupnorm_barriers=n_barriers - attn_barriers,
                       canvas_attention=bool(attn_barriers),
                       strategy=_strategy_name(checkpoints, n_barriers) if sync else "none", tile_runs=tile_runs,
                       resumes=resumes, checkpoints=len(checkpoints), parked_peak_bytes=parked_peak,
-                      layout=layout.kind, halo_px=sched.halo_px, exact_halo_px=sched.needed_px, exact=exact)
+                      layout=layout.kind, halo_px=sched.halo_px, exact_halo_px=sched.needed_px, exact=exact,
+                      park="disk" if disk else str(park) if sync else None,
+                      disk_written_bytes=store.written if store is not None else 0,
+                      disk_read_bytes=store.read if store is not None else 0)
     return out
 
 
@@ -1713,7 +2011,11 @@ def tiled_decode(
     SD's decoder with "park"), else DEFAULT_DECODE_HALO_PX. `overlap=None`: 0 on such an
     exact run (nothing to blend), else DEFAULT_OVERLAP_PX. `circular`
     is False, True (= "x"), "x", "y" or "both". `offload=True` keeps the output canvas on
-    the CPU; `park` is where tiles waiting at a barrier keep their activations (sync only).
+    the CPU; `park` is where tiles waiting at a barrier keep their activations (sync only):
+    a device, or "disk" / "disk:<dir>" (out of core: parked states and the canvas keys /
+    values go to files in a temporary directory under the system's temp dir or <dir>,
+    removed at the end, so memory holds one tile plus the output at any canvas size; the
+    canvas attention then streams the keys in blocks, float noise against in-memory runs).
     `sync_strategy`: "park" (one pass; all tiles' activations parked on `park`, which grows
     with the canvas), "recompute" (memory of one tile on every device; each tile re-runs
     up to every GroupNorm, many times the compute) or "auto": park at every barrier
@@ -1729,7 +2031,8 @@ def tiled_decode(
     Returns a float32 (B, out_channels, 8h, 8w) tensor (blending is done in float32).
     `report`, if given, is filled with n_tiles, synced, groupnorm_barriers, strategy,
     tile_runs, resumes, checkpoints, parked_peak_bytes, layout, halo_px, exact_halo_px
-    (None when no halo can make the run exact) and exact.
+    (None when no halo can make the run exact), exact, park, and disk_written_bytes /
+    disk_read_bytes (out of core).
     """
     layout = vae_layout(vae, "decode")
     reach_known = _reach_known(layout)

@@ -247,6 +247,8 @@ def test_bfloat16_vae_decodes_finite(latents):
     (dict(sync_groupnorm="yes"), r"sync_groupnorm must be True or False"),
     (dict(sync_strategy="lazy"), r"sync_strategy='lazy' is not valid; choose one of \['auto', 'park', 'recompute'\]"),
     (dict(attention="global"), r"attention='global' is not valid; choose one of \['canvas', 'tile'\]"),
+    (dict(park="disk:/no/such/dir"), r"park='disk:/no/such/dir': '/no/such/dir' is not a writable directory"),
+    (dict(park="ram"), r"park must be a device such as 'cpu' or 'cuda', or 'disk'"),
 ])
 def test_bad_arguments_rejected(kwargs, match):
     vae = make_vae(attention=False)
@@ -430,6 +432,54 @@ def test_auto_strategy_parks_only_within_its_budget(monkeypatch):
     assert 0 < errors(half, ref)["max"] < 0.1
 
 
+def test_disk_parking_equals_memory_parking(tmp_path):
+    """park="disk" keeps parked states and canvas keys / values in files: the same bits
+    as parking in memory where only states move (attention within tiles), float noise
+    with canvas attention (the keys stream in blocks through an online softmax); the halo
+    refresh comes from edge files (without it this 16 px park run would be far off, see
+    above). Its files are gone afterwards, also when the decode fails."""
+    vae = make_vae(attention=True)
+    z = structured_latents(LAT, 20)
+    with torch.no_grad():
+        full = vae.decode(z).sample
+    park = f"disk:{tmp_path}"
+    for strategy, extra in (("park", {}), ("auto", {"park_budget_bytes": 300_000})):
+        mem, disk = {}, {}
+        a = tiled_decode(vae, z, tile=TILE, sync_strategy=strategy, report=mem, **extra)
+        b = tiled_decode(vae, z, tile=TILE, sync_strategy=strategy, park=park, report=disk, **extra)
+        assert disk["park"] == "disk" and disk["strategy"] == mem["strategy"] and disk["halo_px"] == mem["halo_px"]
+        assert disk["parked_peak_bytes"] == mem["parked_peak_bytes"] > 0 and disk["disk_read_bytes"] > 0
+        assert errors(b, full)["max"] < 2e-5 and errors(a, b)["max"] < 2e-5, (errors(b, full), errors(a, b))
+        kw = dict(tile=TILE, sync_strategy=strategy, attention="tile", halo=HALO, overlap=OVERLAP, **extra)
+        assert torch.equal(tiled_decode(vae, z, **kw), tiled_decode(vae, z, park=park, **kw))
+        assert list(tmp_path.iterdir()) == []
+    img = full.clamp(-1, 1)
+    kw = dict(tile=TILE, sync_strategy="park", attention="tile", halo=HALO, overlap=OVERLAP)
+    assert torch.equal(tiled_encode(vae, img, **kw), tiled_encode(vae, img, park=park, **kw))
+    bad = z.clone()
+    bad[..., -1, -1] = math.inf
+    with pytest.raises(FloatingPointError):
+        tiled_decode(vae, bad, tile=TILE, sync_strategy="park", park=park)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_online_softmax_attention_equals_one_piece_attention():
+    """The block-wise attention of disk parking against a float64 one-piece attention: its
+    rounding error is that of torch's float32 one-piece attention (within 2x)."""
+    import torch.nn.functional as F
+
+    from mdtools.vae import _attend_blocks
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=g) * 3 for n in (70, 90, 90))
+    blocks = [(k[:, :, a:b], v[:, :, a:b]) for a, b in ((0, 7), (7, 50), (50, 90))]
+    for scale in (None, 0.5):
+        exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale)
+        torch32 = (F.scaled_dot_product_attention(q, k, v, scale=scale).double() - exact).abs().max()
+        ours = (_attend_blocks(q, iter(blocks), scale).double() - exact).abs().max()
+        assert ours <= 2 * torch32 + 1e-6, (scale, ours, torch32)
+
+
 @pytest.mark.parametrize("up", [1, 2])
 @pytest.mark.parametrize("height", [16, 37])
 def test_conv_strips_equal_the_one_shot_convolution(monkeypatch, up, height):
@@ -498,6 +548,11 @@ def test_generation_uses_tiled_decode_and_records_the_choice(sd_pipe):
     assert torch.equal(off.latents, out.latents)
     with pytest.raises(ConfigError, match=r"vae_tiling.sync_strategy='fast' is not valid"):
         md("a", vae_tiling={"tiling": True, "sync_strategy": "fast"}, **kw)
+    with pytest.raises(ConfigError, match=r"vae_tiling.park='disk:/no/such': '/no/such' is not a writable directory"):
+        md("a", vae_tiling={"tiling": True, "park": "disk:/no/such"}, **kw)
+    disk = md("a", output_type="pt", vae_tiling={**opts, "sync_strategy": "park", "park": "disk"}, **kw)
+    assert disk.record.extra["vae_tiling"]["park"] == "disk"
+    assert torch.allclose(disk.images, out.images, atol=1e-5)
 
 
 def test_experiment_configs_can_sweep_the_vae_strategy():
