@@ -20,10 +20,12 @@ one-piece decode). Methods:
   stayed in the kernel's page cache; on a machine where they reach the disk, add that
   I/O at its bandwidth);
 - `mdtools_nosync`: plain tiling with mdtools' halo and blending.
-Equal tile size = equal network input: mdtools runs a body of 512 px less two exact halos
-(the halo its schedule needs, `schedule_estimate`: 16 px when parking at every barrier)
-and no overlap (exact tiles need no blending), so neither sends more than 512 px through
-the VAE. `mdtools_nosync` keeps a 384 px body, 64 px halos and 64 px overlap.
+Equal tile size = equal network input: mdtools runs a body of 512 px (`--tile`) less two
+exact halos (the halo its schedule needs, `schedule_estimate`: 16 px when parking at every
+barrier) and no overlap (exact tiles need no blending), so neither sends more than 512 px
+through the VAE. `mdtools_nosync` keeps a 384 px body, 64 px halos and 64 px overlap.
+`--tile` changes mdtools' network input only (diffusers keeps its 512 px; the `tile_px`
+column says which ran): e.g. to compare canvases at the tile size a smaller one used.
 
 Every (method, size, repetition) runs in a fresh process (`vae_memory._run_sub`): the peak
 is VmHWM after `clear_refs` once the model and latents are loaded (the decode's own
@@ -74,6 +76,7 @@ OUT_CSV = ROOT / "results" / "bench" / "vae_fast.csv"
 METHODS = ("full", "diffusers_tiled", "mdtools_park", "mdtools_auto:1024", "mdtools_recompute", "mdtools_park_bf16",
            "mdtools_disk", "mdtools_nosync")
 TILE, OVERLAP, HALO = 512, 64, 64
+DIFFUSERS_TILE = 512  # enable_tiling's tile for these configs (sample_size), whatever --tile says
 
 
 def build_vae(arch: str):
@@ -161,7 +164,7 @@ ESTIMATE_METHODS = ("mdtools_park", "mdtools_auto:600", "mdtools_auto:1024", "md
                     "mdtools_auto:8192", "mdtools_auto:16384", "mdtools_recompute")
 
 
-def diffusers_area(size: int, tile: int = TILE, overlap_factor: float = 0.25) -> float:
+def diffusers_area(size: int, tile: int = DIFFUSERS_TILE, overlap_factor: float = 0.25) -> float:
     """Pixels diffusers' tiled decode runs through the VAE over the canvas's: tiles of
     `tile` px every tile * (1 - overlap_factor) px, clipped at the canvas edge."""
     stride = int(tile * (1 - overlap_factor))
@@ -177,7 +180,7 @@ def estimate(arch: str, sizes: list[int], methods: list[str], out: Path) -> None
     conv = sum(prof.step_macs) + sum(prof.message_macs)  # per latent pixel
     rows = []
     for size in sizes:
-        canvas, tile = (size // 8) ** 2, (TILE // 8) ** 2
+        canvas, tile = (size // 8) ** 2, (DIFFUSERS_TILE // 8) ** 2
         # multiply-adds per latent pixel: the untiled decode attends over the canvas,
         # diffusers' tiles over themselves (edge tiles counted whole: an upper bound)
         full = conv + canvas * prof.kv_values
@@ -247,12 +250,16 @@ def errors(out_path: Path, ref_path: Path) -> dict:
 
 
 def main() -> None:
+    global TILE
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--arch", choices=tuple(ARCH_DIRS), default="sd15")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repetitions (fresh process each)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tile", type=int, default=TILE,
+                    help="network input per mdtools tile, px (body = tile - 2 halos); diffusers' tiling keeps "
+                         "its own 512 px")
     ap.add_argument("--timeout", type=float, default=5400, help="seconds per worker process")
     ap.add_argument("--out", type=Path, default=OUT_CSV)
     ap.add_argument("--fresh", action="store_true", help="overwrite the CSV instead of appending")
@@ -261,6 +268,9 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     ap.add_argument("--save", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.tile % 8 or args.tile < 64:
+        raise SystemExit(f"--tile must be a multiple of 8 px and at least 64 (e.g. 512), got {args.tile}")
+    TILE = args.tile
 
     if args.estimate:
         methods = [m for m in args.methods if m.startswith("mdtools_") and m != "mdtools_nosync"]
@@ -285,10 +295,12 @@ def main() -> None:
                 print(f"[rep {rep + 1}] {method} {size}^2 ...", flush=True)
                 extra = ["--save", str(save)] if save else []
                 got = _run_sub(["--worker", method, str(size), "--arch", args.arch, "--threads", str(args.threads),
-                                *extra], args.timeout, script=Path(__file__))
+                                "--tile", str(args.tile), *extra], args.timeout, script=Path(__file__))
                 if not got:
                     continue
-                r = dict(got[0], repeat=rep + 1, date=stamp, malloc_mmap_threshold=MMAP_THRESHOLD)
+                r = dict(got[0], repeat=rep + 1, date=stamp, malloc_mmap_threshold=MMAP_THRESHOLD,
+                         tile_px=TILE if method.startswith("mdtools") else DIFFUSERS_TILE if method == "diffusers_tiled"
+                         else "")
                 # errors against `full` of this size when it ran first in this invocation
                 ref, own = tmp / f"full_{size}.pt", tmp / f"{method.replace(':', '_')}_{size}.pt"
                 r.update(errors(own, ref) if ref.is_file() and own.is_file() else {"err_max": "", "psnr_db": ""})
@@ -306,20 +318,26 @@ def main() -> None:
 
 def _append(path: Path, row: dict) -> None:
     """Append `row` to the CSV at `path`; a column the file lacks is added (the file is
-    rewritten with it, earlier rows left empty there)."""
-    rows: list[dict] = []
-    fields, rewrite = list(row), True
+    rewritten with it, earlier rows left empty there, through a temporary file and an
+    atomic rename, so an interruption never loses the rows already there)."""
     if path.is_file() and path.stat().st_size:
         with path.open(newline="") as fh:
             reader = csv.DictReader(fh)
             fields = list(reader.fieldnames or [])
             missing = [k for k in row if k not in fields]
-            rows, fields, rewrite = (list(reader), fields + missing, True) if missing else ([], fields, False)
-    if rewrite:
+            rows = list(reader) if missing else []
+        if missing:
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=fields + missing, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, path)
+            fields += missing
+    else:
+        fields = list(row)
         with path.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+            csv.DictWriter(fh, fieldnames=fields).writeheader()
     with path.open("a", newline="") as fh:
         csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore").writerow(row)
 

@@ -95,6 +95,18 @@ class VaeConfig(_Strict):
     # many times the compute; auto: park what fits in a quarter of free memory, replay the rest
     sync_strategy: Literal["auto", "park", "recompute"] = "auto"
     auto_pixels: int = 2048 * 2048
+    # where waiting tiles are kept: None = "cpu" (RAM); "disk" or "disk:<dir>" = out of core
+    # (memory of one tile at any canvas size). Left out of run ids while None.
+    park: Optional[str] = None
+
+    @field_validator("park")
+    @classmethod
+    def _park(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from .vae import park_target
+
+            park_target(v, "vae.park")  # a bad device or directory fails when the config is read
+        return v
 
 
 class GlobalPassConfig(_Strict):
@@ -186,8 +198,9 @@ class RunConfig(_Strict):
     def run_id(self) -> str:
         """Stable id: a hash of the resolved config (key order and formatting do not matter).
 
-        Keys added after results were recorded (method, regions, bootstrap_steps) are left
-        out of the hash while at their defaults, so earlier run ids stay valid."""
+        Keys added after results were recorded (method, regions, bootstrap_steps,
+        checkpoint_config, vae.park) are left out of the hash while at their defaults, so
+        earlier run ids stay valid."""
         d = self.model_dump(mode="json")
         if d.get("method") == {"name": "multidiffusion"}:
             d.pop("method")
@@ -197,6 +210,8 @@ class RunConfig(_Strict):
             d.pop("bootstrap_steps", None)
         if d.get("checkpoint_config") is None:
             d.pop("checkpoint_config", None)
+        if isinstance(d.get("vae"), dict) and d["vae"].get("park") is None:
+            d["vae"].pop("park", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -118,10 +118,13 @@ FloatingPointError naming the tile and layer; GroupNorm is always computed in fl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import socket
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Union
 
@@ -689,7 +692,8 @@ def _attention_steps(a: _AttnSpec) -> list[_Step]:
         q = a.q(h)
         if isinstance(kv, _DiskKV):  # out of core: stream the blocks
             del h
-            o = _attend_blocks(q, kv.read(q.device), a.scale)
+            with contextlib.closing(kv.read(q.device)) as blocks:
+                o = _attend_blocks(q, blocks, a.scale)
         elif kv is not None:
             del h
             k, v = (t.to(q.device, q.dtype) for t in kv)
@@ -1037,17 +1041,56 @@ class DiskPark:
 Park = Union[torch.device, DiskPark]
 
 
+#: file systems that keep their files in memory: parking there is not out of core
+MEMORY_FILESYSTEMS: tuple[str, ...] = ("tmpfs", "ramfs")
+
+
+def _filesystem(path: str) -> str | None:
+    """The type of the file system holding `path` (/proc/mounts, longest mount point),
+    or None where that cannot be read."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as fh:
+            mounts = [line.split()[1:3] for line in fh if len(line.split()) > 2]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best, kind = "", None
+    for point, fs in mounts:
+        point = point.replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fs
+    return kind
+
+
+def default_park_dir() -> str:
+    """Where park="disk" puts its files: $MDTOOLS_PARK_DIR if set, else the system's
+    temporary directory unless it is held in memory (tmpfs: /tmp on Fedora, Arch, Debian
+    13), then /var/tmp."""
+    env = os.environ.get("MDTOOLS_PARK_DIR")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    tmp = tempfile.gettempdir()
+    if _filesystem(tmp) in MEMORY_FILESYSTEMS and os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK):
+        return "/var/tmp"
+    return tmp
+
+
 def park_target(park: Any, field: str = "park") -> Park:
     """`park` as given to tiled_decode / tiled_encode -> a torch.device, or a DiskPark for
-    "disk" (the system's temporary directory) / "disk:<dir>" (ConfigError naming `field`
-    otherwise)."""
+    "disk" (`default_park_dir()`) / "disk:<dir>" (ConfigError naming `field` otherwise;
+    a warning when the directory's file system is held in memory)."""
     if isinstance(park, DiskPark):
         return park
     if isinstance(park, str) and (park == "disk" or park.startswith("disk:")):
-        root = os.path.expanduser(park[5:]) or tempfile.gettempdir()
+        root = os.path.abspath(os.path.expanduser(park[5:])) if park[5:] else default_park_dir()
         if not os.path.isdir(root) or not os.access(root, os.W_OK | os.X_OK):
             raise ConfigError(f"{field}={park!r}: {root!r} is not a writable directory; use 'disk' (the system's "
-                              "temporary directory) or 'disk:/path/to/scratch'")
+                              "temporary directory, or $MDTOOLS_PARK_DIR) or 'disk:/path/to/scratch'")
+        if (fs := _filesystem(root)) in MEMORY_FILESYSTEMS:
+            warnings.warn(f"{field}={park!r}: {root} is on {fs}, which keeps files in memory, so parking there is "
+                          "not out of core; give a directory on a disk ('disk:/path/to/scratch' or $MDTOOLS_PARK_DIR)",
+                          stacklevel=3)
         return DiskPark(root)
     try:
         return torch.device(park)
@@ -1344,6 +1387,8 @@ def _refresh_halos(parked: list[_Tile | None], tiles: list[tuple[int, int]],
         T, S = parked[t], parked[o]
         dst, _ = _unique(T.stack)
         src, _ = _unique(S.stack)
+        if len(dst) != len(src):
+            raise RuntimeError(f"tiles {T.key} and {S.key} hold {len(dst)} and {len(src)} tensors at one barrier")
         for d, s_ in zip(dst, src):
             d[_grid_box(d, T.hw, T.key, dy, ny, dx, nx)] = s_[_grid_box(s_, S.hw, S.key, sy, ny, sx, nx)]
 
@@ -1419,21 +1464,24 @@ class _DiskStore:
     parked; loading u's state of checkpoint k pastes them in, which is what
     `_refresh_halos` does in memory. So no tile ever needs another tile's whole state."""
 
+    PREFIX = "mdtools-park-"
+
     def __init__(self, root: str, tiles: list[tuple[int, int]], runs: tuple[list, list]) -> None:
-        self.dir = tempfile.mkdtemp(prefix="mdtools-park-", dir=root)
         self.sends: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
         for u, o, box in _halo_copies(tiles, runs):
             self.sends.setdefault(o, []).append((u, box))
         #: tile u -> its edges, as (checkpoint, path, meta, boxes)
         self.edges: dict[int, list[tuple[int, str, _Meta, list[tuple[int, ...]]]]] = {}
-        self.hw: dict[int, tuple[int, int]] = {}
         self.written = self.read = 0
+        _sweep_stale(root, self.PREFIX)
+        self.dir = tempfile.mkdtemp(prefix=self.PREFIX, dir=root)
+        with open(os.path.join(self.dir, "owner"), "w", encoding="utf-8") as fh:
+            fh.write(f"{socket.gethostname()} {os.getpid()}\n")
 
     def park(self, t: int, T: _Tile, barrier: int, dtype: torch.dtype | None) -> _DiskState:
         uniq, slots = _unique(T.stack)
         cpu = torch.device("cpu")
         uniq = [x.to(device=cpu, dtype=dtype or x.dtype) for x in uniq]
-        self.hw[t] = T.hw
         for u, boxes in self._by_destination(t):
             pieces = [x[_grid_box(x, T.hw, T.key, sy, ny, sx, nx)]
                       for (_, sy, ny, _, sx, nx) in boxes for x in uniq]
@@ -1464,10 +1512,13 @@ class _DiskStore:
             if barrier != state.barrier:
                 keep.append((barrier, path, meta, boxes))
                 continue
-            pieces = iter(_read_tensors(path, meta))
-            for dy, _, ny, dx, _, nx in boxes:
-                for x in uniq:
-                    p = next(pieces)
+            pieces = _read_tensors(path, meta)
+            if len(pieces) != len(boxes) * len(uniq):
+                raise RuntimeError(f"tile {state.tile.key}: {len(pieces)} halo pieces for {len(boxes)} boxes x "
+                                   f"{len(uniq)} tensors (the neighbours' states differ in layout)")
+            for n, (dy, _, ny, dx, _, nx) in enumerate(boxes):
+                for m, x in enumerate(uniq):
+                    p = pieces[n * len(uniq) + m]
                     self.read += p.numel() * p.element_size()
                     x[_grid_box(x, state.tile.hw, state.tile.key, dy, ny, dx, nx)] = p
             if last:
@@ -1521,6 +1572,30 @@ class _DiskStore:
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        if os.path.exists(self.dir):
+            warnings.warn(f"could not remove the parking directory {self.dir}; delete it by hand", stacklevel=2)
+
+
+def _sweep_stale(root: str, prefix: str) -> None:
+    """Remove parking directories left by runs of this host that were killed (their
+    process is gone): a killed decode cannot clean up, and its states may be gigabytes."""
+    host = socket.gethostname()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            with open(os.path.join(path, "owner"), encoding="utf-8") as fh:
+                owner_host, pid = fh.read().split()
+            if owner_host != host:
+                continue
+            os.kill(int(pid), 0)  # raises if the process is gone
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # no readable owner (being created, or not ours), or a live process of another user
 
 
 def _attend_blocks(q: torch.Tensor, blocks: Iterator[tuple[torch.Tensor, torch.Tensor]],
@@ -1901,10 +1976,11 @@ def _run_tiled(
     known: list[Any] = []
     attn_barriers = 0
     disk = isinstance(park, DiskPark) and sync
-    store = _DiskStore(park.root, tiles, runs) if disk else None
+    store: _DiskStore | None = None
     # give freed tile memory back to the OS
-    host = device.type == "cpu" or not isinstance(park, torch.device) or park.type == "cpu"
+    host = device.type == "cpu" or (isinstance(park, torch.device) and park.type == "cpu") or disk
     try:
+        store = _DiskStore(park.root, tiles, runs) if disk else None
         with torch.inference_mode():
             for k in range(n_barriers + 1):
                 final = k == n_barriers
@@ -2013,9 +2089,11 @@ def tiled_decode(
     is False, True (= "x"), "x", "y" or "both". `offload=True` keeps the output canvas on
     the CPU; `park` is where tiles waiting at a barrier keep their activations (sync only):
     a device, or "disk" / "disk:<dir>" (out of core: parked states and the canvas keys /
-    values go to files in a temporary directory under the system's temp dir or <dir>,
+    values go to files in a temporary directory under <dir> or `default_park_dir()`,
     removed at the end, so memory holds one tile plus the output at any canvas size; the
-    canvas attention then streams the keys in blocks, float noise against in-memory runs).
+    canvas attention then streams the keys in blocks, float noise against in-memory runs;
+    "auto"'s default budget is then a quarter of the free disk space, and
+    `parked_peak_bytes` counts bytes on disk).
     `sync_strategy`: "park" (one pass; all tiles' activations parked on `park`, which grows
     with the canvas), "recompute" (memory of one tile on every device; each tile re-runs
     up to every GroupNorm, many times the compute) or "auto": park at every barrier

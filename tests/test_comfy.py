@@ -317,6 +317,10 @@ def test_exact_tiled_vae_nodes(comfy, ldm_vae):
     tiled, report = decode(vae, {"samples": z}, tile=40, overlap=8, halo=64)
     assert tiled.shape == full.shape == (1, 64, 64, 3) and (tiled - full).abs().max() < 1e-5
     assert report["n_tiles"] == 4 and report["layout"] == "ldm"
+    on_disk, rep = decode(vae, {"samples": z}, tile=40, overlap=8, halo=64, park="disk")
+    assert rep["park"] == "disk" and (on_disk - tiled).abs().max() < 1e-5
+    with pytest.raises(ConfigError, match=r"park='ram' is not valid; choose one of \['cpu', 'disk'\]"):
+        decode(vae, {"samples": z}, tile=40, park="ram")
     img = torch.nn.functional.pad(full.movedim(-1, 1), (2, 2, 2, 2)).movedim(1, -1)  # 68 px: cropped to 64, centred
     (lat,) = cs.run_node(NODE_CLASS_MAPPINGS["VAEEncodeTiled_mdtools"], pixels=img, vae=vae, tile_size=40,
                          overlap=8, sync_strategy="park", halo=64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -432,34 +433,60 @@ def test_auto_strategy_parks_only_within_its_budget(monkeypatch):
     assert 0 < errors(half, ref)["max"] < 0.1
 
 
-def test_disk_parking_equals_memory_parking(tmp_path):
+def test_disk_parking_equals_memory_parking(tmp_path, monkeypatch):
     """park="disk" keeps parked states and canvas keys / values in files: the same bits
     as parking in memory where only states move (attention within tiles), float noise
     with canvas attention (the keys stream in blocks through an online softmax); the halo
     refresh comes from edge files (without it this 16 px park run would be far off, see
     above). Its files are gone afterwards, also when the decode fails."""
+    import socket
+    import subprocess
+    import sys
+
+    import mdtools.vae as V
+
     vae = make_vae(attention=True)
     z = structured_latents(LAT, 20)
     with torch.no_grad():
         full = vae.decode(z).sample
     park = f"disk:{tmp_path}"
-    for strategy, extra in (("park", {}), ("auto", {"park_budget_bytes": 300_000})):
+    for strategy, extra in (("park", {}), ("auto", {"park_budget_bytes": 300_000}), ("recompute", {})):
         mem, disk = {}, {}
         a = tiled_decode(vae, z, tile=TILE, sync_strategy=strategy, report=mem, **extra)
         b = tiled_decode(vae, z, tile=TILE, sync_strategy=strategy, park=park, report=disk, **extra)
         assert disk["park"] == "disk" and disk["strategy"] == mem["strategy"] and disk["halo_px"] == mem["halo_px"]
-        assert disk["parked_peak_bytes"] == mem["parked_peak_bytes"] > 0 and disk["disk_read_bytes"] > 0
+        assert disk["parked_peak_bytes"] == mem["parked_peak_bytes"] and disk["disk_read_bytes"] > 0
         assert errors(b, full)["max"] < 2e-5 and errors(a, b)["max"] < 2e-5, (errors(b, full), errors(a, b))
-        kw = dict(tile=TILE, sync_strategy=strategy, attention="tile", halo=HALO, overlap=OVERLAP, **extra)
+        # wrapping halos (a tile may own part of its own halo), states only on disk: same bits
+        kw = dict(tile=TILE, sync_strategy=strategy, attention="tile", halo=HALO, overlap=OVERLAP, circular="both",
+                  **extra)
         assert torch.equal(tiled_decode(vae, z, **kw), tiled_decode(vae, z, park=park, **kw))
         assert list(tmp_path.iterdir()) == []
     img = full.clamp(-1, 1)
     kw = dict(tile=TILE, sync_strategy="park", attention="tile", halo=HALO, overlap=OVERLAP)
     assert torch.equal(tiled_encode(vae, img, **kw), tiled_encode(vae, img, park=park, **kw))
-    bad = z.clone()
-    bad[..., -1, -1] = math.inf
-    with pytest.raises(FloatingPointError):
-        tiled_decode(vae, bad, tile=TILE, sync_strategy="park", park=park)
+    kw = dict(tile=TILE, sync_strategy="park", circular="x")
+    assert errors(tiled_encode(vae, img, park=park, **kw), tiled_encode(vae, img, **kw))["max"] < 2e-5
+    # a failure after files were written removes them too
+    real = V._stats_message
+
+    def failing(T, mod):
+        if T.layer >= 8:  # states of 8 barriers were parked on disk by then
+            raise FloatingPointError("injected")
+        return real(T, mod)
+
+    monkeypatch.setattr(V, "_stats_message", failing)
+    with pytest.raises(FloatingPointError, match="injected"):
+        tiled_decode(vae, z, tile=TILE, sync_strategy="park", park=park)
+    assert list(tmp_path.iterdir()) == []
+    # a directory left by a killed run of this host is removed by the next run
+    stale = tmp_path / "mdtools-park-stale"
+    stale.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (stale / "owner").write_text(f"{socket.gethostname()} {dead.pid}\n")
+    monkeypatch.setattr(V, "_stats_message", real)
+    tiled_decode(vae, z, tile=TILE, sync_strategy="park", park=park)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -562,6 +589,15 @@ def test_experiment_configs_can_sweep_the_vae_strategy():
     assert cfg.vae.sync_strategy == "recompute"
     with pytest.raises(Exception, match="sync_strategy"):
         RunConfig.model_validate({"prompt": "x", "vae": {"sync_strategy": "fast"}})
+    # vae.park: validated on reading, out of the run id while unset
+    plain = RunConfig.model_validate({"prompt": "x"})
+    recorded = json.loads(next((Path(__file__).parents[1] / "results" / "overlap_kernel" / "runs").glob("*.json"))
+                          .read_text())
+    assert RunConfig.model_validate(recorded["config"]).run_id() == recorded["run_id"]  # ids from before vae.park
+    disk = RunConfig.model_validate({"prompt": "x", "vae": {"park": "disk"}})
+    assert disk.run_id() != plain.run_id() == RunConfig.model_validate({"prompt": "x", "vae": {"park": None}}).run_id()
+    with pytest.raises(Exception, match=r"vae.park='disk:/no/such'"):
+        RunConfig.model_validate({"prompt": "x", "vae": {"park": "disk:/no/such"}})
 
 
 @pytest.mark.parametrize("layout", ["diffusers", "ldm"])

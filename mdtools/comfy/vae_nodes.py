@@ -26,6 +26,7 @@ from .record import vae_phase
 
 SYNC_STRATEGIES = ("auto", "park", "recompute")
 CIRCULAR = ("off", "x", "y", "both")
+PARKS = ("cpu", "disk")
 
 
 def _check_vae(vae: Any) -> Any:
@@ -45,18 +46,21 @@ def _load(vae: Any) -> tuple[torch.device, torch.dtype]:
     return torch.device(getattr(vae, "device", p.device)), getattr(vae, "vae_dtype", p.dtype)
 
 
-def _options(tile: int, overlap: int, sync_strategy: str, circular: str, halo: int) -> dict[str, Any]:
+def _options(tile: int, overlap: int, sync_strategy: str, circular: str, halo: int, park: str = "cpu"
+             ) -> dict[str, Any]:
     check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
     check_choice("circular", circular, CIRCULAR)
+    check_choice("park", park, PARKS)
     opts: dict[str, Any] = {"tile": tile, "overlap": overlap if overlap >= 0 else None,  # -1: mdtools' default
-                            "sync_strategy": sync_strategy, "circular": False if circular == "off" else circular}
+                            "sync_strategy": sync_strategy, "circular": False if circular == "off" else circular,
+                            "park": park}
     if halo >= 0:  # -1: mdtools' default halo
         opts["halo"] = halo
     return opts
 
 
 def decode(vae: Any, samples: dict, *, tile: int = 512, overlap: int = -1, sync_strategy: str = "auto",
-           circular: str = "off", halo: int = -1) -> tuple[torch.Tensor, dict[str, Any]]:
+           circular: str = "off", halo: int = -1, park: str = "cpu") -> tuple[torch.Tensor, dict[str, Any]]:
     """LATENT -> IMAGE (B, H, W, C) with the exact tiled decode; also the decode's report."""
     from ..vae import tiled_decode
 
@@ -67,7 +71,7 @@ def decode(vae: Any, samples: dict, *, tile: int = 512, overlap: int = -1, sync_
     if z.ndim != 4:
         raise ConfigError(f"samples must be image latents (B, C, h, w); got shape {tuple(z.shape)} (video latents are "
                           f"not supported by the exact tiled decode)")
-    opts = _options(tile, overlap, sync_strategy, circular, halo)
+    opts = _options(tile, overlap, sync_strategy, circular, halo, park)
     report: dict[str, Any] = {}
     with vae_phase(vae, "vae_decode"), torch.no_grad():
         device, dtype = _load(vae)
@@ -77,7 +81,7 @@ def decode(vae: Any, samples: dict, *, tile: int = 512, overlap: int = -1, sync_
 
 
 def encode(vae: Any, pixels: torch.Tensor, *, tile: int = 512, overlap: int = -1, sync_strategy: str = "auto",
-           circular: str = "off", halo: int = -1) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+           circular: str = "off", halo: int = -1, park: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """IMAGE -> LATENT ({"samples"}) with the exact tiled encode (posterior mode, as VAEEncode)."""
     from ..vae import tiled_encode
     from .outputs import check_image
@@ -88,7 +92,7 @@ def encode(vae: Any, pixels: torch.Tensor, *, tile: int = 512, overlap: int = -1
         pixels = vae.vae_encode_crop_pixels(pixels)
     x = pixels[..., :3].movedim(-1, 1)
     x = vae.process_input(x) if hasattr(vae, "process_input") else x * 2 - 1
-    opts = _options(tile, overlap, sync_strategy, circular, halo)
+    opts = _options(tile, overlap, sync_strategy, circular, halo, park)
     report: dict[str, Any] = {}
     with vae_phase(vae, "vae_encode"), torch.no_grad():
         device, dtype = _load(vae)
@@ -105,12 +109,15 @@ def _inputs(io_name: str, io_type: str) -> dict[str, Any]:
         "overlap": ("INT", {"default": -1, "min": -1, "max": 4096, "step": 8,
                             "tooltip": "blend overlap in pixels; -1 = mdtools' default (0: exact tiles agree)"}),
         "sync_strategy": (list(SYNC_STRATEGIES), {"default": "auto", "tooltip":
-                          "park: one pass, parked tile states in RAM; recompute: one tile in memory, more compute; "
-                          "auto: park while it fits. Each is exact with its default halo."}),
+                          "park: one pass, every waiting tile parked (see park); recompute: one tile in memory, "
+                          "more compute; auto: park while it fits. Each is exact with its default halo."}),
     }, "optional": {
         "circular": (list(CIRCULAR), {"default": "off"}),
         "halo": ("INT", {"default": -1, "min": -1, "max": 4096, "step": 8,
                          "tooltip": "context around each tile in pixels; -1 = mdtools' default"}),
+        "park": (list(PARKS), {"default": "cpu", "tooltip":
+                 "where tiles waiting for the canvas statistics are kept: cpu (RAM) or disk (files in the "
+                 "system's temp dir: RAM holds one tile, for canvases whose parked states do not fit in RAM)"}),
     }}
 
 
@@ -129,9 +136,9 @@ class VAEDecodeExactTiled:
         return _inputs("samples", "LATENT")
 
     def decode(self, samples: dict, vae: Any, tile_size: int, overlap: int, sync_strategy: str, circular: str = "off",
-               halo: int = -1) -> tuple[torch.Tensor]:
+               halo: int = -1, park: str = "cpu") -> tuple[torch.Tensor]:
         img, _ = decode(vae, samples, tile=tile_size, overlap=overlap, sync_strategy=sync_strategy, circular=circular,
-                        halo=halo)
+                        halo=halo, park=park)
         return (img,)
 
 
@@ -148,7 +155,7 @@ class VAEEncodeExactTiled:
         return _inputs("pixels", "IMAGE")
 
     def encode(self, pixels: torch.Tensor, vae: Any, tile_size: int, overlap: int, sync_strategy: str,
-               circular: str = "off", halo: int = -1) -> tuple[dict]:
+               circular: str = "off", halo: int = -1, park: str = "cpu") -> tuple[dict]:
         lat, _ = encode(vae, pixels, tile=tile_size, overlap=overlap, sync_strategy=sync_strategy, circular=circular,
-                        halo=halo)
+                        halo=halo, park=park)
         return (lat,)
