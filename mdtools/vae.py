@@ -1412,15 +1412,26 @@ def _write_tensors(path: str, tensors: list[torch.Tensor]) -> tuple[_Meta, int]:
 def _read_tensors(path: str, meta: _Meta) -> list[torch.Tensor]:
     """Read back what `_write_tensors` wrote, into fresh CPU tensors (plain reads, no
     memory map: the file's pages stay the kernel's cache, not this process's memory)."""
-    out = []
     with open(path, "rb") as f:
-        for shape, dtype in meta:
-            t = torch.empty(shape, dtype=dtype)
-            buf = t.reshape(-1).view(torch.uint8).numpy()
-            if f.readinto(buf.data) != buf.nbytes:
-                raise RuntimeError(f"{path} is shorter than written (the disk is full or the file was changed)")
-            out.append(t)
-    return out
+        return [_read_tensor(f, shape, dtype, path) for shape, dtype in meta]
+
+
+#: bytes per read call of out-of-core parking (one read returns at most about 2 GiB on Linux)
+READ_CHUNK_BYTES: int = 1 << 30
+
+
+def _read_tensor(f: Any, shape: tuple[int, ...], dtype: torch.dtype, path: str) -> torch.Tensor:
+    """The next tensor of an open file, read in pieces of READ_CHUNK_BYTES (a tile's
+    activation can be larger than one read call returns)."""
+    t = torch.empty(shape, dtype=dtype)
+    view = memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:done + READ_CHUNK_BYTES])
+        if not got:
+            raise RuntimeError(f"{path} is shorter than written (the disk is full or the file was changed)")
+        done += got
+    return t
 
 
 @dataclass
@@ -1558,11 +1569,8 @@ class _DiskStore:
                 f.seek(offset)
                 pair = []
                 for shape, dtype in meta:
-                    t = torch.empty(shape, dtype=dtype)
-                    buf = t.reshape(-1).view(torch.uint8).numpy()
-                    if f.readinto(buf.data) != buf.nbytes:
-                        raise RuntimeError(f"{kv.path} is shorter than written")
-                    self.read += buf.nbytes
+                    t = _read_tensor(f, shape, dtype, kv.path)
+                    self.read += t.numel() * t.element_size()
                     pair.append(t.to(device))
                 yield pair[0], pair[1]
 

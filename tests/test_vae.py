@@ -464,7 +464,10 @@ def test_disk_parking_equals_memory_parking(tmp_path, monkeypatch):
         assert list(tmp_path.iterdir()) == []
     img = full.clamp(-1, 1)
     kw = dict(tile=TILE, sync_strategy="park", attention="tile", halo=HALO, overlap=OVERLAP)
-    assert torch.equal(tiled_encode(vae, img, **kw), tiled_encode(vae, img, park=park, **kw))
+    ref = tiled_encode(vae, img, **kw)
+    monkeypatch.setattr(V, "READ_CHUNK_BYTES", 1000)  # tensors read back in many pieces
+    assert torch.equal(ref, tiled_encode(vae, img, park=park, **kw))
+    monkeypatch.undo()
     kw = dict(tile=TILE, sync_strategy="park", circular="x")
     assert errors(tiled_encode(vae, img, park=park, **kw), tiled_encode(vae, img, **kw))["max"] < 2e-5
     # a failure after files were written removes them too
