@@ -125,7 +125,7 @@ import shutil
 import socket
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Literal, Union
 
 import numpy as np
@@ -452,8 +452,7 @@ class _Tile:
         again). Steps write only into a stack top they made, or into the top they start
         with when `_Step.mutates_top`: so only that top needs a copy (`copy_top`); the
         other tensors are shared (moved or cast copies when the device or dtype differ)."""
-        twin = _Tile(self.key, self.hw, self.core, self.sync, list(self.stack), self.layer, self.known,
-                     self.canvas_attention, self.pc)
+        twin = replace(self, stack=list(self.stack))
         twin.move(device, dtype)
         if copy_top and twin.stack:
             top = twin.stack[-1]
@@ -1397,12 +1396,13 @@ def _refresh_halos(parked: list[_Tile | None], tiles: list[tuple[int, int]],
 _Meta = list[tuple[tuple[int, ...], torch.dtype]]
 
 
-def _write_tensors(path: str, tensors: list[torch.Tensor]) -> tuple[_Meta, int]:
-    """Write CPU tensors' raw bytes one after another; returns their metas and the bytes."""
+def _write_tensors(path: str, tensors: list[torch.Tensor], mode: str = "wb") -> tuple[_Meta, int]:
+    """Write tensors' raw bytes one after another (on the CPU; `mode` "ab" appends);
+    returns their metas and the bytes."""
     meta, n = [], 0
-    with open(path, "wb") as f:
+    with open(path, mode) as f:
         for t in tensors:
-            t = t.contiguous()
+            t = t.to("cpu").contiguous()
             f.write(t.reshape(-1).view(torch.uint8).numpy().data)
             meta.append((tuple(t.shape), t.dtype))
             n += t.numel() * t.element_size()
@@ -1445,10 +1445,6 @@ class _DiskState:
     barrier: int
     size: int
 
-    @property
-    def pc(self) -> int:
-        return self.tile.pc
-
     def nbytes(self) -> int:
         return self.size
 
@@ -1478,9 +1474,10 @@ class _DiskStore:
     PREFIX = "mdtools-park-"
 
     def __init__(self, root: str, tiles: list[tuple[int, int]], runs: tuple[list, list]) -> None:
-        self.sends: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+        #: owner tile -> destination tile -> the boxes it sends there
+        self.sends: dict[int, dict[int, list[tuple[int, ...]]]] = {}
         for u, o, box in _halo_copies(tiles, runs):
-            self.sends.setdefault(o, []).append((u, box))
+            self.sends.setdefault(o, {}).setdefault(u, []).append(box)
         #: tile u -> its edges, as (checkpoint, path, meta, boxes)
         self.edges: dict[int, list[tuple[int, str, _Meta, list[tuple[int, ...]]]]] = {}
         self.written = self.read = 0
@@ -1493,7 +1490,7 @@ class _DiskStore:
         uniq, slots = _unique(T.stack)
         cpu = torch.device("cpu")
         uniq = [x.to(device=cpu, dtype=dtype or x.dtype) for x in uniq]
-        for u, boxes in self._by_destination(t):
+        for u, boxes in self.sends.get(t, {}).items():
             pieces = [x[_grid_box(x, T.hw, T.key, sy, ny, sx, nx)]
                       for (_, sy, ny, _, sx, nx) in boxes for x in uniq]
             path = os.path.join(self.dir, f"e{u}-{t}-{barrier}")
@@ -1503,15 +1500,9 @@ class _DiskStore:
         path = os.path.join(self.dir, f"s{t}-{barrier}")
         meta, n = _write_tensors(path, uniq)
         self.written += n
-        state = _Tile(T.key, T.hw, T.core, T.sync, [], T.layer, T.known, T.canvas_attention, T.pc)
+        state = replace(T, stack=[])
         T.stack = []
         return _DiskState(state, path, meta, slots, barrier, n)
-
-    def _by_destination(self, t: int) -> list[tuple[int, list[tuple[int, ...]]]]:
-        out: dict[int, list[tuple[int, ...]]] = {}
-        for u, box in self.sends.get(t, []):
-            out.setdefault(u, []).append(box)
-        return list(out.items())
 
     def load(self, t: int, state: _DiskState, device: torch.device, dtype: torch.dtype, last: bool) -> _Tile:
         """The parked tile on `device` / `dtype`, its halos refreshed; `last`: the state is
@@ -1539,9 +1530,7 @@ class _DiskStore:
         self.edges[t] = keep
         if last:
             os.remove(state.path)
-        T = state.tile
-        T = _Tile(T.key, T.hw, T.core, T.sync, [uniq[i] for i in state.slots], T.layer, T.known,
-                  T.canvas_attention, T.pc)
+        T = replace(state.tile, stack=[uniq[i] for i in state.slots])
         T.move(device, dtype)
         return T
 
@@ -1551,13 +1540,8 @@ class _DiskStore:
         layer, _, k, v = msg
         path = os.path.join(self.dir, f"kv{layer}")
         offset = os.path.getsize(path) if os.path.exists(path) else 0
-        with open(path, "ab") as f:
-            meta = []
-            for x in (k, v):
-                x = x.to("cpu").contiguous()
-                f.write(x.reshape(-1).view(torch.uint8).numpy().data)
-                meta.append((tuple(x.shape), x.dtype))
-                self.written += x.numel() * x.element_size()
+        meta, n = _write_tensors(path, [k, v], mode="ab")
+        self.written += n
         return (layer, "kv", path, offset, meta)
 
     def kv_reply(self, msgs: list[Message]) -> _DiskKV:

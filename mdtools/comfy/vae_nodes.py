@@ -116,8 +116,9 @@ def _inputs(io_name: str, io_type: str) -> dict[str, Any]:
         "halo": ("INT", {"default": -1, "min": -1, "max": 4096, "step": 8,
                          "tooltip": "context around each tile in pixels; -1 = mdtools' default"}),
         "park": (list(PARKS), {"default": "cpu", "tooltip":
-                 "where tiles waiting for the canvas statistics are kept: cpu (RAM) or disk (files in the "
-                 "system's temp dir: RAM holds one tile, for canvases whose parked states do not fit in RAM)"}),
+                 "where tiles waiting for the canvas statistics are kept: cpu (RAM) or disk (files in "
+                 "$MDTOOLS_PARK_DIR, else the system's temp dir: RAM holds one tile, for canvases whose parked "
+                 "states do not fit in RAM)"}),
     }}
 
 
