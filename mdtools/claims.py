@@ -355,8 +355,10 @@ def claim_c3_real(real: pd.DataFrame, *, preset: str = "sd21", small: int = 512,
                                                                "extrapolated": b["kind"] != "measured"})
 
 
-def claim_c4_real(real: pd.DataFrame, *, preset: str = "sd21", size: int = 8192) -> Verdict:
-    """C4 on the real SD VAE: decode memory at 8192^2, full vs tiled, in GB of activations above the weights."""
+def claim_c4_real(real: pd.DataFrame, *, preset: str = "sd21", size: int = 8192,
+                  vae_fast: pd.DataFrame | None = None) -> Verdict:
+    """C4 on the real SD VAE: decode memory at 8192^2, full vs tiled, in GB of activations above the weights;
+    with `vae_fast` (benchmarks/vae_fast.py's table) also the exact out-of-core decode."""
     statement = ("With tiled VAE decoding, peak memory at 8192^2 stays 8-12 GB vs > 24 GB without "
                  "(real SD VAE, decode activations above the weights)")
     full, tiled = _real(real, preset, "decode_full", size), _real(real, preset, "decode_tiled", size)
@@ -379,7 +381,58 @@ def claim_c4_real(real: pd.DataFrame, *, preset: str = "sd21", size: int = 8192)
     t_gb = float(tiled["peak_above_weights_gb"])
     numbers |= {"tiled_gb": t_gb, "tiled_extrapolated": tiled["kind"] != "measured"}
     verdict_ = f"{half}; tiled {t_gb:.1f} GB ({'within' if t_gb <= 12 else 'above'} 12 GB, {_how(tiled)})"
+    ooc = out_of_core_peak(vae_fast, size) if vae_fast is not None else None
+    if ooc is not None:
+        numbers |= {"out_of_core_gb": ooc["gb"], "out_of_core_extrapolated": ooc["size"] != size}
+        verdict_ += f"; out of core (park='disk') {ooc['gb']:.1f} GB ({ooc['how']})"
     return Verdict("C4 (real arch)", statement, verdict_, ev, numbers)
+
+
+#: VAE architectures of benchmarks/vae_fast.py's `arch` column that equal the SD 2.x VAE (kl-f8):
+#: SD 1.x and 2.x share it, so either's rows measure the other's decode.
+_KL_F8 = ("sd15", "sd21")
+
+
+def out_of_core_peak(vae_fast: pd.DataFrame, size: int) -> dict[str, Any] | None:
+    """The exact out-of-core decode's peak at `size` px (GiB above the weights), from
+    benchmarks/vae_fast.py's `mdtools_disk` rows: measured when run at that size, otherwise
+    extrapolated from the largest run whose tiles have the same geometry as at `size`.
+
+    Why that extrapolation holds: out of core the process holds one tile's working set plus
+    the float32 output, and the working set follows the tile, not the canvas (measured 1.00x
+    from 1024 to 2048 px at equal tiles). So peak(size) = (measured peak - its output) +
+    the output at `size`. Tiles shrink to fit the canvas, so only rows with the tile size
+    `size` would get are used; None when there is none."""
+    from .vae import plan_vae_tiles
+
+    if vae_fast is None or "method" not in vae_fast:
+        return None
+    rows = vae_fast[(vae_fast["method"] == "mdtools_disk") & vae_fast["arch"].isin(_KL_F8)
+                    & vae_fast["decode_peak_mb"].notna()]
+    if rows.empty:
+        return None
+
+    def tile_shape(side: int, row: Any) -> tuple[int, int]:
+        arg = int(row["tile_px"]) if "tile_px" in row and row["tile_px"] == row["tile_px"] else 512
+        halo = int(row["halo_px"]) if row.get("halo_px") == row.get("halo_px") else 16
+        plan = plan_vae_tiles(side // 8, side // 8, tile=arg - 2 * halo, overlap=0, halo=halo, scale=8)
+        return plan.y.size, plan.x.size
+
+    exact = rows[rows["size"] == size]
+    if not exact.empty:
+        r = exact.sort_values("decode_peak_mb").iloc[-1]
+        return {"gb": float(r["decode_peak_mb"]) / 1024, "size": size,
+                "how": f"measured at {size} px, {float(r['seconds']):.0f} s"}
+    same = [r for _, r in rows.iterrows() if tile_shape(int(r["size"]), r) == tile_shape(size, r)]
+    if not same:
+        return None
+    r = max(same, key=lambda r: (int(r["size"]), float(r["decode_peak_mb"])))
+    out_mib = size * size * 3 * 4 / 2**20
+    net = float(r["decode_peak_mb"]) - float(r["output_mb"])
+    return {"gb": (net + out_mib) / 1024, "size": int(r["size"]),
+            "how": f"extrapolated from its {int(r['size'])} px run with the same {tile_shape(size, r)[0] * 8} px tile bodies: "
+                   f"{float(r['decode_peak_mb']) / 1024:.2f} GB measured, of which {float(r['output_mb']) / 1024:.2f} GB "
+                   f"output; the working set stays, the output becomes {out_mib / 1024:.2f} GB"}
 
 
 def claim_c5(df: pd.DataFrame) -> Verdict:
@@ -532,7 +585,8 @@ def all_verdicts(results: str | Path = "results") -> pd.DataFrame:
     ra = r / "bench" / "real_arch.csv"
     if ra.exists():
         real = pd.read_csv(ra)
-        out += [claim_c3_real(real), claim_c4_real(real)]
+        vf = r / "bench" / "vae_fast.csv"
+        out += [claim_c3_real(real), claim_c4_real(real, vae_fast=pd.read_csv(vf) if vf.exists() else None)]
     ar = table("aspect_ratio")
     if ar is not None:
         out.append(claim_c5(ar))

@@ -142,6 +142,23 @@ def test_c3_c4_rejudged_on_real_architecture_rows():
     assert "tiled 3.0 GB (within 12 GB, measured)" in c4.verdict
     assert claims.claim_c3_real(real.iloc[2:]).verdict.startswith("not measured")
 
+    # the exact out-of-core decode (benchmarks/vae_fast.py rows): measured where run; otherwise
+    # its working set (peak - output) from the largest run with the same tiles, plus the output
+    disk = dict(method="mdtools_disk", arch="sd15", halo_px=16, tile_px=float("nan"), seconds=100.0)
+    vf = pd.DataFrame([disk | dict(size=1024, decode_peak_mb=460.0, output_mb=12.0),
+                       disk | dict(size=4096, decode_peak_mb=920.0, output_mb=192.0),
+                       disk | dict(size=4096, arch="sdxl", decode_peak_mb=9e9, output_mb=192.0),
+                       disk | dict(size=8192, method="diffusers_tiled", decode_peak_mb=9e9, output_mb=768.0)])
+    assert claims.out_of_core_peak(vf, 1024)["how"].startswith("measured")
+    ext = claims.out_of_core_peak(vf, 8192)
+    assert ext["size"] == 4096 and ext["gb"] == pytest.approx((920 - 192 + 8192**2 * 12 / 2**20) / 1024)
+    assert "456 px tile bodies" in ext["how"]  # 512 px network input less 2 x 16 px halo, shrunk to fit 9 / 18 tiles
+    # 1024 px tiles shrink to 344 px bodies: a different working set, so no basis for 8192 px
+    assert claims.out_of_core_peak(vf[vf["size"] == 1024], 8192) is None
+    c4 = claims.claim_c4_real(pd.concat([real, pd.DataFrame([tiled])], ignore_index=True), vae_fast=vf)
+    assert f"out of core (park='disk') {ext['gb']:.1f} GB (extrapolated" in c4.verdict
+    assert c4.numbers["out_of_core_extrapolated"] is True
+
 
 def test_preset_too_big_for_memory_is_refused_before_allocating(monkeypatch):
     import mdtools.arch as arch
