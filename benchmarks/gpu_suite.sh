@@ -1,42 +1,92 @@
 #!/usr/bin/env bash
-# One command for a lent GPU (about 8 minutes on one H100/H200 class GPU; nothing is downloaded):
+# One command for a lent GPU, at most ~9 minutes on one H100/H200 class GPU; nothing is downloaded:
 #
-#   bash benchmarks/gpu_suite.sh            # writes results/bench/gpu_*.csv and gpu_suite.log
+#   bash benchmarks/gpu_suite.sh            # writes gpu_*.csv, gpu_tests.xml and gpu_suite.log
 #
-# 1. the CUDA-relevant tests (SD3/FLUX exactness, arch presets, single files, engine) on CPU
-#    semantics but with a CUDA torch: they must stay green on the GPU machine too;
-# 2. fp16/bf16 generation on the arch presets (random weights, exact architectures) at
-#    1024^2 and 2048^2: forward time per view, CUDA allocated/reserved per phase;
-# 3. the real SD VAE decode at 2048^2 / 4096^2 / 8192^2, tiled vs full, with OOM rows
-#    where the full decode does not fit.
-# Each part has its own time limit so that the whole stays within ~8 minutes; a part that
-# runs out writes what it finished (the CSVs are rewritten after every row).
+# Through the device tool (its image has torch but not diffusers, lpips or pydantic, and it
+# takes a working tree of at most 64 MiB):
+#   here:  bash benchmarks/gpu_wheels.sh    # the missing wheels into .whl/ (git-ignored, 9 MB)
+#          bash benchmarks/gpu_slim.sh aside  # the toy models' 54 MB of weights out of the tree
+#   then:  run(command="bash benchmarks/gpu_suite.sh", carry=[".whl"], timeout_s=590)
+#   here:  bash benchmarks/gpu_slim.sh back
+# and copy the files that come back into results/bench/.
+#
+# 0. preflight (seconds): the Python (.venv if present, else python3), the carried wheels
+#    (.whl/, installed into a private folder), the imports, a CUDA device, and every
+#    real_arch.py invocation below validated with --check (a typo fails here, not after
+#    minutes of building);
+# 1. the GPU tests: tests/test_cuda.py (one-window exactness vs diffusers on CUDA, the exact
+#    tiled decode, parking off the device, fp16/bf16 generation, CUDA peaks) and the DiT,
+#    arch-preset and single-file tests, with CUDA required (MDTOOLS_TEST_CUDA=require);
+# 2. the real SD VAE decode at 2048^2 / 4096^2 / 8192^2 in fp16: the exact tiled decode first
+#    (parked states on the host, 48 GiB budget: 'park' at every size; --check prints the
+#    schedules), then the full decode, with OOM rows where it does not fit;
+# 3. fp16/bf16 generation on the arch presets (random weights, exact architectures) at
+#    1024^2 and 2048^2, 4 steps: forward time per view, CUDA allocated/reserved per phase.
+# Each part has its own time limit (together 540 s, with the preflight under the device tool's
+# 600 s per command); a part that runs out keeps what it finished (the CSVs are rewritten after every
+# row). Output folder: $GPU_SUITE_OUT, else $OUT (the device tool's folder whose files come
+# back), else results/bench.
 set -u
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-OUT=${OUT:-results/bench}
-mkdir -p "$OUT"
-LOG="$OUT/gpu_suite.log"
+DEST=${GPU_SUITE_OUT:-${OUT:-results/bench}}
+mkdir -p "$DEST"
+LOG="$DEST/gpu_suite.log"
 : > "$LOG"
-export HF_HUB_OFFLINE=1
-echo "gpu_suite $(date -u +%FT%TZ) $($PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name(0))')" | tee -a "$LOG"
+say() { echo "$*" | tee -a "$LOG"; }
 
-# 1. tests (~1.5 min)
-timeout 150 $PY -m pytest -q -p no:cacheprovider -x tests/test_dit.py tests/test_arch.py tests/test_single_file.py \
-    2>&1 | tail -3 | tee -a "$LOG"
+# ---- 0. preflight ------------------------------------------------------------------------
+if [ -z "${PY:-}" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if ! "$PY" -c "import diffusers, pydantic, lpips" 2> /dev/null && ls .whl/*.whl > /dev/null 2>&1; then
+    SITE=${TMPDIR:-/tmp}/mdtools-gpu-site
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+        >> "$LOG" 2>&1 || { say "gpu_suite: the carried wheels (.whl) do not install into $PY (see $LOG)"; exit 1; }
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MDTOOLS_TEST_CUDA=require
+"$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
+import importlib.util, sys
+need = ["torch", "diffusers", "transformers", "safetensors", "pandas", "yaml", "pydantic", "skimage", "lpips", "pytest"]
+missing = [m for m in need if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"gpu_suite: {sys.executable} lacks {', '.join(missing)}; run benchmarks/gpu_wheels.sh here and carry .whl, "
+             "or set PY to a Python that has them")
+import diffusers, torch
+if not torch.cuda.is_available():
+    sys.exit(f"gpu_suite: torch {torch.__version__} sees no CUDA device; this suite measures a GPU (nothing was run)")
+print(f"gpu_suite: python {sys.version.split()[0]}, torch {torch.__version__}, diffusers {diffusers.__version__}, "
+      f"{torch.cuda.get_device_name(0)}, {torch.cuda.mem_get_info()[1] / 2**30:.0f} GiB")
+EOF
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+say "gpu_suite $(date -u +%FT%TZ)"
 
-# 2. generation on the presets: SDXL fp16, SD3 fp16, FLUX-dev bf16 at 1024^2 and 2048^2, 4 steps (~4 min)
-timeout 270 $PY benchmarks/real_arch.py --device cuda --steps 4 --dtype float16 --presets sd21,sdxl,sd3 \
-    --sizes "sd21=512,1024,2048;sdxl=1024,2048;sd3=1024,2048" --full-decode "sd21=;sdxl=;sd3=" \
-    --tiled-decode "sd21=;sdxl=;sd3=" --extrapolate "sd21=4096;sdxl=4096;sd3=4096" \
-    --out "$OUT/gpu_real_arch_fp16.csv" 2>&1 | tail -12 | tee -a "$LOG"
-timeout 150 $PY benchmarks/real_arch.py --device cuda --steps 4 --dtype bfloat16 --presets flux \
-    --sizes "flux=1024,2048" --full-decode "flux=" --tiled-decode "flux=" --extrapolate "flux=4096" \
-    --out "$OUT/gpu_real_arch_flux_bf16.csv" 2>&1 | tail -6 | tee -a "$LOG"
+# the benchmark invocations, one per line: "<timeout s>|<real_arch.py arguments>" (tests/test_gpu_suite.py checks them)
+RUNS=(
+"150|--device cuda --dtype float16 --presets sd21 --sizes sd21= --full-decode sd21= --tiled-decode sd21=2048,4096,8192 --extrapolate sd21= --park-budget-gb 48 --out $DEST/gpu_decode_tiled.csv"
+"60|--device cuda --dtype float16 --presets sd21 --sizes sd21= --full-decode sd21=2048,4096,8192 --tiled-decode sd21= --extrapolate sd21= --out $DEST/gpu_decode_full.csv"
+"150|--device cuda --dtype float16 --steps 4 --presets sd21,sdxl,sd3 --sizes sd21=512,1024,2048;sdxl=1024,2048;sd3=1024,2048 --full-decode sd21=;sdxl=;sd3= --tiled-decode sd21=;sdxl=;sd3= --extrapolate sd21=4096;sdxl=4096;sd3=4096 --out $DEST/gpu_real_arch_fp16.csv"
+"80|--device cuda --dtype bfloat16 --steps 4 --presets flux --sizes flux=1024,2048 --full-decode flux= --tiled-decode flux= --extrapolate flux=4096 --out $DEST/gpu_real_arch_flux_bf16.csv"
+)
+for run in "${RUNS[@]}"; do
+    # shellcheck disable=SC2086  # the arguments hold no spaces: split on purpose
+    "$PY" benchmarks/real_arch.py ${run#*|} --check > /dev/null 2>> "$LOG" || { say "gpu_suite: bad arguments: ${run#*|}"; exit 1; }
+done
 
-# 3. real SD VAE decode, tiled vs full, fp16 (~1.5 min; full 8192^2 may be an OOM row)
-timeout 120 $PY benchmarks/real_arch.py --device cuda --dtype float16 --presets sd21 --sizes "sd21=" \
-    --full-decode "sd21=2048,4096,8192" --tiled-decode "sd21=2048,4096,8192" --extrapolate "sd21=" \
-    --out "$OUT/gpu_decode.csv" 2>&1 | tail -8 | tee -a "$LOG"
+# ---- 1. tests (~1-2 min) -------------------------------------------------------------------
+TEST_S=100
+# (deselected: the one test of these files that loads the embedded toy model, whose weights
+# benchmarks/gpu_slim.sh sets aside to fit the device tool's 64 MiB)
+timeout "$TEST_S" "$PY" -m pytest -q -p no:cacheprovider --junitxml="$DEST/gpu_tests.xml" tests/test_cuda.py tests/test_dit.py \
+    tests/test_arch.py tests/test_single_file.py \
+    --deselect tests/test_single_file.py::test_checkpoint_config_from_the_cli_and_experiment_configs 2>&1 | tail -15 | tee -a "$LOG"
 
-echo "done $(date -u +%FT%TZ); CSVs: $(ls "$OUT"/gpu_*.csv 2>/dev/null | tr '\n' ' ')" | tee -a "$LOG"
+# ---- 2. and 3. benchmarks -------------------------------------------------------------------
+for run in "${RUNS[@]}"; do
+    say "real_arch.py ${run#*|}"
+    # shellcheck disable=SC2086
+    timeout "${run%%|*}" "$PY" benchmarks/real_arch.py ${run#*|} 2>&1 | tail -12 | tee -a "$LOG"
+done
+
+say "done $(date -u +%FT%TZ); files: $(cd "$DEST" && ls gpu_* 2>/dev/null | tr '\n' ' ')"

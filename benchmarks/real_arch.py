@@ -13,8 +13,12 @@ decode peak above the weights = a linear fit in pixels of the measured decodes (
 activations grow with the canvas area). Every timing row carries os.getloadavg() (shared CPU).
 
     python benchmarks/real_arch.py                      # CPU: SD 2.1 and SDXL, sizes that fit (~30 min, loaded CPU)
-    python benchmarks/real_arch.py --device cuda --dtype float16 --presets sd21,sdxl,sd3,flux \
-        --sizes sd21=512,1024,2048 --full-decode-max 8192 --out results/bench/gpu_real_arch.csv
+    python benchmarks/real_arch.py --device cuda --dtype float16 --presets sd21 --sizes "sd21=512,1024,2048" \
+        --full-decode "sd21=2048,8192" --tiled-decode "sd21=8192" --park-budget-gb 48 --out results/bench/gpu_x.csv
+    python benchmarks/real_arch.py ... --check          # validate, print each tiled decode's schedule; build nothing
+
+benchmarks/gpu_suite.sh runs it on a lent GPU. Arguments are checked against the presets
+before anything is built (a size for a preset not in --presets is an error, not skipped).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ CPU_TILED_DECODE = {"sd21": [1024, 1536], "sdxl": []}
 EXTRAPOLATE = {"sd21": [2048, 4096, 8192], "sdxl": [2048, 4096, 8192], "sd3": [2048, 4096, 8192],
                "flux": [2048, 4096, 8192]}
 GUIDANCE = {"flux": 3.5, "flux-schnell": 0.0}
+#: the defaults of each size flag: they name presets a run may not include (those are skipped, not errors)
+_DEFAULTS = {"--sizes": CPU_SIZES, "--full-decode": CPU_FULL_DECODE, "--tiled-decode": CPU_TILED_DECODE,
+             "--extrapolate": EXTRAPOLATE}
 
 
 def _rss_gb() -> float:
@@ -222,6 +229,69 @@ def merge(args: argparse.Namespace) -> int:
     return 0
 
 
+#: presets whose canvases are multiples of 16 px (8 px VAE x 2x2 transformer patches)
+_DIT = ("sd3", "flux", "flux-schnell")
+
+
+def validate(args: argparse.Namespace, sizes: dict[str, list[int]], full: dict[str, list[int]],
+             tiled: dict[str, list[int]], extra: dict[str, list[int]]) -> list[str]:
+    """The presets to run, after checking every argument against them before anything is
+    built: ConfigError naming the argument and a valid value otherwise. A size given for a
+    preset that is not run would be skipped silently, so it is an error too."""
+    from mdtools.arch import preset_name
+    from mdtools.errors import ConfigError, check_multiple
+
+    try:
+        presets = [preset_name(p.strip()) for p in args.presets.split(",") if p.strip()]
+    except ConfigError as e:
+        raise ConfigError(f"--presets: {e}") from None
+    if not presets:
+        raise ConfigError("--presets is empty; use e.g. --presets sd21,sdxl")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(f"--device={args.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if args.steps < 1:
+        raise ConfigError(f"--steps={args.steps} must be >= 1")
+    if args.park_budget_gb <= 0:
+        raise ConfigError(f"--park-budget-gb={args.park_budget_gb:g} must be > 0 (GiB), e.g. 4")
+    for flag, spec in (("--sizes", sizes), ("--full-decode", full), ("--tiled-decode", tiled), ("--extrapolate", extra)):
+        given = spec if spec is not _DEFAULTS.get(flag) else {k: v for k, v in spec.items() if k in presets}
+        for name, sides in given.items():
+            if name not in presets:
+                raise ConfigError(f"{flag} names preset {name!r}, which --presets does not run ({','.join(presets)}); "
+                                  f"add it to --presets or drop it")
+            m = 16 if name in _DIT else 8
+            for side in sides:
+                check_multiple(flag, side, m, what=f"{name}'s patch grid" if m == 16 else f"{name}'s VAE scale")
+    return presets
+
+
+def check(args: argparse.Namespace, presets: list[str], sizes: dict[str, list[int]], full: dict[str, list[int]],
+          tiled: dict[str, list[int]], extra: dict[str, list[int]]) -> int:
+    """--check: what a run would do, without building a model: per preset the denoise, decode
+    and extrapolated sizes, and for each exact tiled decode the schedule it resolves to under
+    --park-budget-gb (schedule_estimate: strategy, GiB parked, multiply-adds vs one untiled
+    decode). A 'recompute' or 'checkpoint' schedule replays work; raise the budget to park."""
+    from mdtools.vae import schedule_estimate
+
+    park_dtype = None if args.dtype == "float32" else args.dtype
+    for p in presets:
+        print(f"{p}: denoise {sizes.get(p, [])}, full decode {full.get(p, [])}, tiled decode {tiled.get(p, [])}, "
+              f"extrapolate {extra.get(p, [])}")
+        if tiled.get(p):
+            vae = _preset_vae(p)
+            for side in tiled[p]:
+                from mdtools.pipeline import VAE_TILE_PX
+
+                e = schedule_estimate(vae, (side // 8, side // 8), tile=VAE_TILE_PX, sync_strategy="auto",
+                                      park_budget_bytes=int(args.park_budget_gb * GB), park_dtype=park_dtype)
+                print(f"  tiled {side} px: {e['strategy']}, {e['parked_peak_bytes'] / GB:.1f} GiB parked "
+                      f"({args.dtype}), {e['compute_vs_full']:.2f}x the multiply-adds of an untiled decode, "
+                      f"{e['n_tiles']} tiles")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="sd21,sdxl")
@@ -235,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--out", default="results/bench/real_arch.csv")
+    ap.add_argument("--check", action="store_true",
+                    help="validate the arguments and print what would run and each tiled decode's schedule; build nothing")
     ap.add_argument("--merge", nargs="+", metavar="CSV",
                     help="no runs: merge the MEASURED rows of these CSVs (e.g. one per preset, run separately) and "
                          "recompute the extrapolated rows into --out")
@@ -245,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes, full, tiled = _sizes(args.sizes, CPU_SIZES), _sizes(args.full_decode, CPU_FULL_DECODE), \
         _sizes(args.tiled_decode, CPU_TILED_DECODE)
     extra = _sizes(args.extrapolate, EXTRAPOLATE)
+    from mdtools.errors import ConfigError
+
+    try:
+        presets = validate(args, sizes, full, tiled, extra)
+    except ConfigError as e:
+        print(f"real_arch: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        return check(args, presets, sizes, full, tiled, extra)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -252,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     def flush() -> None:
         pd.DataFrame(rows).to_csv(out, index=False)
 
-    for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
+    for preset in presets:
         md = MultiDiffusionPipeline.from_pretrained("arch:" + preset, seed=0, torch_dtype=dtype, device=args.device)
         print(f"{preset}: built ({md.info['parameters']}), RSS {_rss_gb():.1f} GB", flush=True)
         def attempt(fn: Any, phase: str, size: int, *a: Any) -> dict[str, Any]:
