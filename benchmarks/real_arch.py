@@ -135,6 +135,22 @@ def decode_row(md: Any, preset: str, size: int, tiled: bool, args: argparse.Name
                                       "loadavg_1m": os.getloadavg()[0]} | _peaks(rec.record.phases["decode"], before)
 
 
+def attempt(fn: Any, base: dict[str, Any], phase: str, size: int, *a: Any) -> dict[str, Any]:
+    """fn(*a)'s row with status 'ok'; else an 'oom' row (a full decode that does not fit is a
+    result, not a crash) or an 'error' row with the message's first line (e.g. a kernel's size
+    limit on a huge canvas), so that the next sizes still run."""
+    try:
+        return fn(*a) | {"status": "ok"}
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        status = "oom" if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) else "error"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return base | {"size_px": size, "phase": phase, "kind": "measured", "status": status, "basis": first,
+                       "loadavg_1m": os.getloadavg()[0]}
+
+
 def _tiled_estimate(vae: Any, size: int, budget_gb: float) -> dict[str, Any]:
     """schedule_estimate of the exact tiled decode at `size` px with the benchmark's budget."""
     from mdtools.pipeline import VAE_TILE_PX
@@ -331,32 +347,25 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     def flush() -> None:
-        pd.DataFrame(rows).to_csv(out, index=False)
+        """Rewrite the CSV atomically: a run stopped by its time limit mid-write keeps the last whole table."""
+        tmp = out.with_name(out.name + ".tmp")
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+        os.replace(tmp, out)
 
     for preset in presets:
         md = MultiDiffusionPipeline.from_pretrained("arch:" + preset, seed=0, torch_dtype=dtype, device=args.device)
         print(f"{preset}: built ({md.info['parameters']}), RSS {_rss_gb():.1f} GB", flush=True)
-        def attempt(fn: Any, phase: str, size: int, *a: Any) -> dict[str, Any]:
-            """The row, or an OOM row (full decodes that do not fit are results, not crashes)."""
-            try:
-                return fn(*a) | {"status": "ok"}
-            except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                return _base(a[0], preset, args) | {"size_px": size, "phase": phase, "kind": "measured", "status": "oom",
-                                                  "basis": str(e).splitlines()[0][:200], "loadavg_1m": os.getloadavg()[0]}
-
         for size in sizes.get(preset, []):
-            rows.append(attempt(denoise_row, "denoise", size, md, preset, size, args))
+            rows.append(attempt(denoise_row, _base(md, preset, args), "denoise", size, md, preset, size, args))
             print({k: rows[-1].get(k) for k in ("preset", "size_px", "phase", "views", "per_view_forward_s", "seconds",
                                                  "status")}, flush=True)
             flush()
         for is_tiled, todo in ((False, full), (True, tiled)):
             for size in todo.get(preset, []):
-                rows.append(attempt(decode_row, "decode_tiled" if is_tiled else "decode_full", size,
-                                    md, preset, size, is_tiled, args))
-                print({k: rows[-1].get(k) for k in ("preset", "size_px", "phase", "seconds", "peak_above_weights_gb")},
+                rows.append(attempt(decode_row, _base(md, preset, args), "decode_tiled" if is_tiled else "decode_full",
+                                    size, md, preset, size, is_tiled, args))
+                print({k: rows[-1].get(k) for k in ("preset", "size_px", "phase", "seconds", "peak_above_weights_gb",
+                                                     "status")},
                       flush=True)
                 flush()
         rows.extend(extrapolate(rows, preset, extra.get(preset, []), md.native_window, args.steps,

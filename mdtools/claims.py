@@ -414,15 +414,16 @@ def out_of_core_peak(vae_fast: pd.DataFrame, size: int) -> dict[str, Any] | None
 
     def tile_shape(side: int, row: Any) -> tuple[int, int]:
         arg = int(row["tile_px"]) if "tile_px" in row and row["tile_px"] == row["tile_px"] else 512
-        halo = int(row["halo_px"]) if row.get("halo_px") == row.get("halo_px") else 16
+        halo = int(row["halo_px"]) if "halo_px" in row and row["halo_px"] == row["halo_px"] else 16
         plan = plan_vae_tiles(side // 8, side // 8, tile=arg - 2 * halo, overlap=0, halo=halo, scale=8)
         return plan.y.size, plan.x.size
 
     exact = rows[rows["size"] == size]
     if not exact.empty:
         r = exact.sort_values("decode_peak_mb").iloc[-1]
+        tile = f", tile argument {int(r['tile_px'])} px" if "tile_px" in r and r["tile_px"] == r["tile_px"] else ""
         return {"gb": float(r["decode_peak_mb"]) / 1024, "size": size,
-                "how": f"measured at {size} px, {float(r['seconds']):.0f} s"}
+                "how": f"measured at {size} px{tile}, {float(r['seconds']):.0f} s"}
     same = [r for _, r in rows.iterrows() if tile_shape(int(r["size"]), r) == tile_shape(size, r)]
     if not same:
         return None

@@ -86,7 +86,8 @@ def test_one_window_equals_diffusers_on_the_device(kind, device):
 def test_exact_tiled_decode_on_the_device(device):
     """The exact tiled decode (GroupNorm sync + canvas attention, default halo) equals the
     one-piece decode on `device`, for every strategy, with the parked states kept on the
-    CPU (the default), on the device and on disk."""
+    CPU (the default), on the device and on disk. (On the CPU, 'cpu' and the device are the
+    same target: the park-target comparison means something on CUDA only.)"""
     vae = tiny_vae().to(device)
     lat = torch.randn(1, 4, 24, 40, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
@@ -140,21 +141,27 @@ def test_recorder_peaks_and_parking_off_the_device(device):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["sd", "flux"])
-def test_low_precision_generation_is_finite_and_close(kind, dtype, device):
-    """fp16 / bf16 generation (what gpu_suite.sh measures) runs in that dtype and stays near
-    the float32 result of the same seed. CPU: bfloat16 only (float16 convolutions on the CPU
-    are slow and not what anyone runs)."""
+def test_low_precision_generation_equals_diffusers_in_that_dtype(kind, dtype, device):
+    """fp16 / bf16 generation (what gpu_suite.sh measures) runs in that dtype, stays finite,
+    and equals diffusers' own pipeline in the same dtype on the same device (0 on the CPU;
+    within 1 % of the latents' range on CUDA).
+
+    Not against float32 with the same seed: torch 2.11 (the lent GPU image's) draws a
+    different CPU random stream for torch.randn(dtype=bfloat16) than for float32 (max
+    difference 3.97 on 256 values; torch 2.14: the same values), so diffusers' own bf16 run
+    there starts from other noise. CPU: bfloat16 only (float16 convolutions on the CPU are
+    slow and not what anyone runs)."""
     if device.type == "cpu" and dtype == torch.float16:
         pytest.skip("float16 is measured on CUDA only")
     build, kw = CASES[kind]
-    pipe = build().to(device)
+    pipe = build().to(device, dtype)
+    ref = pipe(PROMPT, generator=torch.Generator().manual_seed(5), output_type="latent", **kw).images
+    if kind == "flux":
+        ref = _unpacked(pipe, ref, kw["height"], kw["width"])
     md = MultiDiffusionPipeline.from_pipe(pipe)
-    call = dict(generator=5, window=(kw["height"], kw["width"]), overlap=8, progress=False, **kw)
-    ref = md(PROMPT, output_type="latent", **call).latents
-    md.to(dtype=dtype)
-    out = md(PROMPT, output_type="pt", **call)
-    assert out.latents.dtype == dtype and torch.isfinite(out.latents).all() and torch.isfinite(out.images).all()
+    out = md(PROMPT, generator=5, window=(kw["height"], kw["width"]), overlap=8, progress=False, output_type="pt", **kw)
+    assert out.latents.dtype == ref.dtype == dtype
+    assert torch.isfinite(out.latents).all() and torch.isfinite(out.images).all()
     assert out.record.dtype == str(dtype).replace("torch.", "")
-    # 3 steps of a random tiny model: the low-precision latents stay within a few % of float32's range
-    err = (out.latents.float() - ref).abs().max().item()
-    assert err <= 0.05 * ref.abs().max().item(), err
+    tol = 0.0 if device.type == "cpu" else 0.01 * ref.float().abs().max().item()
+    assert (out.latents.float() - ref.float()).abs().max().item() <= tol

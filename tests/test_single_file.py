@@ -5,6 +5,7 @@ errors."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -167,6 +168,8 @@ def test_architecture_detected_from_header_only(tmp_path):
 
 def test_missing_hub_model_is_one_line_not_a_traceback(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": ""}
+    if "PYTHONPATH" in os.environ:  # where packages live on PYTHONPATH (benchmarks/gpu_suite.sh on a lent GPU)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     r = subprocess.run([sys.executable, "-m", "mdtools", "generate", "--model", "org/missing", "--prompt", "x",
                         "--out", str(tmp_path / "x.png")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2, r.stderr
@@ -175,52 +178,71 @@ def test_missing_hub_model_is_one_line_not_a_traceback(tmp_path):
     assert "org/missing" in err[0] and "could not be loaded" in err[0]
 
 
+class _Rekey:
+    """Builds an original-layout state dict from a diffusers one: every diffusers key is used
+    exactly once (checked by `result`), and the result gets the single files' prefix."""
+
+    def __init__(self, sd: dict) -> None:
+        self.sd, self.out = dict(sd), {}
+
+    def move(self, src: str, dst: str) -> None:
+        """A module's weight and bias (those it has) under a new name."""
+        for leaf in ("weight", "bias"):
+            if f"{src}.{leaf}" in self.sd:
+                self.out[f"{dst}.{leaf}"] = self.sd.pop(f"{src}.{leaf}")
+
+    def fuse(self, srcs: list[str], dst: str) -> None:
+        """Linears concatenated along the output (fused qkv, FLUX's linear1)."""
+        for leaf in ("weight", "bias"):
+            self.out[f"{dst}.{leaf}"] = torch.cat([self.sd.pop(f"{s}.{leaf}") for s in srcs])
+
+    def put(self, src: str, dst: str, fn=lambda t: t) -> None:
+        """One tensor, optionally transformed."""
+        self.out[dst] = fn(self.sd.pop(src))
+
+    def result(self) -> dict:
+        assert not self.sd, f"unmapped keys: {sorted(self.sd)}"
+        return {f"model.diffusion_model.{k}": v for k, v in self.out.items()}
+
+
+def _swap_halves(t):
+    """adaLN's (scale, shift) <-> (shift, scale) along the output; its own inverse."""
+    a, b = t.chunk(2, dim=0)
+    return torch.cat([b, a], dim=0)
+
+
 def sd3_to_original(sd: dict, num_layers: int) -> dict:
     """diffusers SD3Transformer2DModel keys -> the original MMDiT layout of SD3 single files
     (`model.diffusion_model.joint_blocks.{i}.x_block...`): the inverse of diffusers'
     convert_sd3_transformer_checkpoint_to_diffusers (fused qkv, adaLN (shift, scale) order
     in the final layer and the last block's context norm)."""
-    sd = dict(sd)
-    out: dict = {}
-
-    def move(src: str, dst: str) -> None:
-        for leaf in ("weight", "bias"):
-            if f"{src}.{leaf}" in sd:
-                out[f"{dst}.{leaf}"] = sd.pop(f"{src}.{leaf}")
-
-    def swap(t):  # (scale, shift) <-> (shift, scale); its own inverse
-        a, b = t.chunk(2, dim=0)
-        return torch.cat([b, a], dim=0)
-
-    out["pos_embed"] = sd.pop("pos_embed.pos_embed")
-    move("pos_embed.proj", "x_embedder.proj")
-    move("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
-    move("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
-    move("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
-    move("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
-    move("context_embedder", "context_embedder")
+    r = _Rekey(sd)
+    r.put("pos_embed.pos_embed", "pos_embed")
+    r.move("pos_embed.proj", "x_embedder.proj")
+    r.move("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
+    r.move("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
+    r.move("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
+    r.move("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
+    r.move("context_embedder", "context_embedder")
     for i in range(num_layers):
         b, j = f"transformer_blocks.{i}", f"joint_blocks.{i}"
-        for leaf in ("weight", "bias"):
-            out[f"{j}.x_block.attn.qkv.{leaf}"] = torch.cat([sd.pop(f"{b}.attn.to_{n}.{leaf}") for n in "qkv"])
-            out[f"{j}.context_block.attn.qkv.{leaf}"] = torch.cat(
-                [sd.pop(f"{b}.attn.add_{n}_proj.{leaf}") for n in "qkv"])
-        move(f"{b}.attn.to_out.0", f"{j}.x_block.attn.proj")
-        move(f"{b}.attn.to_add_out", f"{j}.context_block.attn.proj")
-        move(f"{b}.norm1.linear", f"{j}.x_block.adaLN_modulation.1")
-        move(f"{b}.ff.net.0.proj", f"{j}.x_block.mlp.fc1")
-        move(f"{b}.ff.net.2", f"{j}.x_block.mlp.fc2")
-        move(f"{b}.ff_context.net.0.proj", f"{j}.context_block.mlp.fc1")
-        move(f"{b}.ff_context.net.2", f"{j}.context_block.mlp.fc2")
+        r.fuse([f"{b}.attn.to_{n}" for n in "qkv"], f"{j}.x_block.attn.qkv")
+        r.fuse([f"{b}.attn.add_{n}_proj" for n in "qkv"], f"{j}.context_block.attn.qkv")
+        r.move(f"{b}.attn.to_out.0", f"{j}.x_block.attn.proj")
+        r.move(f"{b}.attn.to_add_out", f"{j}.context_block.attn.proj")
+        r.move(f"{b}.norm1.linear", f"{j}.x_block.adaLN_modulation.1")
+        r.move(f"{b}.ff.net.0.proj", f"{j}.x_block.mlp.fc1")
+        r.move(f"{b}.ff.net.2", f"{j}.x_block.mlp.fc2")
+        r.move(f"{b}.ff_context.net.0.proj", f"{j}.context_block.mlp.fc1")
+        r.move(f"{b}.ff_context.net.2", f"{j}.context_block.mlp.fc2")
         last = i == num_layers - 1
         for leaf in ("weight", "bias"):
-            t = sd.pop(f"{b}.norm1_context.linear.{leaf}")
-            out[f"{j}.context_block.adaLN_modulation.1.{leaf}"] = swap(t) if last else t
-    move("proj_out", "final_layer.linear")
+            r.put(f"{b}.norm1_context.linear.{leaf}", f"{j}.context_block.adaLN_modulation.1.{leaf}",
+                  _swap_halves if last else (lambda t: t))
+    r.move("proj_out", "final_layer.linear")
     for leaf in ("weight", "bias"):
-        out[f"final_layer.adaLN_modulation.1.{leaf}"] = swap(sd.pop(f"norm_out.linear.{leaf}"))
-    assert not sd, f"unmapped keys: {sorted(sd)}"
-    return {f"model.diffusion_model.{k}": v for k, v in out.items()}
+        r.put(f"norm_out.linear.{leaf}", f"final_layer.adaLN_modulation.1.{leaf}", _swap_halves)
+    return r.result()
 
 
 def test_sd3_single_file_round_trip(tmp_path):
@@ -264,52 +286,40 @@ def flux_to_original(sd: dict, num_layers: int, num_single_layers: int) -> dict:
     `flux` package (`model.diffusion_model.double_blocks.{i}.img_attn.qkv...`): fused qkv per
     stream, single blocks' fused qkv + MLP input (`linear1`), adaLN (shift, scale) order in the
     final layer, written from BFL's module names (`flux/model.py`, `flux/modules/layers.py`)."""
-    sd = dict(sd)
-    out: dict = {}
-
-    def move(src: str, dst: str) -> None:
-        for leaf in ("weight", "bias"):
-            if f"{src}.{leaf}" in sd:
-                out[f"{dst}.{leaf}"] = sd.pop(f"{src}.{leaf}")
-
-    move("x_embedder", "img_in")
-    move("context_embedder", "txt_in")
+    r = _Rekey(sd)
+    r.move("x_embedder", "img_in")
+    r.move("context_embedder", "txt_in")
     for dst, src in (("time_in", "timestep_embedder"), ("vector_in", "text_embedder"),
                      ("guidance_in", "guidance_embedder")):
-        move(f"time_text_embed.{src}.linear_1", f"{dst}.in_layer")
-        move(f"time_text_embed.{src}.linear_2", f"{dst}.out_layer")
+        r.move(f"time_text_embed.{src}.linear_1", f"{dst}.in_layer")
+        r.move(f"time_text_embed.{src}.linear_2", f"{dst}.out_layer")
     for i in range(num_layers):
         b, d = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        for leaf in ("weight", "bias"):
-            out[f"{d}.img_attn.qkv.{leaf}"] = torch.cat([sd.pop(f"{b}.attn.to_{n}.{leaf}") for n in "qkv"])
-            out[f"{d}.txt_attn.qkv.{leaf}"] = torch.cat([sd.pop(f"{b}.attn.add_{n}_proj.{leaf}") for n in "qkv"])
-        out[f"{d}.img_attn.norm.query_norm.scale"] = sd.pop(f"{b}.attn.norm_q.weight")
-        out[f"{d}.img_attn.norm.key_norm.scale"] = sd.pop(f"{b}.attn.norm_k.weight")
-        out[f"{d}.txt_attn.norm.query_norm.scale"] = sd.pop(f"{b}.attn.norm_added_q.weight")
-        out[f"{d}.txt_attn.norm.key_norm.scale"] = sd.pop(f"{b}.attn.norm_added_k.weight")
-        move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
-        move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
-        move(f"{b}.norm1.linear", f"{d}.img_mod.lin")
-        move(f"{b}.norm1_context.linear", f"{d}.txt_mod.lin")
-        move(f"{b}.ff.net.0.proj", f"{d}.img_mlp.0")
-        move(f"{b}.ff.net.2", f"{d}.img_mlp.2")
-        move(f"{b}.ff_context.net.0.proj", f"{d}.txt_mlp.0")
-        move(f"{b}.ff_context.net.2", f"{d}.txt_mlp.2")
+        r.fuse([f"{b}.attn.to_{n}" for n in "qkv"], f"{d}.img_attn.qkv")
+        r.fuse([f"{b}.attn.add_{n}_proj" for n in "qkv"], f"{d}.txt_attn.qkv")
+        r.put(f"{b}.attn.norm_q.weight", f"{d}.img_attn.norm.query_norm.scale")
+        r.put(f"{b}.attn.norm_k.weight", f"{d}.img_attn.norm.key_norm.scale")
+        r.put(f"{b}.attn.norm_added_q.weight", f"{d}.txt_attn.norm.query_norm.scale")
+        r.put(f"{b}.attn.norm_added_k.weight", f"{d}.txt_attn.norm.key_norm.scale")
+        r.move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
+        r.move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
+        r.move(f"{b}.norm1.linear", f"{d}.img_mod.lin")
+        r.move(f"{b}.norm1_context.linear", f"{d}.txt_mod.lin")
+        r.move(f"{b}.ff.net.0.proj", f"{d}.img_mlp.0")
+        r.move(f"{b}.ff.net.2", f"{d}.img_mlp.2")
+        r.move(f"{b}.ff_context.net.0.proj", f"{d}.txt_mlp.0")
+        r.move(f"{b}.ff_context.net.2", f"{d}.txt_mlp.2")
     for i in range(num_single_layers):
         b, s = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
-        for leaf in ("weight", "bias"):
-            out[f"{s}.linear1.{leaf}"] = torch.cat([sd.pop(f"{b}.attn.to_{n}.{leaf}") for n in "qkv"]
-                                                   + [sd.pop(f"{b}.proj_mlp.{leaf}")])
-        out[f"{s}.norm.query_norm.scale"] = sd.pop(f"{b}.attn.norm_q.weight")
-        out[f"{s}.norm.key_norm.scale"] = sd.pop(f"{b}.attn.norm_k.weight")
-        move(f"{b}.proj_out", f"{s}.linear2")
-        move(f"{b}.norm.linear", f"{s}.modulation.lin")
-    move("proj_out", "final_layer.linear")
+        r.fuse([f"{b}.attn.to_{n}" for n in "qkv"] + [f"{b}.proj_mlp"], f"{s}.linear1")
+        r.put(f"{b}.attn.norm_q.weight", f"{s}.norm.query_norm.scale")
+        r.put(f"{b}.attn.norm_k.weight", f"{s}.norm.key_norm.scale")
+        r.move(f"{b}.proj_out", f"{s}.linear2")
+        r.move(f"{b}.norm.linear", f"{s}.modulation.lin")
+    r.move("proj_out", "final_layer.linear")
     for leaf in ("weight", "bias"):
-        scale, shift = sd.pop(f"norm_out.linear.{leaf}").chunk(2, dim=0)
-        out[f"final_layer.adaLN_modulation.1.{leaf}"] = torch.cat([shift, scale])
-    assert not sd, f"unmapped keys: {sorted(sd)}"
-    return {f"model.diffusion_model.{k}": v for k, v in out.items()}
+        r.put(f"norm_out.linear.{leaf}", f"final_layer.adaLN_modulation.1.{leaf}", _swap_halves)
+    return r.result()
 
 
 def _any_width_flux_converter(checkpoint: dict, **kwargs):
