@@ -78,14 +78,23 @@ def _peaks(p: Any, before: float) -> dict[str, Any]:
     return row
 
 
-def _sizes(spec: str | None, default: dict[str, list[int]]) -> dict[str, list[int]]:
-    """'sd21=512,1024;sdxl=1024' -> {'sd21': [512, 1024], 'sdxl': [1024]}."""
+def _sizes(spec: str | None, default: dict[str, list[int]], flag: str = "--sizes") -> dict[str, list[int]]:
+    """'sd21=512,1024;sdxl=1024' -> {'sd21': [512, 1024], 'sdxl': [1024]} ('sd21=': none);
+    ConfigError naming `flag` for anything else."""
+    from mdtools.errors import ConfigError
+
     if not spec:
         return default
     out: dict[str, list[int]] = {}
     for part in spec.split(";"):
-        name, _, vals = part.partition("=")
-        out[name.strip()] = [int(v) for v in vals.split(",") if v.strip()]
+        name, eq, vals = part.partition("=")
+        try:
+            if not eq or not name.strip():
+                raise ValueError
+            out[name.strip()] = [int(v) for v in vals.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"{flag}={spec!r}: {part!r} is not <preset>=<sides>; use e.g. "
+                              f"{flag} 'sd21=512,1024;sdxl=1024' (or 'sd21=' for none)") from None
     return out
 
 
@@ -231,7 +240,7 @@ def merge(args: argparse.Namespace) -> int:
     meas = pd.concat([pd.read_csv(f) for f in args.merge], ignore_index=True)
     meas = meas[meas["kind"] == "measured"]
     rows = meas.to_dict("records")
-    extra = _sizes(args.extrapolate, EXTRAPOLATE)
+    extra = _sizes(args.extrapolate, EXTRAPOLATE, "--extrapolate")
     for preset, g in meas.groupby("preset", sort=False):
         first = g.iloc[0]
         base = {k: first[k] for k in ("preset", "device", "dtype", "random_weights", "text_encoders", "date")}
@@ -289,6 +298,7 @@ def check(args: argparse.Namespace, presets: list[str], sizes: dict[str, list[in
     and extrapolated sizes, and for each exact tiled decode the schedule it resolves to under
     --park-budget-gb (schedule_estimate: strategy, GiB parked, multiply-adds vs one untiled
     decode). A 'recompute' or 'checkpoint' schedule replays work; raise the budget to park."""
+    from mdtools.pipeline import VAE_TILE_PX
     from mdtools.vae import schedule_estimate
 
     park_dtype = None if args.dtype == "float32" else args.dtype
@@ -298,8 +308,6 @@ def check(args: argparse.Namespace, presets: list[str], sizes: dict[str, list[in
         if tiled.get(p):
             vae = _preset_vae(p)
             for side in tiled[p]:
-                from mdtools.pipeline import VAE_TILE_PX
-
                 e = schedule_estimate(vae, (side // 8, side // 8), tile=VAE_TILE_PX, sync_strategy="auto",
                                       park_budget_bytes=int(args.park_budget_gb * GB), park_dtype=park_dtype)
                 print(f"  tiled {side} px: {e['strategy']}, {e['parked_peak_bytes'] / GB:.1f} GiB parked "
@@ -330,12 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return merge(args)
     dtype = getattr(torch, args.dtype)
-    sizes, full, tiled = _sizes(args.sizes, CPU_SIZES), _sizes(args.full_decode, CPU_FULL_DECODE), \
-        _sizes(args.tiled_decode, CPU_TILED_DECODE)
-    extra = _sizes(args.extrapolate, EXTRAPOLATE)
     from mdtools.errors import ConfigError
 
     try:
+        sizes, full, tiled, extra = (_sizes(getattr(args, flag[2:].replace("-", "_")), default, flag)
+                                     for flag, default in _DEFAULTS.items())
         presets = validate(args, sizes, full, tiled, extra)
     except ConfigError as e:
         print(f"real_arch: {e}", file=sys.stderr)

@@ -80,6 +80,8 @@ def test_real_arch_check_rejects_bad_arguments_before_building(capsys):
     assert "--sizes names preset 'sdxl', which --presets does not run (sd21)" in capsys.readouterr().err
     assert real_arch.main(["--presets", "sd2", "--check"]) == 2
     assert "--presets: model='sd2' is not a known architecture preset; use one of: arch:sd15" in capsys.readouterr().err
+    assert real_arch.main(["--presets", "sd21", "--tiled-decode", "sd21=5x", "--check"]) == 2
+    assert "--tiled-decode='sd21=5x': 'sd21=5x' is not <preset>=<sides>; use e.g." in capsys.readouterr().err
     assert real_arch.main(["--device", "gpu0", "--check"]) == 2
     assert "--device='gpu0' is not a torch device" in capsys.readouterr().err
 
