@@ -16,6 +16,8 @@ activations grow with the canvas area). Every timing row carries os.getloadavg()
     python benchmarks/real_arch.py --device cuda --dtype float16 --presets sd21 --sizes "sd21=512,1024,2048" \
         --full-decode "sd21=2048,8192" --tiled-decode "sd21=8192" --park-budget-gb 48 --out results/bench/gpu_x.csv
     python benchmarks/real_arch.py ... --check          # validate, print each tiled decode's schedule; build nothing
+    python benchmarks/real_arch.py --depth-probe "sd3=1024;flux=1024" --out results/bench/real_arch_dit.csv
+        # SD3 / FLUX too large for this machine: depth-reduced transformers, full models extrapolated (~5 min)
 
 benchmarks/gpu_suite.sh runs it on a lent GPU. Arguments are checked against the presets
 before anything is built (a size for a preset not in --presets is an error, not skipped).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import math
 import os
 import sys
 from pathlib import Path
@@ -257,10 +260,93 @@ def merge(args: argparse.Namespace) -> int:
 #: presets whose canvases are multiples of 16 px (8 px VAE x 2x2 transformer patches)
 _DIT = ("sd3", "flux", "flux-schnell")
 
+#: --depth-probe: the depth-reduced transformers measured per DiT preset (config overrides).
+#: SD3: its last block is context-pre-only at every depth, so t = a + b * num_layers exactly;
+#: FLUX: double and single blocks, t = a + b * num_layers + c * num_single_layers. One
+#: configuration more than the fit's unknowns, so that the residual shows how linear it is.
+DEPTH_PROBES: dict[str, list[dict[str, int]]] = {
+    "sd3": [{"num_layers": n} for n in (1, 2, 3)],
+    "flux": [{"num_layers": d, "num_single_layers": s} for d, s in ((1, 1), (2, 1), (1, 2), (2, 2))],
+}
+DEPTH_PROBES["flux-schnell"] = DEPTH_PROBES["flux"]
+
+
+def depth_fit(points: list[tuple[dict[str, int], float]], full: dict[str, int]) -> tuple[float, float]:
+    """Least squares t = a + sum_k b_k * blocks_k through (block counts, seconds) points ->
+    (t at the `full` block counts, the largest absolute residual of the fit, seconds)."""
+    keys = sorted(full)
+    X = np.array([[1.0] + [float(c[k]) for k in keys] for c, _ in points])
+    y = np.array([t for _, t in points])
+    if np.linalg.matrix_rank(X) < len(keys) + 1:
+        raise ValueError(f"depth probes {[c for c, _ in points]} do not determine {keys}")
+    coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    return float(np.array([1.0] + [float(full[k]) for k in keys]) @ coef), float(np.max(np.abs(X @ coef - y)))
+
+
+def depth_probe(preset: str, size: int, sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A DiT preset too large for this machine, measured through depth-reduced copies of its
+    transformer (DEPTH_PROBES; the rest of the pipeline as the preset) at `size` px, one view.
+
+    Rows: each probe (kind measured, phase denoise_depth_probe), then the full model at
+    `size` and at `sizes` (kind extrapolated): per-view forward time from the linear fit in
+    the block counts; memory = the full transformer's weights (parameters x bytes, exact)
+    plus the largest activation peak measured above the weights. Inference keeps no block's
+    activations once the next block has run, so that peak does not grow with depth."""
+    import json
+
+    from mdtools.arch import build_from_folder, count_parameters, preset_dir
+
+    folder = preset_dir("arch:" + preset)
+    cfg = json.loads((folder / "transformer" / "config.json").read_text())
+    full = {k: int(cfg[k]) for k in DEPTH_PROBES[preset][0]}
+    dtype = getattr(torch, args.dtype)
+    rows: list[dict[str, Any]] = []
+    points: list[tuple[dict[str, int], float]] = []
+    peaks: list[float] = []
+    base: dict[str, Any] = {}
+    window, evals = 1024, None
+    for over in DEPTH_PROBES[preset]:
+        pipe, info = build_from_folder(folder, seed=0, torch_dtype=dtype, device=args.device,
+                                       overrides={"transformer": over})
+        md = MultiDiffusionPipeline(pipe, info=info)
+        base = _base(md, preset, args)
+        # twice, the faster kept: the first forward of a fresh model also pays one-off set-up
+        row = min((attempt(denoise_row, base, "denoise_depth_probe", size, md, preset, size, args) for _ in range(2)),
+                  key=lambda r: r.get("per_view_forward_s", math.inf))
+        row |= {"phase": "denoise_depth_probe", "basis": "transformer with " + ", ".join(f"{k}={v}" for k, v in over.items())}
+        rows.append(row)
+        print({k: row.get(k) for k in ("preset", "size_px", "basis", "per_view_forward_s", "peak_above_weights_gb",
+                                       "status")}, flush=True)
+        if row["status"] == "ok":
+            points.append((over, row["per_view_forward_s"]))
+            peaks.append(row["peak_above_weights_gb"])
+        window, evals = md.native_window, row.get("model_evaluations")
+        del md, pipe
+        gc.collect()
+    if len(points) < len(full) + 1:
+        return rows
+    t, resid = depth_fit(points, full)
+    params = count_parameters("arch:" + preset, ("transformer",))["transformer"]
+    weights_gb = params * torch.empty((), dtype=dtype).element_size() / GB
+    blocks = ", ".join(f"{k}={v}" for k, v in full.items())
+    for side in [size] + [s for s in sizes if s != size]:
+        views = plan_views(side, side, window=window, overlap=window // 8, scale=8).n_views
+        rows.append(base | {
+            "size_px": side, "phase": "denoise", "kind": "extrapolated", "status": "ok", "steps": args.steps,
+            "views": views, "window_px": window, "per_view_forward_s": t, "seconds": t * views * args.steps,
+            "model_evaluations": (evals or 0) * views, "weights_gb": weights_gb,
+            "peak_above_weights_gb": max(peaks), "peak_gb": weights_gb + max(peaks),
+            "basis": f"full transformer ({blocks}, {params / 1e9:.2f} B parameters): per-view forward from a linear fit "
+                     f"in the block counts of {len(points)} depth-reduced copies measured at {size} px (the faster of 2 "
+                     f"runs each; largest residual {resid:.2f} s); weights: the transformer's, exact (text encoders are "
+                     f"stand-ins, not counted); activations: the largest peak measured above the weights "
+                     f"(depth-independent at inference); {views} views x {args.steps} steps"})
+    return rows
+
 
 def validate(args: argparse.Namespace, sizes: dict[str, list[int]], full: dict[str, list[int]],
-             tiled: dict[str, list[int]], extra: dict[str, list[int]]) -> list[str]:
-    """The presets to run, after checking every argument against them before anything is
+             tiled: dict[str, list[int]], extra: dict[str, list[int]]) -> tuple[list[str], dict[str, list[int]]]:
+    """The presets to run and the depth probes (--depth-probe), after checking every argument against them before anything is
     built: ConfigError naming the argument and a valid value otherwise. A size given for a
     preset that is not run would be skipped silently, so it is an error too."""
     from mdtools.arch import preset_name
@@ -270,8 +356,20 @@ def validate(args: argparse.Namespace, sizes: dict[str, list[int]], full: dict[s
         presets = [preset_name(p.strip()) for p in args.presets.split(",") if p.strip()]
     except ConfigError as e:
         raise ConfigError(f"--presets: {e}") from None
-    if not presets:
+    probes = _sizes(args.depth_probe, {}, "--depth-probe")
+    try:
+        probes = {preset_name(k): v for k, v in probes.items()}
+    except ConfigError as e:
+        raise ConfigError(f"--depth-probe: {e}") from None
+    if not presets and not probes:
         raise ConfigError("--presets is empty; use e.g. --presets sd21,sdxl")
+    for name, sides in probes.items():
+        if name not in DEPTH_PROBES:
+            raise ConfigError(f"--depth-probe names {name!r}; depth probes exist for {', '.join(DEPTH_PROBES)} "
+                              "(UNet presets fit this machine whole)")
+        if len(sides) != 1:
+            raise ConfigError(f"--depth-probe {name}={','.join(map(str, sides))}: give one size, e.g. {name}=1024 "
+                              "(larger canvases: --extrapolate)")
     try:
         torch.device(args.device)
     except RuntimeError:
@@ -280,16 +378,18 @@ def validate(args: argparse.Namespace, sizes: dict[str, list[int]], full: dict[s
         raise ConfigError(f"--steps={args.steps} must be >= 1")
     if args.park_budget_gb <= 0:
         raise ConfigError(f"--park-budget-gb={args.park_budget_gb:g} must be > 0 (GiB), e.g. 4")
-    for flag, spec in (("--sizes", sizes), ("--full-decode", full), ("--tiled-decode", tiled), ("--extrapolate", extra)):
-        given = spec if spec is not _DEFAULTS.get(flag) else {k: v for k, v in spec.items() if k in presets}
+    for flag, spec in (("--sizes", sizes), ("--full-decode", full), ("--tiled-decode", tiled), ("--extrapolate", extra),
+                       ("--depth-probe", probes)):
+        runs = presets + list(probes) if flag in ("--extrapolate", "--depth-probe") else presets
+        given = spec if spec is not _DEFAULTS.get(flag) else {k: v for k, v in spec.items() if k in runs}
         for name, sides in given.items():
-            if name not in presets:
+            if name not in runs:
                 raise ConfigError(f"{flag} names preset {name!r}, which --presets does not run ({','.join(presets)}); "
                                   f"add it to --presets or drop it")
             m = 16 if name in _DIT else 8
             for side in sides:
                 check_multiple(flag, side, m, what=f"{name}'s patch grid" if m == 16 else f"{name}'s VAE scale")
-    return presets
+    return presets, probes
 
 
 def check(args: argparse.Namespace, presets: list[str], sizes: dict[str, list[int]], full: dict[str, list[int]],
@@ -318,7 +418,9 @@ def check(args: argparse.Namespace, presets: list[str], sizes: dict[str, list[in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", default="sd21,sdxl")
+    ap.add_argument("--presets", default=None, help="presets to build whole (default sd21,sdxl; none with --depth-probe)")
+    ap.add_argument("--depth-probe", help="DiT presets measured through depth-reduced transformers, one size each, "
+                                          "e.g. 'sd3=1024;flux=1024' (rows of the full model are extrapolated)")
     ap.add_argument("--sizes", help="denoise canvas sides per preset, e.g. 'sd21=512,1024;sdxl=1024'")
     ap.add_argument("--full-decode", help="full-decode sides per preset (same format)")
     ap.add_argument("--tiled-decode", help="tiled-decode sides per preset (same format)")
@@ -335,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="no runs: merge the MEASURED rows of these CSVs (e.g. one per preset, run separately) and "
                          "recompute the extrapolated rows into --out")
     args = ap.parse_args(argv)
+    if args.presets is None:
+        args.presets = "" if args.depth_probe else "sd21,sdxl"
     if args.merge:
         return merge(args)
     dtype = getattr(torch, args.dtype)
@@ -343,11 +447,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sizes, full, tiled, extra = (_sizes(getattr(args, flag[2:].replace("-", "_")), default, flag)
                                      for flag, default in _DEFAULTS.items())
-        presets = validate(args, sizes, full, tiled, extra)
+        presets, probes = validate(args, sizes, full, tiled, extra)
     except ConfigError as e:
         print(f"real_arch: {e}", file=sys.stderr)
         return 2
     if args.check:
+        for name, sides in probes.items():
+            print(f"{name}: depth probe at {sides[0]} px ({len(DEPTH_PROBES[name])} depth-reduced transformers), "
+                  f"extrapolate {extra.get(name, [])}")
         return check(args, presets, sizes, full, tiled, extra)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -382,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    for name, sides in probes.items():
+        rows.extend(depth_probe(name, sides[0], extra.get(name, []), args))
+        flush()
     flush()
     print(f"wrote {out} ({len(rows)} rows; loadavg {os.getloadavg()})")
     return 0

@@ -236,8 +236,13 @@ def _check_memory(name: str, dtype: torch.dtype, device: torch.device, text_enco
 
 
 def build_from_folder(folder: Path, *, seed: int = 0, torch_dtype: torch.dtype = torch.float32,
-                      device: str | torch.device | None = None, text_encoders: TextEncoders = "stand-in") -> tuple[Any, dict]:
-    """`build_pipeline` for any diffusers-layout config folder (model_index.json + configs, no weights)."""
+                      device: str | torch.device | None = None, text_encoders: TextEncoders = "stand-in",
+                      overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Any, dict]:
+    """`build_pipeline` for any diffusers-layout config folder (model_index.json + configs, no weights).
+
+    `overrides` change config values per component, e.g. {"transformer": {"num_layers": 2}}:
+    depth-reduced models for measuring what a block costs (benchmarks/real_arch.py
+    --depth-probe). The info then names them, and the architecture is no longer the preset's."""
     import diffusers
 
     if text_encoders not in ("stand-in", "full"):
@@ -246,6 +251,10 @@ def build_from_folder(folder: Path, *, seed: int = 0, torch_dtype: torch.dtype =
         raise ConfigError(f"seed must be an integer (e.g. 0), got {seed!r}")
     folder = Path(folder)
     idx = model_index(folder)
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(idx))
+    if unknown:
+        raise ConfigError(f"overrides name components {unknown} that {folder.name} does not have; it has {sorted(idx)}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     clip_tok, t5_tok = stand_in_tokenizers()
     if "text_encoder" in idx:  # CLIP pads to its context length (77 for every real model)
@@ -270,7 +279,7 @@ def build_from_folder(folder: Path, *, seed: int = 0, torch_dtype: torch.dtype =
             if comp.startswith("text_encoder") and text_encoders == "stand-in":
                 m = _stand_in(folder, comp, clip_tok, t5_tok)
             else:
-                m = build_component(folder, comp)
+                m = build_component(folder, comp, **overrides.get(comp, {}))
             if any(p.dtype != torch_dtype for p in m.parameters()):
                 m = m.to(dtype=torch_dtype)
             parts[comp] = m.to(device=dev).eval()
@@ -287,7 +296,7 @@ def build_from_folder(folder: Path, *, seed: int = 0, torch_dtype: torch.dtype =
     info = {
         "model": str(folder),
         "random_weights": True,
-        "architecture": folder.name,
+        "architecture": folder.name + (f" with {overrides}" if overrides else ""),
         "seed": seed,
         "text_encoders": ("stand-in: same family and output shapes, 2 layers, small vocabulary"
                           if text_encoders == "stand-in" else "full architecture, random weights"),

@@ -71,21 +71,6 @@ def test_every_benchmark_invocation_passes_validation(i):
         assert tiled == []
 
 
-def test_real_arch_check_rejects_bad_arguments_before_building(capsys):
-    import real_arch
-
-    assert real_arch.main(["--presets", "sd21,flux", "--sizes", "flux=1000", "--check"]) == 2
-    assert "--sizes=1000 is not a multiple of flux's patch grid (16); use 992 or 1008" in capsys.readouterr().err
-    assert real_arch.main(["--presets", "sd21", "--sizes", "sdxl=1024", "--check"]) == 2
-    assert "--sizes names preset 'sdxl', which --presets does not run (sd21)" in capsys.readouterr().err
-    assert real_arch.main(["--presets", "sd2", "--check"]) == 2
-    assert "--presets: model='sd2' is not a known architecture preset; use one of: arch:sd15" in capsys.readouterr().err
-    assert real_arch.main(["--presets", "sd21", "--tiled-decode", "sd21=5x", "--check"]) == 2
-    assert "--tiled-decode='sd21=5x': 'sd21=5x' is not <preset>=<sides>; use e.g." in capsys.readouterr().err
-    assert real_arch.main(["--device", "gpu0", "--check"]) == 2
-    assert "--device='gpu0' is not a torch device" in capsys.readouterr().err
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_without_cuda_the_suite_stops_in_its_preflight(tmp_path):
     env = dict(os.environ, GPU_SUITE_OUT=str(tmp_path), PY=sys.executable)
@@ -123,29 +108,3 @@ def test_gpu_slim_sets_the_toy_weights_aside_and_back(tmp_path):
     assert "working tree 3.0 MiB" in r.stdout
     r = subprocess.run(["bash", "benchmarks/gpu_slim.sh", "back"], cwd=repo, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "nothing set aside" in r.stderr
-
-
-def test_a_failing_size_becomes_a_row_and_the_next_sizes_run():
-    """real_arch.attempt: ok rows, 'oom' rows for out-of-memory, 'error' rows (first line of
-    the message) for other runtime errors, such as a kernel's size limit on a huge canvas."""
-    import real_arch
-
-    base = {"preset": "sd21"}
-
-    def ok():
-        return {"seconds": 1.0}
-
-    def oom():
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 120 GiB\nmore")
-
-    def bad():
-        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED\ndetails")
-
-    assert real_arch.attempt(ok, base, "decode_full", 2048) == {"seconds": 1.0, "status": "ok"}
-    row = real_arch.attempt(oom, base, "decode_full", 8192)
-    assert row["status"] == "oom" and row["basis"] == "CUDA out of memory. Tried to allocate 120 GiB"
-    assert row["size_px"] == 8192 and row["phase"] == "decode_full" and row["preset"] == "sd21"
-    row = real_arch.attempt(bad, base, "decode_full", 4096)
-    assert row["status"] == "error" and row["basis"] == "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"
-    with pytest.raises(ValueError):  # not a runtime failure of the measured code: a bug, raised
-        real_arch.attempt(lambda: int("x"), base, "denoise", 512)
