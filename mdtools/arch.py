@@ -255,6 +255,11 @@ def build_from_folder(folder: Path, *, seed: int = 0, torch_dtype: torch.dtype =
     unknown = sorted(set(overrides) - set(idx))
     if unknown:
         raise ConfigError(f"overrides name components {unknown} that {folder.name} does not have; it has {sorted(idx)}")
+    unused = sorted(c for c in overrides if c.startswith(("tokenizer", "scheduler"))
+                    or (c.startswith("text_encoder") and text_encoders == "stand-in"))
+    if unused:
+        raise ConfigError(f"overrides for {unused} would be ignored: tokenizers and schedulers are not built from "
+                          "configs here, and stand-in text encoders have their own (use text_encoders='full')")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     clip_tok, t5_tok = stand_in_tokenizers()
     if "text_encoder" in idx:  # CLIP pads to its context length (77 for every real model)
