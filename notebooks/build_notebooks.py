@@ -115,6 +115,17 @@ def nb_cost() -> list:
         code('for name in ("overhead", "recorder_overhead"):\n'
              '    p = R / "bench" / f"{name}.csv"\n'
              '    if p.exists():\n        display(pd.read_csv(p).T.rename(columns={0: name}))'),
+        md("## Real architectures, random weights\n\n`benchmarks/real_arch.py` (docs/models.md): SD 2.1 and SDXL "
+           "whole; SD3-medium whole and through depth-reduced transformers (`--depth-probe`, which FLUX.1-dev needs "
+           "here); `kind` says what was measured and what extrapolated, `basis` how. `benchmarks/vae_fast.py` "
+           "(docs/vae.md): the exact tiled decode against diffusers' tiling on SD's VAE."),
+        code('cols = ["preset", "size_px", "phase", "kind", "views", "per_view_forward_s", "seconds", '
+             '"peak_above_weights_gb", "weights_gb", "status"]\n'
+             'ra = pd.concat([pd.read_csv(R / "bench" / f) for f in ("real_arch.csv", "real_arch_sd3_whole.csv", '
+             '"real_arch_dit.csv") if (R / "bench" / f).exists()], ignore_index=True)\n'
+             'ra[[c for c in cols if c in ra]].round(2)'),
+        code('vf = pd.read_csv(R / "bench" / "vae_fast.csv")\n'
+             'vf[["size", "method", "tile_px", "seconds", "decode_peak_mb", "output_mb", "psnr_db", "disk_written_mb"]]'),
         md(FINDINGS.get("04", "_Findings are written after the runs._")),
     ]
 
