@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdtools import MultiDiffusionPipeline  # noqa: E402
+from mdtools.errors import ConfigError, check_multiple  # noqa: E402
 from mdtools.instrument import Recorder, _read_status_kib  # noqa: E402
 from mdtools.plan import plan_views  # noqa: E402
 from mdtools.vae import _malloc_trim  # noqa: E402
@@ -84,8 +85,6 @@ def _peaks(p: Any, before: float) -> dict[str, Any]:
 def _sizes(spec: str | None, default: dict[str, list[int]], flag: str = "--sizes") -> dict[str, list[int]]:
     """'sd21=512,1024;sdxl=1024' -> {'sd21': [512, 1024], 'sdxl': [1024]} ('sd21=': none);
     ConfigError naming `flag` for anything else."""
-    from mdtools.errors import ConfigError
-
     if not spec:
         return default
     out: dict[str, list[int]] = {}
@@ -163,13 +162,14 @@ def attempt(fn: Any, base: dict[str, Any], phase: str, size: int, *a: Any) -> di
                        "loadavg_1m": os.getloadavg()[0]}
 
 
-def _tiled_estimate(vae: Any, size: int, budget_gb: float) -> dict[str, Any]:
-    """schedule_estimate of the exact tiled decode at `size` px with the benchmark's budget."""
+def _tiled_estimate(vae: Any, size: int, budget_gb: float, park_dtype: str | None = None) -> dict[str, Any]:
+    """schedule_estimate of the exact tiled decode at `size` px with the benchmark's budget
+    (`park_dtype`: the parked states' dtype where the VAE's own is not the run's)."""
     from mdtools.pipeline import VAE_TILE_PX
     from mdtools.vae import schedule_estimate
 
     return schedule_estimate(vae, (size // 8, size // 8), tile=VAE_TILE_PX, sync_strategy="auto",
-                             park_budget_bytes=int(budget_gb * GB))
+                             park_budget_bytes=int(budget_gb * GB), park_dtype=park_dtype)
 
 
 def extrapolate(rows: list[dict[str, Any]], preset: str, sizes: list[int], window: int, steps: int,
@@ -389,7 +389,6 @@ def validate(args: argparse.Namespace, sizes: dict[str, list[int]], full: dict[s
     built: ConfigError naming the argument and a valid value otherwise. A size given for a
     preset that is not run would be skipped silently, so it is an error too."""
     from mdtools.arch import preset_name
-    from mdtools.errors import ConfigError, check_multiple
 
     try:
         presets = [preset_name(p.strip()) for p in args.presets.split(",") if p.strip()]
@@ -442,18 +441,14 @@ def check(args: argparse.Namespace, presets: list[str], sizes: dict[str, list[in
     and extrapolated sizes, and for each exact tiled decode the schedule it resolves to under
     --park-budget-gb (schedule_estimate: strategy, GiB parked, multiply-adds vs one untiled
     decode). A 'recompute' or 'checkpoint' schedule replays work; raise the budget to park."""
-    from mdtools.pipeline import VAE_TILE_PX
-    from mdtools.vae import schedule_estimate
-
-    park_dtype = None if args.dtype == "float32" else args.dtype
+    park_dtype = None if args.dtype == "float32" else args.dtype  # the estimate's VAE is float32
     for p in presets:
         print(f"{p}: denoise {sizes.get(p, [])}, full decode {full.get(p, [])}, tiled decode {tiled.get(p, [])}, "
               f"extrapolate {extra.get(p, [])}")
         if tiled.get(p):
             vae = _preset_vae(p)
             for side in tiled[p]:
-                e = schedule_estimate(vae, (side // 8, side // 8), tile=VAE_TILE_PX, sync_strategy="auto",
-                                      park_budget_bytes=int(args.park_budget_gb * GB), park_dtype=park_dtype)
+                e = _tiled_estimate(vae, side, args.park_budget_gb, park_dtype)
                 print(f"  tiled {side} px: {e['strategy']}, {e['parked_peak_bytes'] / GB:.1f} GiB parked "
                       f"({args.dtype}), {e['compute_vs_full']:.2f}x the multiply-adds of an untiled decode, "
                       f"{e['n_tiles']} tiles")
@@ -486,8 +481,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return merge(args)
     dtype = getattr(torch, args.dtype)
-    from mdtools.errors import ConfigError
-
     try:
         sizes, full, tiled, extra = (_sizes(getattr(args, flag[2:].replace("-", "_")), default, flag)
                                      for flag, default in _DEFAULTS.items())
