@@ -13,6 +13,14 @@ class ConfigError(ValueError):
     """A bad input, found before any model is loaded or any compute starts."""
 
 
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be computed here (e.g. pretrained weights are missing).
+
+    Public functions catch it and return `Score(nan, reason=...)`; it is raised only by the
+    backbone loaders, so a caller that wants a hard failure can call those directly.
+    """
+
+
 def nearest_multiples(value: int, multiple: int) -> tuple[int, int]:
     """The multiples of `multiple` just below and just above `value` (below is >= multiple)."""
     below = max(multiple, (value // multiple) * multiple)

@@ -49,7 +49,7 @@ LOSSES = ("lpips", "lpips_featnet", "lpips_untrained", "mse")
 
 
 def _lpips_pretrained() -> LossFn:
-    from ..metrics._common import MetricUnavailable
+    from ..errors import MetricUnavailable
     from ..metrics.backbones import load_lpips_vgg
 
     try:

@@ -11,20 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MetricUnavailable  # noqa: F401  (MetricUnavailable re-exported; defined in errors.py)
 
 IMAGE_FORMS = (
     "a PIL image, an HxWx3 (or HxW) uint8 array, an HxWx3 float array in [0, 1], "
     "or a 3xHxW / Nx3xHxW float tensor in [0, 1]"
 )
-
-
-class MetricUnavailable(RuntimeError):
-    """A metric cannot be computed here (e.g. pretrained weights are missing).
-
-    Public functions catch it and return `Score(nan, reason=...)`; it is raised only by the
-    backbone loaders, so a caller that wants a hard failure can call those directly.
-    """
 
 
 class Score(float):
