@@ -1,4 +1,4 @@
-"""Cost and memory of the REAL architectures (mdtools.arch presets, random weights).
+"""Cost and memory of the REAL architectures (mdtools.models.arch presets, random weights).
 
 Per preset, canvas size and phase (denoise, full decode, tiled decode): the UNet/transformer
 forward time per view, the measured peak memory (CPU: VmHWM high-water mark, reset per
@@ -230,7 +230,7 @@ def _preset_vae(preset: str) -> Any:
 
     from diffusers import AutoencoderKL
 
-    from mdtools.arch import _component_dir, preset_dir
+    from mdtools.models.arch import _component_dir, preset_dir
 
     cfg = json.loads((_component_dir(preset_dir("arch:" + preset), "vae") / "config.json").read_text())
     return AutoencoderKL.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
@@ -311,7 +311,7 @@ def depth_probe(preset: str, size: int, sizes: list[int], args: argparse.Namespa
     not grow with depth; the rows of the probes show it."""
     import json
 
-    from mdtools.arch import build_from_folder, count_parameters, preset_dir
+    from mdtools.models.arch import build_from_folder, count_parameters, preset_dir
 
     folder = preset_dir("arch:" + preset)
     cfg = json.loads((folder / "transformer" / "config.json").read_text())
@@ -388,7 +388,7 @@ def validate(args: argparse.Namespace, sizes: dict[str, list[int]], full: dict[s
     """The presets to run and the depth probes (--depth-probe), after checking every argument against them before anything is
     built: ConfigError naming the argument and a valid value otherwise. A size given for a
     preset that is not run would be skipped silently, so it is an error too."""
-    from mdtools.arch import preset_name
+    from mdtools.models.arch import preset_name
 
     try:
         presets = [preset_name(p.strip()) for p in args.presets.split(",") if p.strip()]

@@ -1,41 +1,38 @@
 """`MultiDiffusionPipeline`: MultiDiffusion sampling on the components of a diffusers pipeline.
 
-It holds a diffusers pipeline (SD 1.x/2.x, SDXL, or a pixel-space UNet2DModel pipeline)
-and reuses its components without copying: prompt encoding is the pipeline's own
-`encode_prompt`, so conditioning is bit-identical to diffusers.
+It holds a diffusers pipeline (SD 1.x/2.x, SDXL, SD3, FLUX, or a pixel-space UNet2DModel
+pipeline) and reuses its components without copying: prompt encoding is the pipeline's own
+`encode_prompt`, so conditioning is bit-identical to diffusers. What depends on the model
+kind is asked of its family (`mdtools.models.families`); the loop is `mdtools.sampling.Run`.
 """
 
 from __future__ import annotations
 
-import inspect
+import json
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .adapters import POSITIONS, FluxAdapter, PixelAdapter, SD3Adapter, SDAdapter, SDXLAdapter
-from .errors import ConfigError, check_choice, check_multiple, check_positive_int
+from .call import OUTPUT_TYPES, check_generation_args, prepare_call
+from .errors import ConfigError, check_choice
 from .instrument import PhaseStats, Record, Recorder
 from .kernels import Kernel
-from .methods import CallSpec, Method, Run, get_method
-from .methods.regions import check_regions
-from .plan import CIRCULAR_MODES, TilePlan, plan_views
-from .schedulers import MU_SOURCES, FlowMatchSchedule, check_scheduler_fits, make_scheduler
+from .methods import Method
+from .models import (DTYPES, FLOW_KINDS, FLUX_NATIVE_PX, LatentDenoiserView, ModelKind, check_model_sizes, config_source,
+                     detect_family, flux_cfg_passes, load_pipeline, model_options, read_model_kind, read_native_window,
+                     read_scale_factor, resolve_model_path)
+from .plan import TilePlan
+from .sampling import Run, unscale_latents
+from .schedulers import FlowMatchSchedule, check_scheduler_fits, make_scheduler
+from .vae import SYNC_STRATEGIES, park_target, tiled_decode
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-#: dtype names of the CLI, experiment files and the ComfyUI nodes
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 AUTO_TILE_PIXELS = 2048 * 2048  # "auto" VAE tiling above this canvas size
 #: Default tile of the tiled VAE decode, in pixels (diffusers' tile_sample_min_size for SD).
 VAE_TILE_PX = 512
-ModelKind = Literal["sd", "sdxl", "pixel", "sd3", "flux"]
-#: Diffusion-transformer kinds: flow matching, latents patchified 2x2 inside the model.
-DIT_KINDS = ("sd3", "flux")
-#: FLUX.1's training size (the transformer config has no sample_size): 1024 px, BFL's default.
-FLUX_NATIVE_PX = 1024
+#: the diffusion-transformer kinds (flow matching, 2x2 patches): kept under its old name
+DIT_KINDS = FLOW_KINDS
 
 
 @dataclass
@@ -51,276 +48,6 @@ class MultiDiffusionOutput:
     metrics: dict[str, Any] | None = None
 
 
-def prepare_call(
-    *,
-    prompt: str | list[str] | None,
-    negative_prompt: str | list[str] | None = None,
-    height: int,
-    width: int,
-    window: int | tuple[int, int],
-    overlap: int | tuple[int, int],
-    kernel: str | Kernel | None,
-    kernel_params: dict | None = None,
-    num_inference_steps: int,
-    guidance_scale: float,
-    view_batch_size: int,
-    circular: Any,
-    output_type: str,
-    scale: int,
-    guidance_rescale: float = 0.0,
-    latents_shape: Sequence[int] | None = None,
-    latent_channels: int | None = None,
-    method: Any = "multidiffusion",
-    method_params: dict | None = None,
-    regions: Sequence[Any] | None = None,
-    bootstrap_steps: int = 0,
-    strength: float = 1.0,
-    img2img: bool = False,
-    cfg_passes: int | None = None,
-) -> tuple[CallSpec, Method]:
-    """Validate every generation argument; return the call spec and the method object.
-
-    Raises ConfigError naming the field and a valid value. Needs no model: the CLI and the
-    experiment runner call it before loading anything.
-    """
-    if prompt is not None and not isinstance(prompt, (str, list)):
-        raise ConfigError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-    if isinstance(prompt, list) and (not prompt or not all(isinstance(p, str) for p in prompt)):
-        raise ConfigError("prompt list must be a non-empty list of strings, e.g. ['a photo of a beach']")
-    batch = len(prompt) if isinstance(prompt, list) else 1
-    if isinstance(negative_prompt, list) and len(negative_prompt) != batch:
-        raise ConfigError(
-            f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch}; "
-            f"give one negative prompt per prompt, or a single string"
-        )
-    check_positive_int("num_inference_steps", num_inference_steps)
-    check_positive_int("view_batch_size", view_batch_size)
-    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 0:
-        raise ConfigError(f"guidance_scale must be a number >= 0 (e.g. 7.5), got {guidance_scale!r}")
-    if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
-        raise ConfigError(f"guidance_rescale must be in [0, 1] (e.g. 0.7), got {guidance_rescale!r}")
-    check_choice("output_type", output_type, OUTPUT_TYPES)
-    if circular not in CIRCULAR_MODES and circular is not True:
-        raise ConfigError(f"circular={circular!r} is not valid; choose one of {list(CIRCULAR_MODES)}")
-    if method_params is not None and not isinstance(method_params, dict):
-        raise ConfigError(f"method_params must be a dict of parameter names to values, got {type(method_params).__name__}")
-    meth = get_method(method, **(method_params or {}))
-    k = meth.resolve_kernel(kernel, kernel_params)
-    plan = plan_views(height, width, window=window, overlap=overlap, scale=scale, circular=circular)
-    if isinstance(bootstrap_steps, bool) or not isinstance(bootstrap_steps, int) or bootstrap_steps < 0:
-        raise ConfigError(f"bootstrap_steps must be an integer >= 0 (e.g. 20), got {bootstrap_steps!r}")
-    regs = check_regions(regions, height, width)
-    if bootstrap_steps and not regs:
-        raise ConfigError("bootstrap_steps needs regions: bootstrapping replaces a region's surroundings")
-    call = CallSpec(height=height, width=width, plan=plan, kernel=k, scale=scale, window=plan.window,
-                    overlap=plan.overlap, circular=plan.circular, steps=num_inference_steps,
-                    guidance_scale=float(guidance_scale), batch=batch, view_batch_size=view_batch_size, regions=regs,
-                    bootstrap_steps=bootstrap_steps, strength=float(strength), img2img=img2img,
-                    cfg_passes=cfg_passes)
-    meth.check(call)
-    if latents_shape is not None and latent_channels is not None:
-        want = meth.noise_shape(call, latent_channels)
-        if tuple(latents_shape) != tuple(want):
-            raise ConfigError(f"latents has shape {tuple(latents_shape)}; for this canvas, batch and method it must be {tuple(want)}")
-    return call, meth
-
-
-def check_generation_args(**kwargs: Any) -> tuple[TilePlan, Kernel, int]:
-    """Validate every generation argument (see `prepare_call`); return (plan, kernel, batch size)."""
-    call, _ = prepare_call(**kwargs)
-    assert call.kernel is not None
-    return call.plan, call.kernel, call.batch
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_model_path(id_or_path: str | os.PathLike) -> str:
-    """'toy' / 'toy-scenes' -> the embedded model's folder; an existing path -> itself; a hub-style
-    id ('org/name') -> itself; anything else -> ConfigError (path that does not exist)."""
-    s = str(id_or_path)
-    from .toy import EMBEDDED_MODELS
-
-    if s in EMBEDDED_MODELS:
-        from .toy import toy_model_dir
-
-        return str(toy_model_dir(EMBEDDED_MODELS[s]))
-    p = Path(s).expanduser()
-    if p.exists():
-        if p.is_dir() and not (p / "model_index.json").exists():
-            raise ConfigError(f"model={s!r} is a folder without model_index.json; give a diffusers pipeline folder")
-        if p.is_file():
-            from .loading import SINGLE_FILE_SUFFIXES, is_single_file
-
-            if not is_single_file(p):
-                raise ConfigError(f"model={s!r} is a file but not a checkpoint; give a {'/'.join(SINGLE_FILE_SUFFIXES)} "
-                                  f"file, a diffusers pipeline folder or a hub id")
-        return str(p)
-    from .arch import is_arch, preset_dir
-
-    if is_arch(s):
-        return str(preset_dir(s))  # the shipped config folder: scale factor and native window read from it
-    if _HUB_ID.match(s) and not s.startswith((".", "~")):
-        return s
-    raise ConfigError(f"model path {s!r} does not exist; give a diffusers pipeline folder, a single .safetensors "
-                      f"file, a hub id, an 'arch:' preset (e.g. arch:sdxl) or one of {sorted(EMBEDDED_MODELS)}")
-
-
-def read_scale_factor(path: str) -> int:
-    """VAE scale factor of a local pipeline folder from its config, without loading weights.
-    8 (SD's) when the config cannot be read (e.g. a hub id)."""
-    import json
-
-    path = _config_folder(path)
-    cfg = Path(path) / "vae" / "config.json"
-    if cfg.exists():
-        blocks = json.loads(cfg.read_text()).get("block_out_channels", [0] * 4)
-        return 2 ** (len(blocks) - 1)
-    if Path(path).is_dir() and not (Path(path) / "vae").exists():
-        return 1  # pixel-space pipeline
-    return 8
-
-
-def read_native_window(path: str, scale: int) -> int | None:
-    """The model's training size in pixels from unet/config.json (None if unreadable)."""
-    import json
-
-    path = _config_folder(path)
-    for comp in ("unet", "transformer"):
-        cfg = Path(path) / comp / "config.json"
-        if cfg.exists():
-            c = json.loads(cfg.read_text())
-            if c.get("_class_name") == "FluxTransformer2DModel":
-                return FLUX_NATIVE_PX
-            s = c.get("sample_size")
-            s = s[0] if isinstance(s, list) else s
-            return None if s is None else int(s) * scale
-    return None
-
-
-def flux_cfg_passes(true_cfg_scale: float = 1.0, negative_prompt: Any = None) -> int:
-    """Transformer evaluations per sample and step of FLUX: its guidance is an embedding
-    (one pass), plus diffusers' true-CFG pass with a negative prompt and true_cfg_scale > 1."""
-    return 2 if true_cfg_scale > 1.0 and negative_prompt is not None else 1
-
-
-def read_model_kind(path: str) -> ModelKind | None:
-    """'sd3' / 'flux' for a transformer config folder (arch preset, single file, local folder), else None."""
-    import json
-
-    cfg = Path(_config_folder(path)) / "transformer" / "config.json"
-    if not cfg.exists():
-        return None
-    name = json.loads(cfg.read_text()).get("_class_name")
-    return {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}.get(name)
-
-
-def _diffusers_takes_dtype() -> bool:
-    """diffusers >= 0.36 names the loader's dtype argument `dtype`; older versions ignore it silently."""
-    import diffusers
-    from packaging.version import Version
-
-    return Version(diffusers.__version__.split("+")[0]) >= Version("0.36")
-
-
-def check_model_sizes(path: str, height: int, width: int, window: int | tuple[int, int] | None, scale: int) -> None:
-    """Before loading: SD3/FLUX canvases and windows must be multiples of 2 x the VAE scale (16 px);
-    the ConfigError suggests the nearest valid sizes. A no-op for UNet models."""
-    if read_model_kind(path) is None:
-        return
-    _check_patch_multiples(height, width, window, 2 * scale, scale)
-
-
-def _check_patch_multiples(height: int, width: int, window: Any, m: int, scale: int) -> None:
-    what = f"{m} px (the VAE's {scale} px x 2x2 transformer patches)"
-    check_multiple("height", height, m, what=what)
-    check_multiple("width", width, m, what=what)
-    for v in (window if isinstance(window, (tuple, list)) else (window,)) if window is not None else ():
-        check_multiple("window", v, m, what=what)
-
-
-def config_source(model: str, config: str | os.PathLike | None = None) -> str:
-    """Where to read `model`'s configs before loading it: with `config` (single checkpoint
-    files only: 'arch:<preset>' or a diffusers config folder) that folder, else the
-    resolved model path (resolve_model_path). ConfigError for a config on anything but a
-    single file, or a folder without model_index.json."""
-    path = resolve_model_path(model)
-    if config is None:
-        return path
-    from .arch import is_arch, preset_dir
-    from .loading import is_single_file
-
-    if not is_single_file(path):
-        raise ConfigError(f"checkpoint_config={str(config)!r} applies to single checkpoint files only; {model!r} is a "
-                          "diffusers folder or hub id, which carries its own configs (drop it)")
-    if is_arch(str(config)):
-        return str(preset_dir(str(config)))
-    folder = Path(config).expanduser()
-    if not (folder / "model_index.json").is_file():
-        raise ConfigError(f"checkpoint_config={str(config)!r} is not a diffusers config folder (no model_index.json) nor "
-                          "an 'arch:<preset>' name such as 'arch:sd21-768'")
-    return str(folder)
-
-
-def _config_folder(path: str) -> str:
-    """A single checkpoint file -> the shipped config folder of its detected architecture (header only)."""
-    from .loading import is_single_file
-
-    if is_single_file(path) and Path(path).is_file():
-        from .arch import preset_dir
-        from .loading import detect_architecture
-
-        return str(preset_dir("arch:" + detect_architecture(path)))
-    return path
-
-
-def _detect_kind(pipe: Any) -> ModelKind:
-    from diffusers import UNet2DConditionModel
-
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is not None:
-        name = type(transformer).__name__
-        if name == "SD3Transformer2DModel":
-            return "sd3"
-        if name == "FluxTransformer2DModel":
-            return "flux"
-        raise ConfigError(f"{type(pipe).__name__} has a {name}; mdtools supports SD3 and FLUX transformers")
-    unet = getattr(pipe, "unet", None)
-    if unet is None:
-        raise ConfigError(f"{type(pipe).__name__} has no `unet`; mdtools supports SD/SDXL/pixel UNet and SD3/FLUX "
-                          f"transformer pipelines")
-    if getattr(pipe, "text_encoder_2", None) is not None or getattr(unet.config, "addition_embed_type", None) == "text_time":
-        return "sdxl"
-    if isinstance(unet, UNet2DConditionModel):
-        if getattr(pipe, "vae", None) is None:
-            raise ConfigError(f"{type(pipe).__name__} has a conditional UNet but no VAE")
-        return "sd"
-    return "pixel"
-
-
-class LatentDenoiserView:
-    """A FLUX transformer seen as a denoiser of the unpacked latent canvas.
-
-    mdtools' loop and methods read `unet.config.in_channels` as the canvas's channel count and
-    `unet.config.sample_size` as the native window in latents. FLUX's transformer takes packed
-    2x2 patches (in_channels 64 = 16 x 4) and has no sample_size; this view reports the
-    canvas's 16 channels and 1024 px, and passes everything else (forward, parameters,
-    device, dtype) to the transformer.
-    """
-
-    def __init__(self, module: torch.nn.Module, *, in_channels: int, sample_size: int):
-        from diffusers.configuration_utils import FrozenDict
-
-        self.module = module
-        self.config = FrozenDict({**dict(module.config), "in_channels": in_channels, "sample_size": sample_size})
-
-    def __getattr__(self, key: str) -> Any:
-        return getattr(self.__dict__["module"], key)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
-
-
 class MultiDiffusionPipeline:
     """MultiDiffusion over a canvas larger than the model's window.
 
@@ -331,7 +58,9 @@ class MultiDiffusionPipeline:
 
     def __init__(self, pipe: Any, *, info: dict[str, Any] | None = None):
         self.pipe = pipe
-        self.kind: ModelKind = _detect_kind(pipe)
+        #: the model family: every kind-dependent choice (mdtools.models.families)
+        self.family = detect_family(pipe)
+        self.kind: ModelKind = self.family.kind  # type: ignore[assignment]
         #: what every record of this pipeline carries (arch presets: random_weights: true, ...)
         self.info: dict[str, Any] = dict(info or {})
         self._flow: FlowMatchSchedule | None = None  # the flow schedule of the current call
@@ -347,55 +76,15 @@ class MultiDiffusionPipeline:
                         seed: int = 0, text_encoders: str = "stand-in", config: str | os.PathLike | None = None,
                         **kwargs: Any) -> "MultiDiffusionPipeline":
         """Load a model and wrap it: 'toy' (embedded), 'arch:<preset>' (exact architecture, seeded
-        random weights, `seed` and `text_encoders` apply; mdtools.arch), a single checkpoint file
-        ('model.safetensors'; `config` overrides the detected architecture; mdtools.loading), a
-        diffusers folder or a hub id.
+        random weights, `seed` and `text_encoders` apply; mdtools.models.arch), a single checkpoint
+        file ('model.safetensors'; `config` overrides the detected architecture;
+        mdtools.models.single_file), a diffusers folder or a hub id.
 
         `kwargs` go to diffusers' loader (e.g. torch_dtype; for single files also tokenizers).
-        A model that cannot be loaded raises `mdtools.loading.ModelLoadError`: one line with the cause.
+        A model that cannot be loaded raises `ModelLoadError`: one line with the cause.
         """
-        from .arch import build_pipeline, is_arch
-        from .loading import hub_error, is_single_file, load_single_file
-
-        info: dict[str, Any] = {}
-        if is_arch(str(id_or_path)):
-            unknown = set(kwargs) - {"torch_dtype"}
-            if unknown:
-                raise ConfigError(f"arch presets take seed, text_encoders, torch_dtype and device, not {sorted(unknown)}")
-            pipe, info = build_pipeline(str(id_or_path), seed=seed, torch_dtype=kwargs.get("torch_dtype", torch.float32),
-                                        device=device, text_encoders=text_encoders)  # type: ignore[arg-type]
-            return cls(pipe, info=info)
-        path = resolve_model_path(id_or_path)
-        from .toy import EMBEDDED_MODELS
-
-        if str(id_or_path) in EMBEDDED_MODELS:  # 'toy', 'toy-v2', 'toy-scenes': checked files, offline
-            from .toy import load_toy_pipeline
-
-            pipe = load_toy_pipeline(path, dtype=kwargs.pop("torch_dtype", torch.float32))
-        elif is_single_file(path):
-            pipe, info = load_single_file(path, config=config, **kwargs)
-        else:
-            if config is not None:
-                raise ConfigError(f"config={str(config)!r} applies to single checkpoint files only; {str(id_or_path)!r} "
-                                  "is a diffusers folder or hub id, which carries its own configs (drop config)")
-            if _is_sd_folder(path):
-                kwargs.setdefault("safety_checker", None)  # a research tool: no NSFW filter on outputs
-            if "torch_dtype" in kwargs and _diffusers_takes_dtype():  # >= 0.36 calls it dtype (torch_dtype warns)
-                kwargs["dtype"] = kwargs.pop("torch_dtype")
-            from diffusers import DiffusionPipeline  # imports every pipeline: only when needed
-            from diffusers.utils import logging as dlog
-
-            level = dlog.get_verbosity()
-            if not Path(path).is_dir():
-                dlog.set_verbosity_error()  # a failed hub load logs hub warnings; its cause is in our one-line error
-            try:
-                pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
-            except (OSError, ValueError) as e:  # missing, misspelt, gated, offline: huggingface_hub errors are OSErrors
-                raise hub_error(str(id_or_path), e) from None
-            finally:
-                dlog.set_verbosity(level)
-        if device is not None:
-            pipe = pipe.to(device)
+        pipe, info = load_pipeline(id_or_path, device=device, seed=seed, text_encoders=text_encoders, config=config,
+                                   **kwargs)
         return cls(pipe, info=info)
 
     def to(self, *args: Any, **kwargs: Any) -> "MultiDiffusionPipeline":
@@ -408,18 +97,12 @@ class MultiDiffusionPipeline:
     def unet(self) -> torch.nn.Module:
         """The denoiser: the UNet, or for SD3/FLUX the transformer (FLUX's seen through
         `LatentDenoiserView`, whose config reports the unpacked canvas's channels)."""
-        if self.kind == "sd3":
-            return self.pipe.transformer
-        if self.kind == "flux":
-            t = self.pipe.transformer
-            return LatentDenoiserView(t, in_channels=t.config.in_channels // 4,  # type: ignore[return-value]
-                                      sample_size=FLUX_NATIVE_PX // self.vae_scale_factor)
-        return self.pipe.unet
+        return self.family.denoiser(self.vae_scale_factor)
 
     @property
     def scheduler(self) -> Any:
         """The pipeline's scheduler; for SD3/FLUX during a call, the call's `FlowMatchSchedule`."""
-        if self.kind in DIT_KINDS and self._flow is not None and self._flow.scheduler is self.pipe.scheduler:
+        if self._flow is not None and self._flow.scheduler is self.pipe.scheduler:
             return self._flow
         return self.pipe.scheduler
 
@@ -456,61 +139,6 @@ class MultiDiffusionPipeline:
         self.pipe.scheduler = make_scheduler(name, self.pipe.scheduler.config, **overrides)
 
     # ---- generation -------------------------------------------------------------------
-    def _adapter(self, prompt: Any, negative_prompt: Any, guidance_scale: float, guidance_rescale: float, plan: TilePlan,
-                 batch: int, sdxl_view_crops: bool, class_labels: Any, *, extra: Sequence[tuple[str, str | None]] = (),
-                 cfg: bool | None = None, positions: str = "local", true_cfg_scale: float = 1.0,
-                 max_sequence_length: int | None = None) -> Any:
-        """The view denoiser for this call. `extra` (prompt, negative) pairs get prompt ids 1, 2, ...
-        (region and tile prompts); each is encoded for every batch item."""
-        dev = self.device
-        cfg = guidance_scale > 1.0 if cfg is None else cfg
-        if self.kind == "pixel":
-            if extra:
-                raise ConfigError("region and tile prompts need a text-conditioned model; this pipeline is pixel-space")
-            labels = None if class_labels is None else torch.as_tensor(class_labels, device=dev).reshape(-1)
-            return PixelAdapter(self.unet, labels)
-        call_neg = negative_prompt if negative_prompt is None or isinstance(negative_prompt, list) else [negative_prompt] * batch
-        pairs = [(prompt, negative_prompt)] + [([p] * batch, call_neg if n is None else [n] * batch) for p, n in extra]
-        if self.kind == "sd3":
-            enc = [self.pipe.encode_prompt(prompt=p, prompt_2=None, prompt_3=None, device=dev, num_images_per_prompt=1,
-                                           do_classifier_free_guidance=cfg, negative_prompt=n,
-                                           max_sequence_length=max_sequence_length or 256) for p, n in pairs]
-            return SD3Adapter(self.unet, _stacked(enc, 0, extra), _stacked(enc, 1, extra), _stacked(enc, 2, extra),
-                              _stacked(enc, 3, extra), guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-                              cfg=cfg)
-        if self.kind == "flux":
-            # FLUX-dev is guidance-distilled: guidance_scale feeds the guidance embedding (one forward
-            # per step); a negative prompt with true_cfg_scale > 1 adds diffusers' true-CFG pass.
-            msl = max_sequence_length or 512
-            true_cfg = true_cfg_scale > 1.0 and negative_prompt is not None
-            enc = [self.pipe.encode_prompt(prompt=p, prompt_2=None, device=dev, num_images_per_prompt=1,
-                                           max_sequence_length=msl) for p, _ in pairs]
-            neg = [self.pipe.encode_prompt(prompt=n, prompt_2=None, device=dev, num_images_per_prompt=1,
-                                           max_sequence_length=msl) for _, n in pairs] if true_cfg else None
-            return FluxAdapter(self.pipe.transformer, _stacked(enc, 0, extra), None if neg is None else _stacked(neg, 0, extra),
-                               _stacked(enc, 1, extra), None if neg is None else _stacked(neg, 1, extra), enc[0][2],
-                               guidance=guidance_scale, true_cfg_scale=true_cfg_scale, cfg=true_cfg, scale=plan.scale,
-                               positions=positions)
-        if self.kind == "sd":
-            enc = [self.pipe.encode_prompt(p, dev, 1, cfg, n) for p, n in pairs]
-            pos = torch.stack([e[0] for e in enc]) if extra else enc[0][0]
-            neg = None if enc[0][1] is None else (torch.stack([e[1] for e in enc]) if extra else enc[0][1])
-            tc = None
-            if getattr(self.unet.config, "time_cond_proj_dim", None) is not None:
-                g = torch.tensor(guidance_scale - 1).repeat(batch)
-                tc = self.pipe.get_guidance_scale_embedding(g, embedding_dim=self.unet.config.time_cond_proj_dim)
-                tc = tc.to(device=dev, dtype=pos.dtype)
-            return SDAdapter(self.unet, pos, neg, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-                             timestep_cond=tc, cfg=cfg)
-        enc = [self.pipe.encode_prompt(prompt=p, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-                                       negative_prompt=n) for p, n in pairs]
-        vh, vw = plan.view_size
-        return SDXLAdapter(
-            self.unet, *(_stacked(enc, j, extra) for j in range(4)), guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale, canvas_px=(plan.height, plan.width), window_px=(vh * plan.scale, vw * plan.scale),
-            scale=plan.scale, view_crops=sdxl_view_crops, cfg=cfg,
-        )
-
     def vae_tiling_options(self, vae_tiling: Any, plan: TilePlan) -> dict[str, Any] | None:
         """Resolve `vae_tiling` (False, True, "auto" or a dict with keys tiling, tile, overlap,
         sync_groupnorm, sync_strategy, auto_pixels, park, park_budget_bytes, park_dtype) into
@@ -529,8 +157,6 @@ class MultiDiffusionPipeline:
         if unknown:
             raise ConfigError(f"vae_tiling has unknown key(s) {sorted(unknown)}; valid keys: tiling, tile, overlap, "
                               "sync_groupnorm, sync_strategy, auto_pixels, park, park_budget_bytes, park_dtype")
-        from .vae import SYNC_STRATEGIES, park_target
-
         if opts.get("park") is not None:
             park_target(opts["park"], "vae_tiling.park")  # a bad value fails here, before any denoising
 
@@ -566,46 +192,17 @@ class MultiDiffusionPipeline:
         if self.vae is None:
             return latents
         vae = self.vae
-        cfg = vae.config
-        x = latents / cfg.scaling_factor
-        if getattr(cfg, "shift_factor", None) is not None:
-            x = x + cfg.shift_factor
+        x = unscale_latents(latents, vae.config)
         if tiling is not None:
-            from .vae import tiled_decode
-
             return tiled_decode(vae, x, **tiling, report=report)
         dtype = vae.dtype
-        if dtype == torch.float16 and getattr(cfg, "force_upcast", False):
+        if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             vae.to(torch.float32)
             try:
                 return vae.decode(x.float(), return_dict=False)[0]
             finally:
                 vae.to(dtype)
         return vae.decode(x.to(dtype), return_dict=False)[0]
-
-    def _check_dit_call(self, height: int, width: int, window: Any, positions: str, flow_mu: Any,
-                        true_cfg_scale: float, max_sequence_length: int | None) -> None:
-        """SD3/FLUX argument checks, before any compute (errors name the field and a valid value)."""
-        scale = self.vae_scale_factor
-        m = 2 * scale  # 2x2 patches (FLUX packing, SD3 PatchEmbed) of VAE latents
-        _check_patch_multiples(height, width, window, m, scale)
-        check_choice("positions", positions, POSITIONS)
-        if positions == "global" and self.kind == "sd3":
-            raise ConfigError("positions='global' is FLUX only: SD3's position embedding is a centred crop of a fixed "
-                              "table, view-local by construction; use positions='local'")
-        if not (flow_mu in MU_SOURCES or (isinstance(flow_mu, (int, float)) and not isinstance(flow_mu, bool))):
-            raise ConfigError(f"flow_mu={flow_mu!r} is not valid; use 'window', 'canvas' or a number such as 1.15")
-        if not isinstance(true_cfg_scale, (int, float)) or true_cfg_scale < 1:
-            raise ConfigError(f"true_cfg_scale must be a number >= 1 (e.g. 4.0; 1 = off), got {true_cfg_scale!r}")
-        if max_sequence_length is not None:
-            check_positive_int("max_sequence_length", max_sequence_length)
-        if self.kind == "sd3":
-            pe = getattr(self.pipe.transformer.pos_embed, "pos_embed_max_size", None)
-            limit = None if pe is None else pe * m
-            for v in (window if isinstance(window, (tuple, list)) else (window,)):
-                if limit is not None and v > limit:
-                    raise ConfigError(f"window={v} exceeds SD3's position table ({pe} patches = {limit} px); "
-                                      f"use window <= {limit}")
 
     def _postprocess(self, image: torch.Tensor, output_type: str) -> Any:
         proc = getattr(self.pipe, "image_processor", None)
@@ -643,18 +240,14 @@ class MultiDiffusionPipeline:
         view_batch_size: int = 4,
         output_type: str = "pil",
         callback: Callable[[dict[str, Any]], None] | None = None,
-        sdxl_view_crops: bool = False,
-        class_labels: Sequence[int] | None = None,
         record: bool = True,
         diagnostics: bool = False,
         diagnostics_map: bool = False,
         vae_tiling: bool | str | dict = "auto",
         metrics: Sequence[str] | None = None,
         progress: bool = True,
-        positions: str = "local",
-        flow_mu: str | float = "window",
-        true_cfg_scale: float = 1.0,
-        max_sequence_length: int | None = None,
+        model_options: dict[str, Any] | None = None,
+        **model_kwargs: Any,
     ) -> MultiDiffusionOutput:
         """Generate a `height` x `width` canvas with MultiDiffusion or another method.
 
@@ -675,19 +268,19 @@ class MultiDiffusionPipeline:
         ["seam_structure", "seam_score"]) are computed on the first image and returned in
         `.metrics`. Returns MultiDiffusionOutput(images, latents, plan, record).
 
-        SD3 / FLUX only (docs/models.md): sizes are multiples of 16 px (8 px VAE x 2x2 patches);
-        `guidance_scale` is CFG for SD3 and the guidance embedding for FLUX-dev (`true_cfg_scale`
+        Options of one model kind go in `model_options` (or as keywords, their old form; see
+        `mdtools.models.MODEL_OPTIONS`): `sdxl_view_crops` (SDXL), `class_labels` (pixel UNets),
+        and for SD3 / FLUX (docs/models.md): `guidance_scale` is CFG for SD3 and the guidance embedding for FLUX-dev (`true_cfg_scale`
         > 1 with a negative prompt adds a CFG pass); `positions` "local" (default) or "global"
         (FLUX image ids offset by the view's canvas position); `flow_mu` "window" (default: the
         dynamic shift of one window's token count), "canvas" or a number; `max_sequence_length`
-        is the T5 length (None: 256 SD3, 512 FLUX, as diffusers).
+        is the T5 length (None: 256 SD3, 512 FLUX, as diffusers). Sizes of SD3 / FLUX canvases
+        are multiples of 16 px (8 px VAE x 2x2 patches).
         """
+        opts = _model_options(model_options, model_kwargs)
         scale = self.vae_scale_factor
         window = self.native_window if window is None else window
-        if self.kind in DIT_KINDS:
-            self._check_dit_call(height, width, window, positions, flow_mu, true_cfg_scale, max_sequence_length)
-        if init_latents is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-            raise ConfigError(f"strength must be in (0, 1] (e.g. 0.6), got {strength!r}")
+        self.family.check_call(height, width, window, scale, opts)
         call, meth = prepare_call(
             prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, window=window,
             overlap=overlap, kernel=kernel, kernel_params=kernel_params, num_inference_steps=num_inference_steps,
@@ -696,81 +289,31 @@ class MultiDiffusionPipeline:
             latents_shape=None if latents is None else latents.shape, latent_channels=self.unet.config.in_channels,
             method=method, method_params=method_params, regions=regions, bootstrap_steps=bootstrap_steps,
             strength=strength if init_latents is not None else 1.0, img2img=init_latents is not None,
-            cfg_passes=flux_cfg_passes(true_cfg_scale, negative_prompt) if self.kind == "flux" else None,
+            cfg_passes=self.family.cfg_passes(opts, negative_prompt),
         )
-        plan, batch = call.plan, call.batch
+        plan = call.plan
         vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
-        if metrics:
-            from .metrics import METRICS
-
-            unknown = [m for m in metrics if m not in METRICS]
-            if unknown:
-                raise ConfigError(f"metrics: unknown {unknown}; choose from {sorted(METRICS)}")
-            if output_type == "latent":
-                raise ConfigError("metrics need decoded images; use output_type='pil', 'np' or 'pt'")
-        if init_latents is not None:
-            want = (batch, self.unet.config.in_channels, plan.latent_height, plan.latent_width)
-            if tuple(init_latents.shape) != want:
-                raise ConfigError(f"init_latents has shape {tuple(init_latents.shape)}; it must be {want}")
-        if self.kind != "pixel" and prompt is None:
-            raise ConfigError("prompt is required for a text-conditioned model, e.g. prompt='a photo of a beach'")
+        self._check_inputs(call, prompt, init_latents, metrics, output_type)
         if isinstance(generator, int):
             generator = torch.Generator("cpu").manual_seed(generator)
-        if self.kind in DIT_KINDS:
-            vh, vw = plan.view_size
-            tokens = (vh // 2) * (vw // 2) if flow_mu != "canvas" else (plan.latent_height // 2) * (plan.latent_width // 2)
-            self._flow = FlowMatchSchedule(self.pipe.scheduler, family=self.kind, image_seq_len=tokens,
-                                           mu=None if isinstance(flow_mu, str) else float(flow_mu))
-        device = self.device
-        rec = Recorder(device, dtype=self.dtype, enabled=record)
+        self._flow = self.family.flow_schedule(plan, opts)
+        rec = Recorder(self.device, dtype=self.dtype, enabled=record)
         with rec.phase("total"):
             with rec.phase("encode_prompt"):
-                adapter = self._adapter(prompt, negative_prompt, guidance_scale, guidance_rescale, plan, batch,
-                                        sdxl_view_crops, class_labels, extra=meth.extra_prompts(call),
-                                        cfg=meth.needs_cfg(call), positions=positions, true_cfg_scale=true_cfg_scale,
-                                        max_sequence_length=max_sequence_length)
+                adapter = self._adapter(prompt, negative_prompt, guidance_scale, guidance_rescale, call, meth, opts)
             dtype = adapter.pos.dtype if hasattr(adapter, "pos") else self.dtype  # as diffusers: embeds' dtype
             run = Run(self, call, adapter, kernel=call.kernel, generator=generator, recorder=rec, callback=callback,
                       progress=progress, eta=eta, diagnostics=diagnostics, diagnostics_map=diagnostics_map,
-                      latents=latents, init_latents=init_latents, dtype=dtype, method_name=meth.name)
+                      latents=latents, init_latents=init_latents, dtype=dtype, method=meth)
             with rec.phase("denoise"):
                 latents = meth.generate(run)
-            cost = run.finish()
+            run.finish()
             images = None
             vae_report: dict[str, Any] = {}
             if output_type != "latent":
                 with rec.phase("decode"):
                     images = self._postprocess(self.decode(latents, tiling=vae_opts, report=vae_report), output_type)
-        rec.count("views", plan.n_views)
-        rec.count("steps", run.total_steps)
-        rec.count("model_forward_calls", cost.unet_calls + cost.unet_grad_calls)
-        rec.count("model_evaluations", cost.unet_evaluations + cost.unet_grad_evaluations)
-        if record:
-            # sub-phases of the denoising loop, timed inside the fuser and the method (time only)
-            rec.record.phases["model_forward"] = PhaseStats("model_forward", cost.unet_seconds + cost.unet_grad_seconds,
-                                                            cost.unet_calls + cost.unet_grad_calls)
-            rec.record.phases["fusion"] = PhaseStats("fusion", run.fusion_total, cost.unet_calls)
-            rec.record.extra["plan"] = plan.summary()
-            rec.record.extra["kernel"] = call.kernel.describe() if call.kernel is not None else None
-            rec.record.extra["method"] = meth.describe()
-            rec.record.extra["method_draws"] = _jsonable(meth.draws)
-            rec.record.extra["cost"] = cost.to_dict()
-            rec.record.extra["stages"] = run.n_stages
-            if call.regions:
-                rec.record.extra["regions"] = [{"prompt": r.prompt, "box": r.box, "mask": r.mask is not None}
-                                               for r in call.regions]
-                rec.record.extra["bootstrap_steps"] = call.bootstrap_steps
-            rec.record.extra.update(run.extra)
-            rec.record.extra["scheduler"] = type(self.pipe.scheduler).__name__
-            rec.record.extra["random_weights"] = bool(self.info.get("random_weights", False))
-            if self.info:
-                rec.record.extra["model_info"] = dict(self.info)
-            if self.kind in DIT_KINDS and self._flow is not None:
-                rec.record.extra["flow_schedule"] = {**self._flow.describe(), "mu_source": str(flow_mu)}
-                rec.record.extra["positions"] = positions
-            rec.record.extra["finite"] = bool(torch.isfinite(latents).all())
-            rec.record.extra["vae_tiling"] = (vae_opts if vae_opts is None
-                                              else {**vae_opts, "circular": str(plan.circular), **vae_report})
+        self._record(rec, run, latents, opts, vae_opts, vae_report)
         scores = None
         if metrics:
             from .metrics import evaluate
@@ -780,18 +323,85 @@ class MultiDiffusionPipeline:
         return MultiDiffusionOutput(images=images, latents=latents, plan=plan, record=rec.record if record else None,
                                     metrics=scores)
 
+    def _adapter(self, prompt: Any, negative_prompt: Any, guidance_scale: float, guidance_rescale: float, call: Any,
+                 meth: Method, opts: dict[str, Any]) -> Any:
+        """The view denoiser of this call. The method's extra (prompt, negative) pairs get prompt ids
+        1, 2, ... (region and tile prompts); each is encoded for every batch item."""
+        batch, extra = call.batch, meth.extra_prompts(call)
+        call_neg = negative_prompt if negative_prompt is None or isinstance(negative_prompt, list) else [negative_prompt] * batch
+        pairs = [(prompt, negative_prompt)] + [([p] * batch, call_neg if n is None else [n] * batch) for p, n in extra]
+        return self.family.adapter(self.unet, pairs, extra=extra, guidance_scale=guidance_scale,
+                                   guidance_rescale=guidance_rescale, plan=call.plan, batch=batch, cfg=meth.needs_cfg(call),
+                                   opts=opts, negative_prompt=negative_prompt, device=self.device)
 
-def _stacked(enc: Sequence[Sequence[Any]], j: int, extra: Sequence[Any]) -> Any:
-    """Output j of each prompt's encode_prompt: stacked (P, ...) with region/tile prompts, else prompt 0's."""
-    if enc[0][j] is None:
-        return None
-    return torch.stack([e[j] for e in enc]) if extra else enc[0][j]
+    def _check_inputs(self, call: Any, prompt: Any, init_latents: torch.Tensor | None, metrics: Sequence[str] | None,
+                      output_type: str) -> None:
+        """The checks that need the model (channels) or the metric registry, before any compute."""
+        if metrics:
+            from .metrics import METRICS
+
+            unknown = [m for m in metrics if m not in METRICS]
+            if unknown:
+                raise ConfigError(f"metrics: unknown {unknown}; choose from {sorted(METRICS)}")
+            if output_type == "latent":
+                raise ConfigError("metrics need decoded images; use output_type='pil', 'np' or 'pt'")
+        if init_latents is not None:
+            want = (call.batch, self.unet.config.in_channels, call.plan.latent_height, call.plan.latent_width)
+            if tuple(init_latents.shape) != want:
+                raise ConfigError(f"init_latents has shape {tuple(init_latents.shape)}; it must be {want}")
+        if self.family.text_conditioned and prompt is None:
+            raise ConfigError("prompt is required for a text-conditioned model, e.g. prompt='a photo of a beach'")
+
+    def _record(self, rec: Recorder, run: Run, latents: torch.Tensor, opts: dict[str, Any], vae_opts: dict | None,
+                vae_report: dict[str, Any]) -> None:
+        """Counts, sub-phases and the call's description into the record."""
+        call, meth, cost = run.call, run.method, run.cost
+        rec.count("views", call.plan.n_views)
+        rec.count("steps", run.total_steps)
+        rec.count("model_forward_calls", cost.unet_calls + cost.unet_grad_calls)
+        rec.count("model_evaluations", cost.unet_evaluations + cost.unet_grad_evaluations)
+        if not rec.enabled:
+            return
+        r = rec.record
+        # sub-phases of the denoising loop, timed inside the fuser and the method (time only)
+        r.phases["model_forward"] = PhaseStats("model_forward", cost.unet_seconds + cost.unet_grad_seconds,
+                                               cost.unet_calls + cost.unet_grad_calls)
+        r.phases["fusion"] = PhaseStats("fusion", run.fusion_total, cost.unet_calls)
+        r.extra["plan"] = call.plan.summary()
+        r.extra["kernel"] = call.kernel.describe() if call.kernel is not None else None
+        r.extra["method"] = meth.describe()
+        r.extra["method_draws"] = _jsonable(meth.draws)
+        r.extra["cost"] = cost.to_dict()
+        r.extra["stages"] = run.n_stages
+        if call.regions:
+            r.extra["regions"] = [{"prompt": g.prompt, "box": g.box, "mask": g.mask is not None} for g in call.regions]
+            r.extra["bootstrap_steps"] = call.bootstrap_steps
+        r.extra.update(run.extra)
+        r.extra["scheduler"] = type(self.pipe.scheduler).__name__
+        r.extra["random_weights"] = bool(self.info.get("random_weights", False))
+        if self.info:
+            r.extra["model_info"] = dict(self.info)
+        if self._flow is not None:
+            r.extra["flow_schedule"] = {**self._flow.describe(), "mu_source": str(opts["flow_mu"])}
+            r.extra.update(self.family.describe_call(opts))
+        r.extra["finite"] = bool(torch.isfinite(latents).all())
+        r.extra["vae_tiling"] = (vae_opts if vae_opts is None
+                                 else {**vae_opts, "circular": str(call.plan.circular), **vae_report})
+
+
+def _model_options(options: dict[str, Any] | None, aliases: dict[str, Any]) -> dict[str, Any]:
+    """model_options plus the old keywords; any other keyword is a TypeError, as for a Python call."""
+    from .models import MODEL_OPTIONS
+
+    unknown = sorted(set(aliases) - set(MODEL_OPTIONS))
+    if unknown:
+        raise TypeError(f"MultiDiffusionPipeline.__call__() got unexpected keyword argument(s) {unknown}; "
+                        f"model options: {sorted(MODEL_OPTIONS)}")
+    return model_options(options, **aliases)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     """Draws are small lists; anything bigger than a few thousand numbers is summarised."""
-    import json
-
     out = {}
     for k, v in d.items():
         blob = json.dumps(v, default=str)
@@ -799,24 +409,9 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_sd_folder(path: str) -> bool:
-    idx = Path(path) / "model_index.json"
-    return idx.exists() and "safety_checker" in idx.read_text()
-
-
-def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict[str, Any]:
-    """eta / generator for schedulers whose step() takes them (as diffusers pipelines do)."""
-    params = set(inspect.signature(scheduler.step).parameters)
-    out: dict[str, Any] = {}
-    if "eta" in params:
-        out["eta"] = eta
-    if "generator" in params:
-        out["generator"] = generator
-    return out
-
-
+# names that lived here before the models/ and call.py split, kept importable from mdtools.pipeline
 __all__ = [
     "MultiDiffusionOutput", "MultiDiffusionPipeline", "check_generation_args", "prepare_call", "resolve_model_path",
     "read_scale_factor", "read_native_window", "read_model_kind", "check_model_sizes", "OUTPUT_TYPES", "DIT_KINDS",
-    "flux_cfg_passes", "config_source",
+    "flux_cfg_passes", "config_source", "DTYPES", "FLUX_NATIVE_PX", "LatentDenoiserView", "AUTO_TILE_PIXELS", "VAE_TILE_PX",
 ]

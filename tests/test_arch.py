@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mdtools import MultiDiffusionPipeline
-from mdtools.arch import PRESETS, build_from_folder, count_parameters, preset_dir, published_counts, stand_in_tokenizers
+from mdtools.models.arch import PRESETS, build_from_folder, count_parameters, preset_dir, published_counts, stand_in_tokenizers
 from mdtools.errors import ConfigError
 
 # Published figures, independent of how mdtools builds the models: exact where the weight files'
@@ -69,7 +69,7 @@ def test_unknown_preset_lists_the_valid_ones():
 
 def test_stand_in_text_encoders_keep_the_output_shapes():
     """Stand-ins (2 layers, small vocabulary) give the real encoders' sequence length and widths."""
-    from mdtools.arch import _stand_in, model_index
+    from mdtools.models.arch import _stand_in, model_index
 
     clip_tok, t5_tok = stand_in_tokenizers()
     ids = clip_tok(["a photo of a beach"], padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -161,7 +161,7 @@ def test_c3_c4_rejudged_on_real_architecture_rows():
 
 
 def test_preset_too_big_for_memory_is_refused_before_allocating(monkeypatch):
-    import mdtools.arch as arch
+    import mdtools.models.arch as arch
 
     monkeypatch.setattr(arch, "_available_bytes", lambda device: 8 * 2**30)
     with pytest.raises(ConfigError, match=r"arch:flux needs about 44.6 GiB .* float32 but cpu has 8.0 GiB"):

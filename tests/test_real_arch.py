@@ -89,7 +89,7 @@ def test_depth_probe_keeps_failed_probes_as_rows_and_fits_the_rest(monkeypatch, 
 
     import real_arch
 
-    import mdtools.arch as arch
+    import mdtools.models.arch as arch
 
     class FakeMD:
         device, native_window = torch.device("cpu"), 1024
@@ -129,7 +129,7 @@ def test_depth_probe_arguments_and_reduced_builds():
     asked block counts and say so (built on the meta device: no memory)."""
     import real_arch
 
-    from mdtools.arch import build_from_folder, preset_dir
+    from mdtools.models.arch import build_from_folder, preset_dir
     from mdtools.errors import ConfigError
 
     out = io.StringIO()

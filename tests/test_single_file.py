@@ -15,7 +15,7 @@ import torch
 
 from mdtools import MultiDiffusionPipeline
 from mdtools.errors import ConfigError
-from mdtools.loading import ModelLoadError, detect_architecture
+from mdtools.models.single_file import ModelLoadError, detect_architecture
 
 _RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
         "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -444,8 +444,8 @@ def test_config_folder_names_the_preset_when_the_file_is_not_recognised():
     prediction type) says which tokenizers a file diffusers cannot classify needs."""
     from pathlib import Path
 
-    from mdtools.arch import preset_dir
-    from mdtools.loading import _folder_preset
+    from mdtools.models.arch import preset_dir
+    from mdtools.models.single_file import _folder_preset
 
     for preset in ("sd15", "sd21", "sd21-768", "sdxl", "sd3", "flux"):
         assert _folder_preset(Path(preset_dir("arch:" + preset)), "x.safetensors") == preset

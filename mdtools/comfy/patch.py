@@ -9,13 +9,13 @@ whole canvas into the method's fused prediction (MultiDiffusion Eq. 5):
 D is whatever ComfyUI's `apply_model` returns for a crop (the denoised x0 of the crop,
 after any later wrapper in the chain). x0 = x - sigma * eps is affine in eps with the same
 x and sigma at a shared pixel, so fusing x0 predictions is fusing eps predictions: the
-sampler then takes ONE step on the canvas, as in `mdtools.Run.denoise`.
+sampler then takes ONE step on the canvas, as in `mdtools.sampling.Run.denoise`.
 
 Nothing is copied from mdtools: the plan is `mdtools.plan_views`, the weights come from
 `KERNELS` through the method's `resolve_kernel`, the crop / fuse loop is
 `mdtools.fusion.MultiDiffusion.fuse`, and the views of step i are the method's own
-`views(run, i)` (SpotDiffusion's shifted grids). A small `_WrapperRun` gives the method
-hooks the parts of `mdtools.methods.Run` they read.
+`views(ctx, i)` (SpotDiffusion's shifted grids). The hooks receive a `mdtools.sampling.StepContext`
+without the model: the same contract `Run` implements in mdtools' own loop.
 
 Two ComfyUI APIs (both mirrored by tests/comfy_standin.py, after ComfyUI 0.3.64):
 - the chaining wrapper API `ModelPatcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key,
@@ -30,7 +30,7 @@ Only the patched clone is affected: ComfyUI itself is never modified.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -38,12 +38,13 @@ import torch
 from ..errors import ConfigError, check_choice, check_positive_int
 from ..fusion import MultiDiffusion, ViewSet
 from ..kernels import KERNELS, Kernel
-from ..methods import CallSpec, Method, get_method
+from ..methods import METHODS, Method, get_method, per_step_methods
 from ..plan import TilePlan, plan_views
+from ..sampling import CallSpec, Stage, StepContext
 
-#: The methods that work as a per-step model wrapper (the others need the whole pipeline:
-#: use the Generate (mdtools) node for them).
-PATCH_METHODS = ("multidiffusion", "mixture", "spotdiffusion")
+#: The methods that work as a per-step model wrapper (flag `per_step_wrapper`; the others need
+#: the whole pipeline: use the Generate (mdtools) node for them).
+PATCH_METHODS = per_step_methods()
 #: "auto": the method's own default kernel (gaussian; mixture's Gaussian tile weights).
 KERNEL_CHOICES = ("auto", *KERNELS)
 CIRCULAR_CHOICES = ("off", "x", "y", "both")
@@ -63,35 +64,6 @@ class PatchSettings:
     circular: str = "off"
     seed: int = 0
     scale: int = 8
-
-
-@dataclass
-class _Stage:
-    plan: TilePlan
-    fuser: MultiDiffusion
-    viewset: ViewSet
-    timesteps: torch.Tensor
-    index: int = 0
-    step: int = 0
-
-
-@dataclass
-class _WrapperRun:
-    """What the per-step hooks of a `Method` read from `mdtools.methods.Run`, for a canvas
-    sampled by ComfyUI: the call, the stage (plan, fuser, default views, step count), the
-    kernel and the device. ComfyUI owns noise and scheduler, so no generator is held; the
-    methods' own draws are seeded by the node's `seed` (method param `seed`)."""
-
-    call: CallSpec
-    stage: _Stage
-    kernel: Kernel
-    device: torch.device
-    method: Method | None = None  # this canvas's own method object: methods keep per-run state
-    generator: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def fuse(self, x_in: torch.Tensor, t: torch.Tensor, vs: ViewSet, *, input_fn: Any = None) -> torch.Tensor:
-        return self.stage.fuser.fuse(x_in, t, vs, input_fn=input_fn)
 
 
 def _call_spec(s: PatchSettings, plan: TilePlan, kernel: Kernel, steps: int) -> CallSpec:
@@ -124,7 +96,7 @@ class MultiDiffusionPatch:
         probe = plan_views(64 * s.scale, 64 * s.scale, window=s.window, overlap=s.overlap, scale=s.scale,
                            circular=self._circular)
         self.method.check(_call_spec(s, probe, self.kernel, 1))
-        self._runs: dict[tuple, _WrapperRun] = {}
+        self._runs: dict[tuple, StepContext] = {}
         self.calls = 0  # fused model calls, for tests and records
 
     def _new_method(self) -> Method:
@@ -142,10 +114,10 @@ class MultiDiffusionPatch:
                 "overlap": s.overlap, "view_batch_size": s.view_batch_size, "circular": s.circular}
 
     # ---- per canvas ---------------------------------------------------------------------
-    def _run(self, H: int, W: int, device: torch.device, sigmas: torch.Tensor | None) -> _WrapperRun:
-        spot = self.settings.method == "spotdiffusion"
+    def _run(self, H: int, W: int, device: torch.device, sigmas: torch.Tensor | None) -> StepContext:
+        spot = self.method.needs_sigmas
         if spot and sigmas is None:
-            raise ConfigError("method 'spotdiffusion' needs the sampler's sigmas (transformer_options['sample_sigmas'], "
+            raise ConfigError(f"method {self.settings.method!r} needs the sampler's sigmas (transformer_options['sample_sigmas'], "
                               "set by ComfyUI's samplers); use method 'multidiffusion' with this sampler")
         steps = 1 if sigmas is None else max(1, len(sigmas) - 1)
         key = (H, W, str(device), tuple(sigmas.tolist()) if spot else None)
@@ -158,9 +130,11 @@ class MultiDiffusionPatch:
             fuser = MultiDiffusion(None, plan, self.kernel, view_batch_size=s.view_batch_size,  # type: ignore[arg-type]
                                    device=device)
             ts = sigmas[:-1] if sigmas is not None else torch.zeros(1)
-            run = _WrapperRun(_call_spec(s, plan, self.kernel, steps), _Stage(plan, fuser, fuser.viewset, ts),
-                              self.kernel, device, method=self._new_method())
-            run.method.begin(run)  # type: ignore[arg-type,union-attr]  # duck-typed Run: SpotDiffusion draws its shifts here
+            # ComfyUI owns noise and scheduler, so no generator is held; the methods' own draws are
+            # seeded by the node's `seed` (method param `seed`); each canvas has its own method object
+            run = StepContext(_call_spec(s, plan, self.kernel, steps), self.kernel, device,
+                              stage=Stage(0, plan, fuser, fuser.viewset, ts), method=self._new_method())
+            run.method.begin(run)  # SpotDiffusion draws its shifts here
             if len(self._runs) > 8:  # a long session with many canvas sizes: keep the cache small
                 self._runs.clear()
             self._runs[key] = run
@@ -193,7 +167,7 @@ class MultiDiffusionPatch:
         run = self._run(H, W, x.device, sigmas)
         i = self.step_index(t, sigmas)
         run.stage.step = i
-        vs = run.method.views(run, i)  # type: ignore[arg-type,union-attr]
+        vs = run.method.views(run, i)
         span: list[int] = [0, 0]
 
         def note(crops: torch.Tensor, s: int, e: int) -> torch.Tensor:
@@ -254,8 +228,6 @@ class MultiDiffusionPatch:
 
 
 def _params(method: str) -> dict[str, Any]:
-    from ..methods import METHODS
-
     return METHODS[method].PARAMS
 
 

@@ -24,7 +24,7 @@ VAE_TILING = ("auto", "on", "off")
 def load_pipeline(model: str, *, device: str = "auto", dtype: str = "float32", config: str = "") -> Any:
     """`MultiDiffusionPipeline.from_pretrained(model)`: 'toy' (or another embedded model), a
     diffusers folder, a hub id, a single checkpoint file (`config`: a diffusers config folder
-    or 'arch:<preset>', default: detected from the file; mdtools.loading) or 'arch:<preset>'."""
+    or 'arch:<preset>', default: detected from the file; mdtools.models.single_file) or 'arch:<preset>'."""
     from ..pipeline import MultiDiffusionPipeline
 
     check_choice("device", device, DEVICES)

@@ -20,18 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .base import CallSpec, Cost, Method, Param, Run
-from .demofusion import DemoFusionMethod
-from .global_pass import GlobalPassMethod
-from .multidiffusion import MixtureMethod, MultiDiffusionMethod
+from ..sampling import CallSpec, Cost, Run, StepContext
+from . import demofusion, global_pass, multidiffusion, spotdiffusion, syncdiffusion  # noqa: F401  (register the methods)
+from .base import METHODS, Method, Param, register
 from .regions import Region
-from .spotdiffusion import SpotDiffusionMethod
-from .syncdiffusion import SyncDiffusionMethod
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (MultiDiffusionMethod, MixtureMethod, SyncDiffusionMethod, SpotDiffusionMethod,
-                              GlobalPassMethod, DemoFusionMethod)
-}
+#: the registry's names, in the order the table above lists them
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 
 
 def get_method(name: str | Method = "multidiffusion", **params: Any) -> Method:
@@ -50,4 +45,10 @@ def method_params(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in METHODS[name].PARAMS.items()}
 
 
-__all__ = ["METHODS", "CallSpec", "Cost", "Method", "Param", "Region", "Run", "get_method", "method_params"]
+def per_step_methods() -> tuple[str, ...]:
+    """The methods that work as a per-step model wrapper (their hooks need only a StepContext)."""
+    return tuple(n for n, cls in METHODS.items() if cls.per_step_wrapper)
+
+
+__all__ = ["METHODS", "METHOD_NAMES", "CallSpec", "Cost", "Method", "Param", "Region", "Run", "StepContext", "get_method",
+           "method_params", "per_step_methods", "register"]

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..fusion import ViewSet
 from ..plan import TilePlan, View, plan_views
-from .base import CallSpec, Method, Param, Run, is_int, is_num
+from ..sampling import CallSpec, Run, StepContext
+from .base import Method, Param, is_int, is_num, register
 
 
 def _gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
@@ -63,6 +64,7 @@ def local_starts(length: int, window: int, stride: int) -> list[int]:
     return [min(k * stride, length - window) for k in range(n)]
 
 
+@register
 class DemoFusionMethod(Method):
     """Progressive upscaling: stage 1 at 1/S size, then stages with skip residual and dilated sampling."""
 
@@ -159,18 +161,18 @@ class DemoFusionMethod(Method):
             latents = run.denoise(self, self._noised[0], ts, plan)
         return latents
 
-    def _cosine(self, run: Run, t: torch.Tensor) -> float:
-        T = run.scheduler.config.num_train_timesteps
+    def _cosine(self, ctx: StepContext, t: torch.Tensor) -> float:
+        T = ctx.scheduler.config.num_train_timesteps
         return 0.5 * (1 + math.cos(math.pi * (T - float(t)) / T))
 
-    def correct(self, run: Run, i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    def correct(self, ctx: StepContext, i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         if self._s == 1:
             return latents
-        c1 = self._cosine(run, t) ** self.cosine_scale_1  # skip residual
+        c1 = self._cosine(ctx, t) ** self.cosine_scale_1  # skip residual
         return latents * (1 - c1) + self._noised[i] * c1
 
-    def _jittered(self, run: Run, H: int, W: int) -> ViewSet:
-        call = run.call
+    def _jittered(self, ctx: StepContext, H: int, W: int) -> ViewSet:
+        call = ctx.call
         base = self._local_views(call, H, W)
         wh, ww = base[0].height, base[0].width
         sy, sx = self.stride_latent(call)
@@ -192,10 +194,10 @@ class DemoFusionMethod(Method):
             draws.append((jy, jx))
             views.append(View(v.top + jy, v.left + jx, wh, ww))
         self.draws["jitter"][-1].append(draws)
-        ones = torch.ones(wh * ww, device=run.device)
-        return ViewSet.build(views, (H, W), weight=ones, pad=True, device=run.device)
+        ones = torch.ones(wh * ww, device=ctx.device)
+        return ViewSet.build(views, (H, W), weight=ones, pad=True, device=ctx.device)
 
-    def _dilated(self, run: Run, Hp: int, Wp: int, s: int) -> ViewSet:
+    def _dilated(self, ctx: StepContext, Hp: int, Wp: int, s: int) -> ViewSet:
         key = (Hp, Wp, s)
         if getattr(self, "_dil_key", None) != key:
             hs, ws = Hp // s, Wp // s
@@ -206,19 +208,19 @@ class DemoFusionMethod(Method):
                 for w0 in range(s):
                     views.append(View(h0, w0, hs, ws))
                     idx.append(((h0 + r) * Wp + (w0 + c)).reshape(-1))
-            self._dil = ViewSet(tuple(views), (Hp, Wp), torch.stack(idx).to(run.device),
-                                torch.ones(s * s, hs * ws, device=run.device))
+            self._dil = ViewSet(tuple(views), (Hp, Wp), torch.stack(idx).to(ctx.device),
+                                torch.ones(s * s, hs * ws, device=ctx.device))
             self._dil_key = key
         return self._dil
 
-    def predict(self, run: Run, i: int, t: torch.Tensor, latents: torch.Tensor,
+    def predict(self, ctx: StepContext, i: int, t: torch.Tensor, latents: torch.Tensor,
                 x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._s == 1:
-            return super().predict(run, i, t, latents, x_in)
+            return super().predict(ctx, i, t, latents, x_in)
         s = self._s
-        cf = self._cosine(run, t)
+        cf = self._cosine(ctx, t)
         B, C, H, W = latents.shape
-        local = run.fuse(x_in, t, self._jittered(run, H, W))
+        local = ctx.fuse(x_in, t, self._jittered(ctx, H, W))
         # dilated sampling on the canvas zero-padded at the top/left to a multiple of s
         h_pad, w_pad = (s - H % s) % s, (s - W % s) % s
         padded = F.pad(latents, (w_pad, 0, h_pad, 0))
@@ -226,12 +228,12 @@ class DemoFusionMethod(Method):
         std, mean = padded.std(), padded.mean()
         blur = _gaussian_blur(padded, 2 * s - 1, self.sigma * c3)
         blur = (blur - blur.mean()) / blur.std() * std + mean
-        glob = run.fuse(run.scheduler.scale_model_input(blur, t), t, self._dilated(run, H + h_pad, W + w_pad, s))
+        glob = ctx.fuse(ctx.scheduler.scale_model_input(blur, t), t, self._dilated(ctx, H + h_pad, W + w_pad, s))
         glob = glob[:, :, h_pad:, w_pad:]
         c2 = cf**self.cosine_scale_2
         return local * (1 - c2) + glob * c2, latents
 
-    def end(self, run: Run, latents: torch.Tensor) -> torch.Tensor:
+    def end(self, ctx: StepContext, latents: torch.Tensor) -> torch.Tensor:
         if self._s == 1:
             return latents
         mean, std = self._anchor

@@ -16,14 +16,17 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..plan import plan_views
-from .base import CallSpec, Param, Run, is_int, is_num
+from ..sampling import CallSpec, Run
+from .base import Param, is_int, is_num, register
 from .multidiffusion import MultiDiffusionMethod
 
 
+@register
 class GlobalPassMethod(MultiDiffusionMethod):
     """Low-res whole-canvas pass, latent upscale, tiled img2img pass at `strength`."""
 
     name = "global_pass"
+    per_step_wrapper = False  # a low-res pass, then a tiled stage: needs the whole pipeline
     PARAMS = {
         "factor": Param(4, lambda v: is_int(v) and v >= 2, "an integer >= 2, e.g. 4", "low-res canvas = canvas / factor"),
         "strength": Param(0.6, lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1], e.g. 0.6",

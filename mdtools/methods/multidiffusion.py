@@ -22,7 +22,8 @@ import torch
 from ..errors import ConfigError
 from ..fusion import InputFn, ViewSet
 from ..kernels import Kernel, get_kernel
-from .base import CallSpec, Method, Param, Run, is_int, is_num
+from ..sampling import CallSpec, Run, StepContext
+from .base import Method, Param, is_int, is_num, register
 from .regions import RegionState, bootstrap_draws, check_bootstrap, latent_masks
 
 
@@ -57,19 +58,21 @@ BOOTSTRAP_PARAMS = {
 }
 
 
-def derived_generator(run: Run, seed: int | None, salt: int) -> torch.Generator:
-    """A CPU generator for a method's own draws, so they never shift the run's noise stream.
-    Seeded by `seed`, or by the run generator's initial seed plus `salt`."""
+def derived_generator(ctx: StepContext, seed: int | None, salt: int) -> torch.Generator:
+    """A CPU generator for a method's own draws, so they never shift the ctx's noise stream.
+    Seeded by `seed`, or by the ctx generator's initial seed plus `salt`."""
     if seed is None:
-        g = run.generator[0] if isinstance(run.generator, list) else run.generator
+        g = ctx.generator[0] if isinstance(ctx.generator, list) else ctx.generator
         seed = (g.initial_seed() if g is not None else torch.seed()) + salt
     return torch.Generator("cpu").manual_seed(int(seed) % (2**63))
 
 
+@register
 class MultiDiffusionMethod(Method):
     """MultiDiffusion over the call's plan and kernel; regions and bootstrapping when given."""
 
     name = "multidiffusion"
+    per_step_wrapper = True
     PARAMS = dict(BOOTSTRAP_PARAMS)
     supports_regions = True
 
@@ -102,40 +105,41 @@ class MultiDiffusionMethod(Method):
             est["vae_encodes"] = call.bootstrap_steps
         return est
 
-    def base_viewset(self, run: Run) -> ViewSet:
-        return run.stage.viewset
+    def base_viewset(self, ctx: StepContext) -> ViewSet:
+        return ctx.stage.viewset
 
-    def begin(self, run: Run) -> None:
-        call = run.call
+    def begin(self, ctx: StepContext) -> None:
+        call = ctx.call
         self.regions_state: RegionState | None = None
         if not call.regions:
             return
-        base = self.base_viewset(run)
+        base = self.base_viewset(ctx)
         masks = latent_masks(call.regions, call.height, call.width, call.scale)
         st = RegionState(base, masks, first_region_id=self._first_region_id(call), base_cond=base.cond,
                          base_guidance=base.guidance, guidance_scale=call.guidance_scale)
         k = call.bootstrap_steps
         if k > 0:
-            gen = derived_generator(run, self.params.get("bootstrap_seed"), salt=0xB007)
+            gen = derived_generator(ctx, self.params.get("bootstrap_seed"), salt=0xB007)
             colors, choices = bootstrap_draws(k, base.n, len(call.regions), colors=self.params.get("bootstrap_colors"),
                                               choices=self.params.get("bootstrap_choices"), generator=gen)
             h, w = base.size
             s = call.scale
             imgs = (2 * colors - 1)[:, :, None, None].expand(-1, -1, h * s, w * s)
-            st.backgrounds = torch.cat([run.encode_images(imgs[c:c + 1]) for c in range(imgs.shape[0])])
+            st.backgrounds = torch.cat([ctx.encode_images(imgs[c:c + 1]) for c in range(imgs.shape[0])])
             st.choices = choices
             self.draws = {"bootstrap_colors": colors.tolist(), "bootstrap_choices": choices.tolist()}
         self.regions_state = st
 
-    def views(self, run: Run, i: int) -> ViewSet:
+    def views(self, ctx: StepContext, i: int) -> ViewSet:
         st = getattr(self, "regions_state", None)
-        return st.viewset if st is not None else self.base_viewset(run)
+        return st.viewset if st is not None else self.base_viewset(ctx)
 
-    def inputs(self, run: Run, i: int, t: torch.Tensor) -> InputFn | None:
+    def inputs(self, ctx: StepContext, i: int, t: torch.Tensor) -> InputFn | None:
         st = getattr(self, "regions_state", None)
-        return None if st is None else st.bootstrap_fn(run, i, t)
+        return None if st is None else st.bootstrap_fn(ctx, i, t)
 
 
+@register
 class MixtureMethod(MultiDiffusionMethod):
     """Mixture of Diffusers: Gaussian tile weights, optional per-tile prompts and guidance."""
 
@@ -192,11 +196,11 @@ class MixtureMethod(MultiDiffusionMethod):
             est["unet_evaluations"] *= 2  # CFG runs for every tile once any tile asks for it
         return est
 
-    def base_viewset(self, run: Run) -> ViewSet:
-        vs = run.stage.viewset
+    def base_viewset(self, ctx: StepContext) -> ViewSet:
+        vs = ctx.stage.viewset
         if self.tile_prompts is None and self.tile_guidance is None:
             return vs
-        call = run.call
+        call = ctx.call
         rows = sorted({v.top for v in call.plan.views})
         cols = sorted({v.left for v in call.plan.views})
         cond, guid = [], []
@@ -207,11 +211,11 @@ class MixtureMethod(MultiDiffusionMethod):
         return ViewSet(vs.views, vs.canvas, vs.index, vs.weight, torch.tensor(cond, device=vs.index.device),
                        torch.tensor(guid, dtype=torch.float32, device=vs.index.device))
 
-    def begin(self, run: Run) -> None:
-        self._base = self.base_viewset(run)
-        super().begin(run)
+    def begin(self, ctx: StepContext) -> None:
+        self._base = self.base_viewset(ctx)
+        super().begin(ctx)
 
-    def views(self, run: Run, i: int) -> ViewSet:
+    def views(self, ctx: StepContext, i: int) -> ViewSet:
         st = getattr(self, "regions_state", None)
         return st.viewset if st is not None else self._base
 

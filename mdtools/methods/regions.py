@@ -156,19 +156,19 @@ class RegionState:
         self.backgrounds: torch.Tensor | None = None  # (k colours, C, h, w) scaled latents
         self.choices: torch.Tensor | None = None      # (k steps, views, regions) colour indices
 
-    def bootstrap_fn(self, run: Any, i: int, t: torch.Tensor) -> InputFn | None:
+    def bootstrap_fn(self, ctx: Any, i: int, t: torch.Tensor) -> InputFn | None:
         """Replace foreground entries' crops outside their mask by a noised constant background."""
         if self.backgrounds is None or self.choices is None or i >= self.choices.shape[0]:
             return None
         vs = self.viewset
-        B = run.call.batch
+        B = ctx.call.batch
         h, w = vs.size
-        sch = run.scheduler
-        noise = run.noise
+        sch = ctx.scheduler
+        noise = ctx.noise
 
         def fn(crops: torch.Tensor, start: int, end: int) -> torch.Tensor:
             out = crops.clone()
-            noise_crops = MultiDiffusion.gather(noise, vs, start, end)  # the run's initial noise, once per batch
+            noise_crops = MultiDiffusion.gather(noise, vs, start, end)  # the ctx's initial noise, once per batch
             for j in range(start, end):
                 r = int(self.region_of[j])
                 if r < 0:

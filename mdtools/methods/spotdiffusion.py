@@ -29,7 +29,8 @@ import torch
 from ..errors import ConfigError
 from ..fusion import ViewSet
 from ..plan import View
-from .base import CallSpec, Method, Param, Run, is_int
+from ..sampling import CallSpec, Run, StepContext
+from .base import Method, Param, is_int, register
 
 
 def _shift_list(v: Any) -> bool:
@@ -37,10 +38,13 @@ def _shift_list(v: Any) -> bool:
         isinstance(s, (list, tuple)) and len(s) == 2 and all(is_int(x) for x in s) for s in v)
 
 
+@register
 class SpotDiffusionMethod(Method):
     """Non-overlapping windows shifted by a per-step offset (seeded or given)."""
 
     name = "spotdiffusion"
+    per_step_wrapper = True
+    needs_sigmas = True
     PARAMS = {
         "shifts": Param(None, lambda v: v is None or _shift_list(v), "a list of [dy, dx] pairs, one per step",
                         "the grid offset per step in latent pixels (default: drawn from `seed`)"),
@@ -64,13 +68,13 @@ class SpotDiffusionMethod(Method):
             est["unet_evaluations"] *= (rows + 1) * (cols + 1) / (rows * cols)  # upper bound: one extra row and column
         return est
 
-    def _draw(self, run: Run, n: int) -> list[tuple[int, int]]:
+    def _draw(self, ctx: StepContext, n: int) -> list[tuple[int, int]]:
         from .multidiffusion import derived_generator
 
-        plan = run.stage.plan
+        plan = ctx.stage.plan
         H, W = plan.latent_height, plan.latent_width
         h, w = plan.view_size
-        gen = derived_generator(run, self.seed, salt=0x5907)
+        gen = derived_generator(ctx, self.seed, salt=0x5907)
         out, sy, sx = [], 0, 0
         for _ in range(n):
             out.append((sy, sx))
@@ -80,9 +84,9 @@ class SpotDiffusionMethod(Method):
             sy, sx = (sy + cy) % H, (sx + cx) % W
         return out
 
-    def begin(self, run: Run) -> None:
-        n = len(run.stage.timesteps)
-        self._shifts = [tuple(s) for s in self.shifts] if self.shifts is not None else self._draw(run, n)
+    def begin(self, ctx: StepContext) -> None:
+        n = len(ctx.stage.timesteps)
+        self._shifts = [tuple(s) for s in self.shifts] if self.shifts is not None else self._draw(ctx, n)
         self.draws = {"shifts": [list(s) for s in self._shifts]}
         self._cache: dict[tuple[int, int], ViewSet] = {}
 
@@ -98,11 +102,11 @@ class SpotDiffusionMethod(Method):
             out.add(0)
         return sorted(out)
 
-    def views(self, run: Run, i: int) -> ViewSet:
+    def views(self, ctx: StepContext, i: int) -> ViewSet:
         dy, dx = self._shifts[i]
         key = (dy, dx)
         if key not in self._cache:
-            plan = run.stage.plan
+            plan = ctx.stage.plan
             H, W = plan.latent_height, plan.latent_width
             h, w = plan.view_size
             ys = self._axis(sorted({v.top for v in plan.views}), H, h, dy)
@@ -110,7 +114,7 @@ class SpotDiffusionMethod(Method):
             views = [View(t, left, h, w) for t in ys for left in xs]
             wrap = (self.wrap or plan.wraps_y, self.wrap or plan.wraps_x)
             ov = (min(plan.overlap[0] // plan.scale, h), min(plan.overlap[1] // plan.scale, w))
-            vs = ViewSet.build(views, (H, W), kernel=run.kernel, overlap=ov, wrap=wrap, device=run.device)
+            vs = ViewSet.build(views, (H, W), kernel=ctx.kernel, overlap=ov, wrap=wrap, device=ctx.device)
             vs.check_coverage()
             self._cache[key] = vs
         return self._cache[key]

@@ -32,7 +32,6 @@ UNet's and VAE's gradient checkpointing for the sync pass.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import torch
@@ -40,7 +39,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..fusion import MultiDiffusion, ViewSet
-from .base import CallSpec, Method, Param, Run, is_int, is_num
+from ..sampling import CallSpec, Run, StepContext
+from .base import Method, Param, is_int, is_num, register
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -147,6 +147,7 @@ def predicted_x0(scheduler: Any, x_in: torch.Tensor, out: torch.Tensor, t: torch
     raise ConfigError(f"syncdiffusion does not know prediction_type={kind!r}")
 
 
+@register
 class SyncDiffusionMethod(Method):
     """MultiDiffusion with SyncDiffusion's gradient sync of every view towards an anchor view."""
 
@@ -200,7 +201,7 @@ class SyncDiffusionMethod(Method):
         }
 
     def generate(self, run: Run) -> torch.Tensor:
-        unet, vae = run.md.unet, run.md.vae
+        unet, vae = run.unet, run.vae
         if vae is None:
             raise ConfigError("syncdiffusion decodes predicted images; it needs a latent model with a VAE")
         self._loss_module = self.loss_fn()
@@ -223,23 +224,23 @@ class SyncDiffusionMethod(Method):
                 if self.checkpointing and not was:
                     m.disable_gradient_checkpointing()
 
-    def predict(self, run: Run, i: int, t: torch.Tensor, latents: torch.Tensor,
+    def predict(self, ctx: StepContext, i: int, t: torch.Tensor, latents: torch.Tensor,
                 x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_sync(i):
-            return super().predict(run, i, t, latents, x_in)
-        vs = run.stage.viewset
-        with run.phase("sync"):
-            moved = self._moved_views(run, i, t, latents, vs)
-        sch = run.scheduler
+            return super().predict(ctx, i, t, latents, x_in)
+        vs = ctx.stage.viewset
+        with ctx.phase("sync"):
+            moved = self._moved_views(ctx, i, t, latents, vs)
+        sch = ctx.scheduler
         moved_in = sch.scale_model_input(moved, t)
         B = latents.shape[0]
-        pred = run.fuse(x_in, t, vs, input_fn=lambda crops, s, e: moved_in[s * B:e * B])
+        pred = ctx.fuse(x_in, t, vs, input_fn=lambda crops, s, e: moved_in[s * B:e * B])
         sample = MultiDiffusion.scatter(moved, vs, B).to(latents.dtype)
         return pred, sample
 
-    def _moved_views(self, run: Run, i: int, t: torch.Tensor, latents: torch.Tensor, vs: ViewSet) -> torch.Tensor:
+    def _moved_views(self, ctx: StepContext, i: int, t: torch.Tensor, latents: torch.Tensor, vs: ViewSet) -> torch.Tensor:
         """x'_v for every view (n * B, C, h, w), view-major; the anchor stays where it is."""
-        sch = run.scheduler
+        sch = ctx.scheduler
         B = latents.shape[0]
         n = vs.n
         a = self.anchor_index(n)
@@ -247,8 +248,8 @@ class SyncDiffusionMethod(Method):
         cond = vs.cond
         xa = crops[a * B:(a + 1) * B]
         xa_in = sch.scale_model_input(xa, t)
-        eps_a = run.predict_views(xa_in, t, vs.views[a:a + 1], cond=None if cond is None else cond[a:a + 1])
-        img_a = run.decode_latents(predicted_x0(sch, xa_in, eps_a, t)).clamp(-1, 1).float()
+        eps_a = ctx.predict_views(xa_in, t, vs.views[a:a + 1], cond=None if cond is None else cond[a:a + 1])
+        img_a = ctx.decode_latents(predicted_x0(sch, xa_in, eps_a, t)).clamp(-1, 1).float()
         w_i = self.weight * self.decay**i
         moved = crops.clone()
         loss_fn = self._loss_module
@@ -258,19 +259,11 @@ class SyncDiffusionMethod(Method):
             xv = crops[v * B:(v + 1) * B].clone().requires_grad_(True)
             with torch.enable_grad():
                 xv_in = sch.scale_model_input(xv, t)
-                eps = run.predict_views(xv_in, t, vs.views[v:v + 1], cond=None if cond is None else cond[v:v + 1], grad=True)
-                img = run.decode_latents(predicted_x0(sch, xv_in, eps, t), grad=True).clamp(-1, 1).float()
-                run.sync()
-                t0 = time.perf_counter()
-                loss = loss_fn(img, img_a).sum()
-                run.sync()
-                t1 = time.perf_counter()
-                (grad,) = torch.autograd.grad(loss, xv)
-                run.sync()
-                t2 = time.perf_counter()
-            run.cost.loss_calls += 1
-            run.cost.loss_seconds += t1 - t0
-            run.cost.backward_calls += 1
-            run.cost.backward_seconds += t2 - t1
+                eps = ctx.predict_views(xv_in, t, vs.views[v:v + 1], cond=None if cond is None else cond[v:v + 1], grad=True)
+                img = ctx.decode_latents(predicted_x0(sch, xv_in, eps, t), grad=True).clamp(-1, 1).float()
+                with ctx.measure("loss"):
+                    loss = loss_fn(img, img_a).sum()
+                with ctx.measure("backward"):
+                    (grad,) = torch.autograd.grad(loss, xv)
             moved[v * B:(v + 1) * B] = xv.detach() - w_i * grad.to(xv.dtype)
         return moved

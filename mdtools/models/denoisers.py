@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .plan import View
+from ..plan import View
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_text: torch.Tensor, guidance_rescale: float) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Literal
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ARCH_PREFIX = "arch:"
 
@@ -59,7 +59,7 @@ TextEncoders = Literal["stand-in", "full"]
 
 def arch_root() -> Path:
     """The folder of shipped architecture configs."""
-    return Path(__file__).parent / "assets" / "arch"
+    return Path(__file__).parents[1] / "assets" / "arch"
 
 
 def is_arch(spec: Any) -> bool:
@@ -159,7 +159,7 @@ def stand_in_tokenizers() -> tuple[Any, Any]:
     model's, context 77) and byte-level ByT5 (no files). Any text tokenizes; ids are small."""
     from transformers import ByT5Tokenizer, CLIPTokenizer
 
-    from .toy.tokenizer import build_vocab
+    from ..toy.tokenizer import build_vocab
 
     vocab, merges = build_vocab()
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77), ByT5Tokenizer()
