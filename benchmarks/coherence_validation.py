@@ -28,7 +28,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from mdtools import plan_views
-from mdtools.metrics.coherence import disc_count, horizon_continuity, sky_consistency, view_columns
+from mdtools.metrics import scene_analysis as A
+from mdtools.metrics.scene_coherence import disc_count, horizon_continuity, sky_consistency, view_columns
 from mdtools.toy import scenes as S
 
 H, W = 128, 512
@@ -73,7 +74,7 @@ def recovery(rows: list, n: int, size: tuple[int, int], blur: bool, seed: int) -
     errs = []
     for i in range(n):
         img, lab = S.make_scene(S.sample_params(rng), *size)
-        a = S.analyse_scene(degrade(img, blur, i))
+        a = A.analyse_scene(degrade(img, blur, i))
         e = np.abs(a.horizon - lab.horizon)
         errs.append(np.where(np.isnan(e), np.inf, e))
         hits["sky"] += a.sky == lab.sky
@@ -101,8 +102,8 @@ def timing(rows: list) -> None:
     cases = {
         "render_128x128": lambda i: S.render_scene(params[i], 128, 128),
         "render_128x512": lambda i: S.render_scene(params[i], H, W),
-        "analyse_scene_128x128": lambda i: S.analyse_scene(S.render_scene(params[i], 128, 128)),
-        "analyse_scene_128x512": lambda i: S.analyse_scene(pano),
+        "analyse_scene_128x128": lambda i: A.analyse_scene(S.render_scene(params[i], 128, 128)),
+        "analyse_scene_128x512": lambda i: A.analyse_scene(pano),
         "horizon_continuity_128x512": lambda i: horizon_continuity(pano, PLAN),
         "sky_consistency_128x512": lambda i: sky_consistency(pano, PLAN),
     }

@@ -299,3 +299,17 @@ def summarize_groups(df: pd.DataFrame, by: str | Sequence[str], cols: str | Sequ
     out["n"] = [len(v) for v in values]
     out[["mean", "ci_lo", "ci_hi"]] = pd.DataFrame(rows, index=out.index)
     return out
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a proportion k / n, 95 % by default (sound at 0 % and 100 %, unlike k/n +- 2 se).
+
+    (nan, nan) when n <= 0. `z` is the normal quantile of the level (1.96 for 95 %).
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))

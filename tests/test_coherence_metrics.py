@@ -16,7 +16,8 @@ from skimage.color import rgb2lab
 
 import mdtools.metrics as M
 from mdtools import ConfigError, plan_views
-from mdtools.metrics.coherence import line_steps, seam_zones, view_columns
+from mdtools.metrics import scene_analysis as A
+from mdtools.metrics.scene_coherence import line_steps, seam_zones, view_columns
 from mdtools.toy import scenes as S
 
 H, W = 64, 256
@@ -147,7 +148,7 @@ def test_sky_consistency_is_one_when_clean_and_grows_with_the_drift(scenes):
 
 def _sky_consistency_loops(img: np.ndarray, plan, floor: float = 1.0) -> float:
     """The documented formula with plain loops (median per row and part, offsets, pairs)."""
-    mask = S.analyse_scene(img).sky_mask
+    mask = A.analyse_scene(img).sky_mask
     lab = rgb2lab(img.astype(np.float64))
     group, off = view_columns(plan, H, W)
     G = group.max() + 1

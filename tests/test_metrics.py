@@ -20,7 +20,7 @@ from PIL import Image
 
 import mdtools.metrics as M
 from mdtools import ConfigError, plan_views
-from mdtools.metrics.functional import DEFAULT_SEGMENT, _seam_compute, _seam_update
+from mdtools.metrics.functional.seams import DEFAULT_SEGMENT, _seam_compute, _seam_update
 from mdtools.metrics.synthetic import plant_blur, plant_colour, plant_offset
 
 PLAN = plan_views(256, 256, window=128, overlap=32)  # seam lines at 64, 128, 192 on both axes

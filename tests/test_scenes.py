@@ -1,4 +1,4 @@
-"""Procedural scenes (mdtools.toy.scenes): rendering, labels, prompts and the label detectors.
+"""Procedural scenes (mdtools.toy.scenes): rendering, labels, prompts, and the label detectors (mdtools.metrics.scene_analysis).
 
 The detectors must recover every label of clean generator images (200 random 128 x 128
 scenes plus panoramas); benchmarks/coherence_validation.py reports the same on more scenes
@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from mdtools import ConfigError
+from mdtools.metrics import scene_analysis as A
 from mdtools.toy import scenes as S
 
 
@@ -29,7 +30,7 @@ def _scenes(n: int, size: tuple[int, int], seed: int) -> list[tuple[S.SceneParam
 
 
 def _recovered(img: np.ndarray, lab: S.SceneLabels) -> dict[str, bool]:
-    a = S.analyse_scene(img)
+    a = A.analyse_scene(img)
     err = np.abs(a.horizon - lab.horizon)
     one = len(a.discs) == 1
     cy, cx, r = a.discs[0] if one else (np.nan, np.nan, np.nan)
@@ -104,7 +105,7 @@ def test_panorama_has_one_disc_and_one_continuous_horizon():
     for _ in range(4):
         p = S.sample_params(rng, terrain="mountains")
         img, lab = S.make_scene(p, 128, 1024)
-        assert len(S.detect_discs(img)) == 1
+        assert len(A.detect_discs(img)) == 1
         # one ridge: neighbouring columns differ by far less than the ridge height
         assert np.abs(np.diff(lab.horizon)).max() < 0.5 * p.ridge_height * 128
 
@@ -137,7 +138,7 @@ def test_tint_sky_changes_only_the_sky():
 def test_plant_discs_adds_detectable_discs():
     p, img, lab = _scenes(1, (96, 384), seed=11)[0]
     for extra in (1, 2):
-        assert len(S.detect_discs(S.plant_discs(img, lab, extra, np.random.default_rng(0)))) == 1 + extra
+        assert len(A.detect_discs(S.plant_discs(img, lab, extra, np.random.default_rng(0)))) == 1 + extra
 
 
 def test_scene_batch_yields_consistent_triples():
@@ -200,7 +201,7 @@ def test_bad_inputs_raise_config_error_naming_the_field():
     with pytest.raises(ConfigError, match="^n must"):
         next(S.scene_batch(0, 64))
     with pytest.raises(ConfigError, match="float values"):
-        S.detect_sky(np.full((32, 32, 3), 2.0))
+        A.detect_sky(np.full((32, 32, 3), 2.0))
     _, img, lab = _scenes(1, (32, 32), seed=0)[0]
     with pytest.raises(ConfigError, match="room"):
         S.plant_discs(img, lab, 6, np.random.default_rng(0))
@@ -228,20 +229,20 @@ def test_detectors_recover_every_label_on_clean_scenes():
 
 def test_single_detectors_agree_with_analyse_scene():
     for p, img, lab in _scenes(6, (96, 192), seed=23):
-        assert S.detect_sky(img) == lab.sky
-        assert S.detect_ground(img) == lab.ground
-        assert S.detect_terrain(img) == lab.terrain
-        np.testing.assert_array_equal(S.detect_horizon(img), S.analyse_scene(img).horizon)
-        assert S.detect_discs(img) == S.analyse_scene(img).discs
+        assert A.detect_sky(img) == lab.sky
+        assert A.detect_ground(img) == lab.ground
+        assert A.detect_terrain(img) == lab.terrain
+        np.testing.assert_array_equal(A.detect_horizon(img), A.analyse_scene(img).horizon)
+        assert A.detect_discs(img) == A.analyse_scene(img).discs
 
 
 def test_detectors_accept_every_image_form():
     _, img, lab = _scenes(1, (64, 128), seed=24)[0]
     u8 = (img * 255).round().astype(np.uint8)
     forms = [u8, Image.fromarray(u8), torch.from_numpy(u8.astype(np.float32) / 255).permute(2, 0, 1)]
-    ref = S.analyse_scene(u8.astype(np.float64) / 255)
+    ref = A.analyse_scene(u8.astype(np.float64) / 255)
     for f in forms:
-        a = S.analyse_scene(f)
+        a = A.analyse_scene(f)
         assert (a.sky, a.ground, a.terrain, len(a.discs)) == (ref.sky, ref.ground, ref.terrain, 1)
         np.testing.assert_allclose(a.horizon, ref.horizon, atol=1e-6)
 
@@ -270,7 +271,7 @@ def test_detectors_survive_a_sky_that_changes_colour_across_the_panorama():
         strips.append(img)
         labels.append(lab)
     mosaic = np.concatenate(strips, axis=1)
-    a = S.analyse_scene(mosaic)
+    a = A.analyse_scene(mosaic)
     assert len(a.discs) == 4
     truth = np.concatenate([lab.horizon for lab in labels])
     assert np.median(np.abs(a.horizon - truth)) <= 0.5

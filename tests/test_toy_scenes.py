@@ -12,12 +12,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from mdtools import ConfigError  # noqa: E402
+from mdtools.metrics.scene_analysis import analyse_scene  # noqa: E402
+from mdtools.stats import wilson_interval  # noqa: E402
 from mdtools.toy import EMBEDDED_MODELS, REQUIRED_FILES, TOY_MODEL_DIR, TOY_SCENES_MODEL_DIR, load_toy_pipeline  # noqa: E402
 from mdtools.toy.data import WINDOW  # noqa: E402
 from mdtools.toy.scene_data import SceneSampler, heldout_scenes  # noqa: E402
 from mdtools.toy.scene_report import CHECKS, fidelity  # noqa: E402
-from mdtools.toy.scenes import SCENE_PROMPTS, analyse_scene, parse_prompt  # noqa: E402
-from mdtools.toy.texture_stats import wilson_interval  # noqa: E402
+from mdtools.toy.scenes import SCENE_PROMPTS, parse_prompt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: small CPU batches run fastest on 1 thread
 

@@ -1,4 +1,4 @@
-"""Seam, coherence and reference metrics for tiled generation (see docs/metrics.md).
+"""Seam, cross-view consistency, scene-coherence and reference metrics for tiled generation (see docs/metrics.md).
 
 Functions return `Score`: a float with `.reason` (why it is NaN) and `.details`.
 Intra-LPIPS / Intra-Style / KID run offline on the shipped feature network (`features.py`,
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import MetricUnavailable, Score, to_image_tensor
-from .coherence import disc_count, horizon_continuity, sky_consistency
+from ..errors import MetricUnavailable
 from .color import rgb_to_lab
+from .common import Score, to_image_tensor
 from .evaluate import METRICS, MetricSpec, evaluate
 from .features import FeatureLPIPS, FeatureNet, load_feature_net, pooled_features
 from .functional import (
@@ -38,6 +38,7 @@ from .functional import (
     vae_seam,
     wrap_seam_score,
 )
+from .scene_coherence import disc_count, horizon_continuity, sky_consistency
 
 _LAZY_CLASSES = ("SeamScore", "SeamScoreLab", "WrapSeamScore", "IntraLPIPS", "IntraStyle")
 

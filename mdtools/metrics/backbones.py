@@ -1,4 +1,4 @@
-"""Pretrained backbones for the coherence metrics, loaded only from the local cache.
+"""Pretrained backbones for the cross-view consistency metrics, loaded only from the local cache.
 
 Nothing here downloads: an offline machine (CI, a cluster node) would otherwise hang or
 fail deep inside torchvision. When the ImageNet weights are not in torch's hub cache the
@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from ._common import MetricUnavailable
+from ..errors import MetricUnavailable
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision VGG16_Weights.IMAGENET1K_V1
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision VGG19_Weights.IMAGENET1K_V1

@@ -10,22 +10,12 @@ from typing import Any, Callable
 import torch
 from torchmetrics import Metric
 
+from ..errors import MetricUnavailable
 from ..plan import TilePlan
-from ._common import MetricUnavailable, to_image_tensor
-from .functional import (
-    DEFAULT_BAND,
-    DEFAULT_GRID,
-    DEFAULT_SEGMENT,
-    LinesLike,
-    _check_seam_options,
-    _crops,
-    _intra_lpips_update,
-    _intra_style_update,
-    _seam_compute,
-    _seam_update,
-    _wrap_setup,
-    resolve_lines,
-)
+from .common import to_image_tensor
+from .functional.consistency import _crops, _intra_lpips_update, _intra_style_update
+from .functional.geometry import LinesLike, resolve_lines
+from .functional.seams import DEFAULT_BAND, DEFAULT_GRID, DEFAULT_SEGMENT, _check_seam_options, _seam_compute, _seam_update, _wrap_setup
 
 
 class _SeamBase(Metric):

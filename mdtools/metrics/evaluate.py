@@ -7,9 +7,9 @@ from typing import Any, Callable, Iterable
 
 from ..errors import ConfigError
 from ..plan import TilePlan
-from . import coherence as C
 from . import functional as F
-from ._common import Score, to_image_tensor
+from . import scene_coherence as C
+from .common import Score, to_image_tensor
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,9 @@ METRICS: dict[str, MetricSpec] = {
     )
 }
 
-DEFAULT_METRICS = ("seam_score", "seam_score_lab", "wrap_seam_score", "tv")
+#: What `evaluate` computes when `metrics` is None: wrap_seam_score only for a circular plan, plus psnr and ssim
+#: when a reference is given. (Not the metrics a run records: that default is the run configuration's.)
+EVALUATE_DEFAULT_METRICS = ("seam_score", "seam_score_lab", "wrap_seam_score", "tv")
 
 
 def evaluate(
@@ -154,7 +156,7 @@ def evaluate(
     if isinstance(metrics, str):
         metrics = [metrics]
     if metrics is None:
-        names = [m for m in DEFAULT_METRICS if m != "wrap_seam_score" or (plan is not None and plan.circular)]
+        names = [m for m in EVALUATE_DEFAULT_METRICS if m != "wrap_seam_score" or (plan is not None and plan.circular)]
         if reference is not None:
             names += ["psnr", "ssim"]
     else:

@@ -2,10 +2,10 @@
 
 Intra-LPIPS and Intra-Style were defined on ImageNet VGG features, which an offline machine
 cannot download. mdtools ships instead a small VGG-style CNN trained on this project's own
-data (procedural scenes and scikit-image textures, `mdtools/metrics/train_features.py`);
+data (procedural scenes and scikit-image textures, `mdtools/toy/train_features.py`);
 its weights are in `mdtools/assets/feature-net/` (safetensors, no pickle) with a
 MODEL_CARD.md. The metrics that use it (`intra_lpips`, `intra_style` when the VGG weights
-are not cached, `kid`) live in `functional.py`; this module holds the network, its loader
+are not cached, `kid`) live in `functional/`; this module holds the network, its loader
 and the LPIPS-style distance.
 
 Convention (as torchvision's VGG): the network takes ImageNet-normalised RGB
@@ -22,8 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ._common import MetricUnavailable
+from ..errors import ConfigError, MetricUnavailable
 
 #: Name written to Score.details["backbone"] when this network was used.
 BACKBONE = "mdtools-feature-net"
@@ -75,11 +74,6 @@ class FeatureNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.heads = nn.ModuleDict({k: nn.Linear(channels[-1], int(n)) for k, n in (heads or {}).items()})
 
-    @property
-    def layer_names(self) -> list[str]:
-        """"stage1", "stage2", ...: the names of the feature maps `forward` returns."""
-        return [f"stage{i + 1}" for i in range(len(self.stages))]
-
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """ImageNet-normalised (N, 3, H, W) -> one (N, C_l, H / 2^l, W / 2^l) map per stage."""
         outs = []
@@ -108,7 +102,7 @@ def feature_net_files(path: str | Path | None = None) -> tuple[Path, Path]:
     if missing:
         raise MetricUnavailable(
             f"feature network files {missing} not found in {folder}; reinstall mdtools (the package data "
-            "mdtools/assets/feature-net/ ships them) or rebuild them with: python -m mdtools.metrics.train_features"
+            "mdtools/assets/feature-net/ ships them) or rebuild them with: python -m mdtools.toy.train_features"
         )
     return weights, config
 
@@ -143,7 +137,7 @@ def feature_net_config(path: str | Path | None = None) -> dict[str, Any]:
 
 def _as_batch(images: Any) -> torch.Tensor:
     """Images in any accepted form (one, a list of equal size, or an (N, 3, H, W) tensor) -> float32 batch in [0, 1]."""
-    from ._common import to_image_tensor, to_rgb
+    from .common import to_image_tensor, to_rgb
 
     if isinstance(images, (list, tuple)):
         parts = [to_rgb(to_image_tensor(im, name=f"images[{i}]", batch=True)) for i, im in enumerate(images)]

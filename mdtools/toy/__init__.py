@@ -1,5 +1,8 @@
 """The embedded toy latent diffusion model ("toy Stable Diffusion") and its training code.
 
+Also here: the procedural scenes (`scenes`), the toy reports, and the training of the shipped
+feature network of the metrics (`train_features`): toy builds on mdtools.metrics, never the reverse.
+
 Import-light on purpose: nothing heavy (torch, diffusers) is imported until a function needs it.
 """
 

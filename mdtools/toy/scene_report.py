@@ -1,7 +1,7 @@
-"""Prompt fidelity of the scenes model, measured with the generator's ground-truth detectors.
+"""Prompt fidelity of the scenes model, measured with the scene detectors (`mdtools.metrics.scene_analysis`).
 
 For every one of the 12 scene prompts, n windows are generated and run through
-`mdtools.toy.scenes.analyse_scene` (no learned model); a window follows its prompt when the
+`mdtools.metrics.scene_analysis.analyse_scene` (no learned model); a window follows its prompt when the
 detected sky / ground / terrain equal the prompt's (`parse_prompt`) and a disc is found.
 Shares come with 95 % Wilson intervals. The same detectors run on held-out rendered scenes
 (the detectors' own accuracy), on their VAE reconstructions (the best any UNet on this VAE
@@ -23,18 +23,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..metrics.scene_analysis import analyse_scene
+from ..stats import wilson_interval
 from .quality import psnr
 from .report import samples_grid
 from .scene_data import heldout_scenes
-from .scenes import SCENE_PROMPTS, analyse_scene, parse_prompt
-from .texture_stats import wilson_interval
+from .scenes import SCENE_PROMPTS, parse_prompt
+from .texture_stats import REPORT_Z95
 
 #: The checks of a window against its prompt, in report order.
 CHECKS: tuple[str, ...] = ("sky", "ground", "terrain", "disc_present", "one_disc", "all")
 
 
 def check_window(image: np.ndarray, prompt: str) -> dict[str, bool]:
-    """Which of CHECKS a generated window passes for its prompt (detectors of mdtools.toy.scenes)."""
+    """Which of CHECKS a generated window passes for its prompt (detectors of mdtools.metrics.scene_analysis)."""
     want = parse_prompt(prompt)
     a = analyse_scene(image)
     out = {
@@ -52,7 +54,7 @@ def fidelity(images: np.ndarray, prompts: Sequence[str]) -> dict[str, Any]:
     res: dict[str, Any] = {"n": len(rows)}
     for c in CHECKS:
         k = sum(r[c] for r in rows)
-        res[c] = {"share": k / len(rows), "k": k, "ci95": list(wilson_interval(k, len(rows)))}
+        res[c] = {"share": k / len(rows), "k": k, "ci95": list(wilson_interval(k, len(rows), REPORT_Z95))}
     res["per_prompt"] = {}
     for p in dict.fromkeys(prompts):
         sel = [r for r, q in zip(rows, prompts) if q == p]
@@ -129,7 +131,7 @@ def csv_rows(res: dict[str, Any], label: str) -> list[dict[str, Any]]:
         for p, d in fid["per_prompt"].items():
             for c in CHECKS:
                 k = round(d[c] * d["n"])
-                lo, hi = wilson_interval(k, d["n"])
+                lo, hi = wilson_interval(k, d["n"], REPORT_Z95)
                 rows.append({**base, "prompt": p, "check": c, "n": d["n"], "share": round(d[c], 4),
                              "ci95_lo": round(lo, 4), "ci95_hi": round(hi, 4)})
     return rows

@@ -21,14 +21,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..stats import wilson_interval
 from .data import PROMPTS, holdout_crops, training_crops
+
+#: z of the 95 % Wilson intervals in the toy report tables (this rounding made the committed numbers; kept so they do not move).
+REPORT_Z95 = 1.959964
 
 #: Names of the columns of `simple_stats`, in order.
 STAT_NAMES: tuple[str, ...] = (
@@ -107,20 +110,9 @@ class StatsLogistic:
             return (z @ self.w + self.b).argmax(1).numpy()
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion k / n (sound at 0 % and 100 %, unlike k/n +- 2 se)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
 def _score(pred: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     k, n = int((pred == labels).sum()), len(labels)
-    lo, hi = wilson_interval(k, n)
+    lo, hi = wilson_interval(k, n, REPORT_Z95)
     per = {p: float((pred[labels == c] == c).mean()) for c, p in enumerate(PROMPTS) if (labels == c).any()}
     confusion = np.zeros((len(PROMPTS), len(PROMPTS)), dtype=int)
     np.add.at(confusion, (labels, pred), 1)
@@ -174,7 +166,7 @@ def csv_rows(res: dict[str, Any], label: str) -> list[dict[str, Any]]:
                          "ci95_lo": round(sc["ci95"][0], 4), "ci95_hi": round(sc["ci95"][1], 4)})
             n_c = sc["n"] // len(sc["per_prompt"])
             for p, acc in sc["per_prompt"].items():
-                lo, hi = wilson_interval(round(acc * n_c), n_c)
+                lo, hi = wilson_interval(round(acc * n_c), n_c, REPORT_Z95)
                 rows.append({**base, "prompt": p, "n": n_c, "accuracy": round(acc, 4), "ci95_lo": round(lo, 4), "ci95_hi": round(hi, 4)})
     return rows
 

@@ -1,6 +1,6 @@
 """Train the offline feature network shipped in mdtools/assets/feature-net (MODEL_CARD.md there).
 
-    python -m mdtools.metrics.train_features --out mdtools/assets/feature-net
+    python -m mdtools.toy.train_features --out mdtools/assets/feature-net
 
 Multi-head classification on two kinds of 64 px crops, half of each batch each:
   * procedural scenes (`mdtools.toy.scenes`, rendered 64-128 px high and 1-2.2x as wide, a
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..toy.scenes import GROUNDS, SKIES, TERRAINS, make_scene, sample_params
-from .features import BACKBONE, CONFIG_FILE, DEFAULT_CHANNELS, DEFAULT_DEPTHS, WEIGHTS_FILE, FeatureNet, imagenet_normalize
+from ..metrics.features import BACKBONE, CONFIG_FILE, DEFAULT_CHANNELS, DEFAULT_DEPTHS, WEIGHTS_FILE, FeatureNet, imagenet_normalize
+from ..stats import wilson_interval
+from .scenes import GROUNDS, SKIES, TERRAINS, make_scene, sample_params
 
 SCENE_HEADS = ("sky", "ground", "terrain", "disc")
 HEAD_LABELS: dict[str, list[str]] = {
@@ -43,7 +44,7 @@ HELDOUT_SCENE_SEED = 7_000_001  # far from the training seeds (0, 1, ...)
 
 
 def _material_labels() -> list[str]:
-    from ..toy.data import PROMPTS
+    from .data import PROMPTS
 
     return list(PROMPTS)
 
@@ -111,20 +112,9 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()
 
 
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion k / n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
 def heldout_sets(n_scenes: int = 1000, n_texture_per_class: int = 100) -> dict[str, Any]:
     """Held-out crops: one crop of each of n_scenes scenes from the held-out stream, and texture crops of the held-out stripes."""
-    from ..toy.data import holdout_crops
+    from .data import holdout_crops
 
     pool = ScenePool(n_scenes, HELDOUT_SCENE_SEED)
     scenes, labels = pool.sample(n_scenes, np.random.default_rng(HELDOUT_SCENE_SEED + 1), indices=list(range(n_scenes)))
@@ -156,7 +146,7 @@ def evaluate_heads(net: FeatureNet, sets: dict[str, Any]) -> dict[str, dict[str,
 def _acc(pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     k, n = int((pred == y).sum()), len(y)
     counts = np.bincount(y)
-    return {"accuracy": k / n, "n": n, "ci95": list(wilson(k, n)), "majority_class_rate": float(counts.max() / n)}
+    return {"accuracy": k / n, "n": n, "ci95": list(wilson_interval(k, n)), "majority_class_rate": float(counts.max() / n)}
 
 
 def train(out: Path, *, steps: int = 3000, batch: int = 32, lr: float = 2e-3, seed: int = 0, pool: int = 800,
@@ -164,7 +154,7 @@ def train(out: Path, *, steps: int = 3000, batch: int = 32, lr: float = 2e-3, se
     """Train, evaluate on held-out crops, and write the network to `out`; returns the training summary."""
     from safetensors.torch import save_file
 
-    from ..toy.data import CropSampler
+    from .data import CropSampler
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -224,7 +214,7 @@ def train(out: Path, *, steps: int = 3000, batch: int = 32, lr: float = 2e-3, se
     }
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     info = {
-        "command": f"python -m mdtools.metrics.train_features --out {out} --steps {steps} --batch {batch} --lr {lr} --seed {seed}",
+        "command": f"python -m mdtools.toy.train_features --out {out} --steps {steps} --batch {batch} --lr {lr} --seed {seed}",
         "steps": steps, "batch": batch, "lr": lr, "seed": seed, "scene_pool": pool, "scene_refresh_per_step": refresh,
         "scenes_seen": pool + refresh * steps, "parameters": n_params,
         "weights_bytes": (out / WEIGHTS_FILE).stat().st_size, "torch_threads": torch.get_num_threads(),
@@ -271,9 +261,9 @@ def validate(out_csv: Path, *, n: int = 20, kid_replicates: int = 10, kid_panora
     """
     import csv
 
+    from ..metrics import functional as F
+    from ..metrics.features import load_feature_net, pooled_features
     from ..stats import bootstrap_ci
-    from . import functional as F
-    from .features import load_feature_net, pooled_features
 
     net = load_feature_net()
     vals: dict[tuple[str, int, str], list[float]] = {}
@@ -298,7 +288,7 @@ def validate(out_csv: Path, *, n: int = 20, kid_replicates: int = 10, kid_panora
                         "share_above_coherent": float((d > 0).mean())})
         rows.append(row)
     # KID: each set vs fresh single-window scenes (the reference a user would generate with window-sized calls)
-    from ..toy.data import holdout_crops
+    from .data import holdout_crops
 
     tex = holdout_crops(max(2, -(-kid_panoramas * VAL_WINDOWS // 7)), size=VAL_H)[0]
     kid_vals: dict[str, list[float]] = {}
@@ -354,7 +344,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mdtools.metrics.train_features", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mdtools.toy.train_features", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="output folder of the weights (e.g. mdtools/assets/feature-net)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32, help="crops per step, half scenes, half textures")

@@ -1,4 +1,4 @@
-"""Shared plumbing for the metrics: image coercion, the `Score` result and `MetricUnavailable`.
+"""Shared plumbing for the metrics: image coercion (`to_image_tensor`, `to_rgb`) and the `Score` result.
 
 Kept free of torchmetrics/lpips/torchvision imports so `import mdtools.metrics` stays fast.
 """
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, MetricUnavailable  # noqa: F401  (MetricUnavailable re-exported; defined in errors.py)
+from ..errors import ConfigError
 
 IMAGE_FORMS = (
     "a PIL image, an HxWx3 (or HxW) uint8 array, an HxWx3 float array in [0, 1], "

@@ -3,7 +3,7 @@
 MultiDiffusion fuses windows that each believe they see a whole picture, so a panorama can
 grow a sun per window, a horizon that steps at window edges, a sky that drifts in colour
 from window to window. These metrics turn those failures into numbers with the scene
-detectors of `mdtools.toy.scenes` (pure NumPy / scikit-image); they are exact on the
+detectors of `scene_analysis.py` (pure NumPy / scikit-image); they are exact on the
 procedural scenes and meaningful on landscapes whose sky is the top of the picture.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 
 from ..errors import ConfigError, check_positive_int
 from ..plan import TilePlan
-from ..toy.scenes import _discs, _horizon, _sky_mask, as_rgb_array
-from ._common import Score
-from .functional import LinesLike, resolve_lines
+from .common import Score
+from .functional.geometry import LinesLike, resolve_lines
+from .scene_analysis import as_rgb_array, find_discs, fit_horizon, sky_mask
 
 DEFAULT_WINDOW = 4  # columns each side of a line fitted by horizon_continuity
 DEFAULT_JUMP_FLOOR = 0.5  # px added to both sides of the horizon ratio (a flat sea has no natural jumps)
@@ -36,8 +36,8 @@ def disc_count(image: Any, plan: TilePlan | None = None) -> Score:
     """
     _check_plan(plan)
     img = as_rgb_array(image)
-    h, sky, _ = _horizon(img)
-    discs = _discs(img, h, sky)
+    h, sky, _ = fit_horizon(img)
+    discs = find_discs(img, h, sky)
     return Score(float(len(discs)), details={"discs": [tuple(round(v, 2) for v in d) for d in discs], "expected": 1})
 
 
@@ -117,7 +117,7 @@ def horizon_continuity(
 ) -> Score:
     """How much the horizon steps where views meet compared with elsewhere; 1 = as smooth there, higher = broken.
 
-    The horizon row h(x) is detected per column (`mdtools.toy.scenes.detect_horizon`). At
+    The horizon row h(x) is detected per column (`scene_analysis.detect_horizon`). At
     each vertical line the step is |right fit - left fit| of straight lines through the
     `window` columns on either side (`line_steps`), which ignores a ridge's slope. A zone
     where views meet (`seam_zones`: the overlap of two neighbouring views, +-`tolerance` px)
@@ -141,7 +141,7 @@ def horizon_continuity(
     periodic = isinstance(plan_or_lines, TilePlan) and plan_or_lines.wraps_x
     if not zones:
         return Score.nan("no vertical seam lines (plan is None or has one view across the width)")
-    h = _horizon(img)[0]
+    h = fit_horizon(img)[0]
     found = float(np.mean(~np.isnan(h)))
     if found < 0.5:
         return Score.nan(f"no horizon: a sky-to-ground boundary was found in {found:.0%} of the columns", horizon_found=found)
@@ -272,8 +272,8 @@ def sky_consistency(image: Any, plan: TilePlan | None = None, *, floor: float = 
     n_groups = int(group.max()) + 1
     if n_groups < 2:
         return Score.nan("one view across the width: no other view to compare the sky with")
-    h, sky, _ = _horizon(img)
-    mask = _sky_mask(H, W, h, _discs(img, h, sky))
+    h, sky, _ = fit_horizon(img)
+    mask = sky_mask(H, W, h, find_discs(img, h, sky))
     lab = rgb2lab(img)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are handled explicitly
