@@ -41,9 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mdtools.config import load_experiment  # noqa: E402
-from mdtools.executors import RayExecutor  # noqa: E402
-from mdtools.runner import execute, load_records  # noqa: E402
+from mdtools.sweep import RayExecutor, execute, load_experiment, load_records  # noqa: E402
 
 
 def sweep_file(folder: Path, runs: int, steps: int, height: int, width: int) -> Path:

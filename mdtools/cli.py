@@ -38,41 +38,31 @@ def _circular(v: str) -> Any:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .pipeline import (
-        DTYPES,
-        MultiDiffusionPipeline,
-        check_model_sizes,
-        config_source,
-        prepare_call,
-        read_model_kind,
-        read_native_window,
-        read_scale_factor,
-    )
+    from .pipeline import DTYPES, MultiDiffusionPipeline, check_model_sizes, prepare_call
     from .schedulers import check_scheduler_fits
+    from .sweep.config import read_model_configs
 
     # --- all checks first -------------------------------------------------------------
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ConfigError(f"--out {args.out!r} must end in one of {list(IMAGE_SUFFIXES)}, e.g. panorama.png")
-    path = config_source(args.model, args.checkpoint_config)
-    scale = read_scale_factor(path)
-    native = read_native_window(path, scale)
+    path, scale, native, kind = read_model_configs(args.model, args.checkpoint_config)
     # A hub id has no local config: validate with 512 px, but let the loaded pipeline pick its own
     # native window at run time (FLUX: 1024) instead of forcing 512.
     run_window = args.window or native
     window = run_window or 512
     check_model_sizes(path, args.height, args.width, window, scale)  # SD3 / FLUX: 16 px multiples, before loading
     if args.scheduler:  # the family from the config on disk; a hub id is checked once loaded (set_scheduler)
-        check_scheduler_fits(args.scheduler, read_model_kind(path), field="--scheduler",
+        check_scheduler_fits(args.scheduler, kind, field="--scheduler",
                              family_known=Path(path).exists())
     kparams = _kernel_params(args.kernel_param)
     mparams = _kernel_params(args.method_param, "--method-param", "sync_steps=10")
-    prepare_call(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-        window=window, overlap=args.overlap, kernel=args.kernel, kernel_params=kparams,
-        num_inference_steps=args.steps, guidance_scale=args.guidance, view_batch_size=args.view_batch_size,
-        circular=args.circular, output_type="pil", scale=scale, method=args.method, method_params=mparams,
-    )
+    # the generation keywords, for the check here and for the call below
+    call = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+                overlap=args.overlap, kernel=args.kernel, kernel_params=kparams, method=args.method, method_params=mparams,
+                num_inference_steps=args.steps, guidance_scale=args.guidance, circular=args.circular,
+                view_batch_size=args.view_batch_size, output_type="pil")
+    prepare_call(**call, window=window, scale=scale)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
     # --- load and run -----------------------------------------------------------------------
@@ -80,12 +70,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, **extra)
     if args.scheduler:
         md.set_scheduler(args.scheduler)
-    res = md(
-        args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width, window=run_window,
-        overlap=args.overlap, kernel=args.kernel, kernel_params=kparams, method=args.method, method_params=mparams,
-        num_inference_steps=args.steps, guidance_scale=args.guidance, generator=torch.Generator("cpu").manual_seed(args.seed),
-        circular=args.circular, view_batch_size=args.view_batch_size, output_type="pil",
-    )
+    res = md(**call, window=run_window, generator=torch.Generator("cpu").manual_seed(args.seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     res.images[0].save(out)
     rec_path = out.with_suffix(".json")
@@ -107,9 +92,7 @@ def cmd_train_toy(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_experiment
-    from .executors import make_executor
-    from .runner import execute
+    from .sweep import execute, load_experiment, make_executor
 
     exp = load_experiment(args.experiment)  # every run validated before anything loads
     out = Path(args.out) if args.out else Path("results") / exp.name
@@ -127,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .report import report
+    from .analysis.report import report
 
     summary, plots = report(args.results, make_plots=not args.no_plots)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import load_experiment
-from .report import report
-from .runner import execute, load_records
+from .analysis.report import report
+from .sweep import execute, load_experiment, load_records
 
 
 def _label(cfg: dict) -> str:

@@ -3,8 +3,8 @@
     python notebooks/build_notebooks.py            # write + execute all
     python notebooks/build_notebooks.py --no-exec  # write only
 
-The notebooks stay thin: they load tables from results/ and call mdtools.plots /
-mdtools.claims. Prose with measured numbers lives in FINDINGS below, written after
+The notebooks stay thin: they load tables from results/ and call mdtools.analysis (plots,
+tables, article_claims). Prose with measured numbers lives in FINDINGS below, written after
 looking at the results; `tests/test_notebooks.py` executes every notebook in CI.
 """
 
@@ -23,8 +23,8 @@ SETUP = """\
 from pathlib import Path
 import pandas as pd
 from IPython.display import Image, display
-from mdtools import plots
-from mdtools.report import load_table, summarize
+from mdtools.analysis import plots
+from mdtools.analysis.tables import load_table, summarize
 
 ROOT = Path.cwd() if (Path.cwd() / "results").exists() else Path.cwd().parent
 R = ROOT / "results"
@@ -133,13 +133,13 @@ def nb_cost() -> list:
 def nb_claims() -> list:
     return [
         md("# 05 - The seed article's claims, measured\n\nEach claim of `shared/seed-claims.md` gets a verdict "
-           "computed by `mdtools.claims` from the experiment tables in `results/`.\n\n**Scope:** the embedded "
+           "computed by `mdtools.analysis.article_claims` from the experiment tables in `results/`.\n\n**Scope:** the embedded "
            "toy model (128 px window, trained on CPU, mdtools/assets/toy-sd/MODEL_CARD.md) on a 2-core CPU. "
            "Pixel sizes in the article refer to SD's 512 px window; here they are compared as fractions of "
            "the window. **To rerun on a GPU with a real checkpoint:** `mdtools run experiments/gpu/<name>_sd21.yaml` "
            "for overlap_kernel, scaling, aspect_ratio and seed_claims, then point `all_verdicts` at that results "
            "folder."),
-        code(SETUP + "\nfrom mdtools.claims import all_verdicts"),
+        code(SETUP + "\nfrom mdtools.analysis.article_claims import all_verdicts"),
         code('v = all_verdicts(R)\npd.set_option("display.max_colwidth", None)\nv[["claim", "statement", "verdict"]]'),
         code('for _, r in v.iterrows():\n    print(f"{r.claim}: {r.verdict}\\n    evidence: {r.evidence}\\n")'),
         md(FINDINGS.get("05", "_Findings are written after the runs._")),
@@ -154,7 +154,7 @@ def nb_methods() -> list:
            "square (256 x 256 px), 8 seeds, the embedded toy model (128 px window) on CPU. Cost is the run's measured "
            "UNet-forward equivalents (SyncDiffusion's gradients, backward passes, decodes and loss priced with the "
            "run's own seconds per evaluation). Intervals: 95% bootstrap over seeds; comparisons are paired on seeds."),
-        code(SETUP + "\nfrom mdtools.report import methods_table, paired_vs, label_extra\n"
+        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, paired_vs, label_extra\n"
              "m = plots.with_method_label(plots.with_derived(load_table(R / 'methods')), label_extra(load_table(R / 'methods')))"),
         code('t = methods_table(m)\n'
              'cols = ["method.label", "plan.width", "plan.height", "n", "metric.seam_structure", "metric.seam_structure.ci", '
@@ -185,7 +185,7 @@ def nb_coherence() -> list:
            "right; `one_disc` is the share of runs with exactly one), `horizon_continuity` and `sky_consistency` are 1 "
            "when the horizon and the sky are as smooth at window seams as elsewhere (higher = broken, docs/metrics.md). "
            "Intervals: 95% bootstrap over seeds (and prompts); comparisons are paired."),
-        code(SETUP + "\nfrom mdtools.report import methods_table, paired_vs, label_extra\n"
+        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, paired_vs, label_extra\n"
              "raw = load_table(R / 'coherence')\nc = plots.with_method_label(plots.with_derived(raw), label_extra(raw))"),
         code('import io\nfrom PIL import Image as PILImage\n'
              'for name in ("method_images_512x128", "method_images_1024x128"):\n'

@@ -123,7 +123,7 @@ def test_c3_c4_rejudged_on_real_architecture_rows():
     """claims.claim_c3_real / claim_c4_real on a constructed benchmarks/real_arch.py table."""
     import pandas as pd
 
-    from mdtools import claims
+    from mdtools.analysis import article_claims as claims
 
     base = dict(preset="sd21", device="cpu", dtype="float32", steps=1, window_px=512, loadavg_1m=1.0, basis="")
     real = pd.DataFrame([

@@ -254,8 +254,7 @@ def test_heun_cannot_take_flux_dynamic_shift_and_says_so():
 def test_dry_run_estimate_counts_one_flux_pass_per_step():
     """FLUX-dev's guidance is an embedding: one transformer pass per view and step, where a
     UNet model with the same guidance value runs two (CFG)."""
-    from mdtools.config import RunConfig
-    from mdtools.runner import estimate_work
+    from mdtools.sweep import RunConfig, estimate_work
 
     base = {"prompt": "x", "canvas": {"height": 512, "width": 1024}, "tiling": {"window": 512, "overlap": 256},
             "sampler": {"steps": 4, "guidance": 3.5}}

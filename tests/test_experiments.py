@@ -16,8 +16,7 @@ import torch
 import yaml
 
 from mdtools import ConfigError
-from mdtools.config import RunConfig, expand, load_experiment
-from mdtools.runner import build_table, execute, load_records
+from mdtools.sweep import RunConfig, build_table, execute, expand, load_experiment, load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +138,7 @@ def test_runner_writes_records_table_and_resumes(tmp_path, saved_sd_dir):
     execute(exp, out, progress=False, log=lambda s: None)  # nothing left to do
     assert len(list((out / "runs").glob("*.json"))) == n_files == 4
     # the weights' fingerprint is recorded, and resume says when finished runs used other weights
-    from mdtools.runner import weights_fingerprint
+    from mdtools.sweep import weights_fingerprint
 
     fp = weights_fingerprint(saved_sd_dir)
     assert fp and len(fp) == 16 and all(rec["provenance"]["weights_fingerprint"] == fp for rec in recs.values())
@@ -154,7 +153,7 @@ def test_runner_writes_records_table_and_resumes(tmp_path, saved_sd_dir):
 
 
 def test_weights_fingerprint_follows_the_weight_files(tmp_path):
-    from mdtools.runner import weights_fingerprint
+    from mdtools.sweep import weights_fingerprint
 
     (tmp_path / "unet").mkdir()
     w = tmp_path / "unet" / "model.safetensors"
@@ -173,10 +172,10 @@ def test_weights_fingerprint_follows_the_weight_files(tmp_path):
 
 
 def test_failures_become_rows_and_the_sweep_goes_on(tmp_path, saved_sd_dir, monkeypatch):
-    from mdtools import runner
+    from mdtools.sweep import run
 
     exp = load_experiment(write_exp(tmp_path, saved_sd_dir))
-    real = runner.run_one
+    real = run.run_one
     calls = {"n": 0}
 
     def flaky(md, cfg, images_dir):
@@ -199,13 +198,13 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path, saved_sd_dir, monk
             raise RuntimeError("boom")
         return real(md, cfg, images_dir)
 
-    monkeypatch.setattr(runner, "run_one", flaky)
+    monkeypatch.setattr(run, "run_one", flaky)
     df = execute(exp, tmp_path / "res", progress=False, log=lambda s: None)
     assert sorted(df["status"]) == ["failed", "nan", "ok", "oom"]
     assert df.loc[df["status"] == "oom", "error"].item().startswith("OutOfMemoryError: CUDA out of memory")
     assert df.loc[df["status"] == "failed", "error"].item() == "RuntimeError: boom"
     # failed runs are finished runs: a plain re-run skips them, --retry-failed runs them again
-    monkeypatch.setattr(runner, "run_one", real)
+    monkeypatch.setattr(run, "run_one", real)
     assert len(execute(exp, tmp_path / "res", progress=False, log=lambda s: None)) == 4
     df = execute(exp, tmp_path / "res", retry_failed=True, progress=False, log=lambda s: None)
     assert set(df["status"]) == {"ok"}
@@ -215,7 +214,7 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path, saved_sd_dir, monk
 def test_crash_while_writing_loses_nothing(tmp_path, saved_sd_dir, monkeypatch, crash_at):
     """An exception inside the atomic write of the 2nd run (image or record) is fatal for
     that process; a re-run completes everything with no duplicate and no corrupt file."""
-    from mdtools import runner
+    from mdtools.sweep import records
 
     exp = load_experiment(write_exp(tmp_path, saved_sd_dir))
     out = tmp_path / "res"
@@ -229,10 +228,10 @@ def test_crash_while_writing_loses_nothing(tmp_path, saved_sd_dir, monkeypatch, 
                 raise KeyboardInterrupt("simulated kill")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(runner.os, "replace", crashing_replace)
+    monkeypatch.setattr(records.os, "replace", crashing_replace)
     with pytest.raises(KeyboardInterrupt):
         execute(exp, out, progress=False, log=lambda s: None)
-    monkeypatch.setattr(runner.os, "replace", real_replace)
+    monkeypatch.setattr(records.os, "replace", real_replace)
     assert len(load_records(out)) == 1
     df = execute(exp, out, progress=False, log=lambda s: None)
     assert len(df) == 4 and df["run_id"].is_unique and set(df["status"]) == {"ok"}
@@ -259,7 +258,7 @@ def test_sigkill_mid_sweep_then_rerun(tmp_path, saved_sd_dir):
 
 
 def test_report_writes_summary_and_plots(tmp_path, saved_sd_dir):
-    from mdtools.report import report
+    from mdtools.analysis.report import report
 
     exp = load_experiment(write_exp(tmp_path, saved_sd_dir, sweep={"tiling.kernel": ["uniform", "gaussian"],
                                                                     "tiling.overlap": [0, 32]}, seeds=[0]))
@@ -289,7 +288,7 @@ def synthetic_runs(seeds=range(5)) -> pd.DataFrame:
 
 
 def test_summary_gives_n_and_bootstrap_intervals_of_the_main_figures():
-    from mdtools.report import summarize
+    from mdtools.analysis.tables import summarize
     from mdtools.stats import bootstrap_ci
 
     df = synthetic_runs()
@@ -313,7 +312,7 @@ def test_plots_show_the_bootstrap_interval_and_n():
     import matplotlib
 
     matplotlib.use("Agg")
-    from mdtools import plots
+    from mdtools.analysis import plots
     from mdtools.stats import bootstrap_ci
 
     df = synthetic_runs()

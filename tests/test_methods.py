@@ -517,8 +517,7 @@ def test_cli_generates_with_a_method(saved_sd_dir, tmp_path, capsys):
 def test_experiment_method_block_sweeps_validates_and_keeps_old_run_ids(saved_sd_dir, tmp_path):
     import yaml
 
-    from mdtools.config import RunConfig, load_experiment
-    from mdtools.runner import execute
+    from mdtools.sweep import RunConfig, execute, load_experiment
 
     base = {"model": str(saved_sd_dir), "prompt": "a photo of a beach", "canvas": {"height": 64, "width": 128},
             "tiling": {"overlap": 0}, "sampler": {"steps": 2}, "metrics": ["seam_score"], "output": {"preview_max_side": 64}}
@@ -550,8 +549,7 @@ def test_experiment_method_block_sweeps_validates_and_keeps_old_run_ids(saved_sd
 def test_dry_run_estimates_method_work(saved_sd_dir, tmp_path):
     import yaml
 
-    from mdtools.config import load_experiment
-    from mdtools.runner import estimate_work, execute
+    from mdtools.sweep import estimate_work, execute, load_experiment
 
     base = {"model": str(saved_sd_dir), "prompt": "a photo of a beach", "canvas": {"height": 64, "width": 192},
             "tiling": {"overlap": 32}, "sampler": {"steps": 4}}
@@ -576,7 +574,7 @@ def test_methods_table_and_paired_comparisons_on_a_constructed_table():
     import pandas as pd
 
     from mdtools import stats
-    from mdtools.report import methods_table, paired_vs
+    from mdtools.analysis.tables import methods_table, paired_vs
 
     rng = np.random.default_rng(0)
     rows = []
@@ -603,7 +601,7 @@ def test_methods_table_and_paired_comparisons_on_a_constructed_table():
 def test_claim_c6_on_scenes_is_judged_on_paired_coherence_metrics():
     import pandas as pd
 
-    from mdtools.claims import claim_c6_scenes
+    from mdtools.analysis.article_claims import claim_c6_scenes
 
     rng = np.random.default_rng(1)
     rows = []

@@ -19,9 +19,7 @@ from PIL import Image
 
 from mdtools import ConfigError
 from mdtools.cli import main as cli_main
-from mdtools.config import load_experiment
-from mdtools.executors import RayExecutor, make_executor
-from mdtools.runner import build_table, execute, load_records
+from mdtools.sweep import RayExecutor, build_table, execute, load_experiment, load_records, make_executor
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = dict(progress=False, log=lambda s: None)

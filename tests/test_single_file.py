@@ -414,8 +414,7 @@ def test_checkpoint_config_from_the_cli_and_experiment_configs(tiny_single_file,
     Python), are read before loading, change the run id only when set, and are refused on
     models that carry their own configs."""
     from mdtools import cli
-    from mdtools.config import RunConfig, validate_runs
-    from mdtools.runner import ModelCache
+    from mdtools.sweep import ModelCache, RunConfig, validate_runs
 
     path, cfg = tiny_single_file
     out = tmp_path / "pano.png"

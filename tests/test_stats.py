@@ -222,7 +222,7 @@ def test_summarize_groups_equals_bootstrap_ci_per_group():
 
 # ---- claims: verdicts follow the intervals ------------------------------------------------------
 
-from mdtools import claims  # noqa: E402
+from mdtools.analysis import article_claims as claims  # noqa: E402
 
 
 def kernel_table(seam, seeds, *, evals=None, spread=0.05, seed_effect=0.2):

@@ -142,7 +142,7 @@ def test_texture_tokenizer_is_unchanged_and_scene_words_stay_whole():
 
 def test_toy_scenes_is_accepted_by_experiment_configs_and_the_cli(tmp_path: Path):
     from mdtools import cli
-    from mdtools.config import validate_runs
+    from mdtools.sweep import validate_runs
 
     runs = validate_runs([{"model": "toy-scenes", "prompt": SCENE_PROMPTS[8], "canvas": {"height": 128, "width": 256}}])
     assert runs[0].model == "toy-scenes"

@@ -586,7 +586,7 @@ def test_generation_uses_tiled_decode_and_records_the_choice(sd_pipe):
 
 
 def test_experiment_configs_can_sweep_the_vae_strategy():
-    from mdtools.config import RunConfig
+    from mdtools.sweep import RunConfig
 
     cfg = RunConfig.model_validate({"prompt": "x", "vae": {"tiling": True, "sync_strategy": "recompute"}})
     assert cfg.vae.sync_strategy == "recompute"

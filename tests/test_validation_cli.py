@@ -102,7 +102,7 @@ def test_hub_models_get_their_scheduler_family_checked_after_loading():
     """A hub id has no config on disk: its kind is unknown before loading, so a flow
     scheduler for a hub FLUX model is not refused as a UNet mismatch (set_scheduler checks
     it once the model is loaded)."""
-    from mdtools.config import validate_runs
+    from mdtools.sweep import validate_runs
 
     (run,) = validate_runs([{"model": "black-forest-labs/FLUX.1-dev", "prompt": "x",
                              "sampler": {"scheduler": "flow_euler"}}])

@@ -1,0 +1,451 @@
+"""Run configs and experiment files: validated, expanded, hashed.
+
+An experiment file (experiments/*.yaml, read with yaml.safe_load) has:
+
+    name: overlap_kernel
+    description: ...
+    base: {model: toy, prompt: ..., canvas: {height: 256, width: 1024}, ...}   # a RunConfig
+    sweep: {tiling.overlap: [0, 32, 64], tiling.kernel: [uniform, gaussian]}   # cartesian
+    zip: [{canvas.height: [256, 512], canvas.width: [1024, 512]}]              # move together
+    seeds: [0, 1, 2]
+
+Every run is `base` with the swept values set at their dotted key paths. All runs are
+validated before any runs: unknown keys and bad values are reported together, each with
+its key path and a valid value.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CanvasConfig(_Strict):
+    """Canvas size in pixels, or an aspect ratio (width / height) and megapixels."""
+
+    height: Optional[int] = None
+    width: Optional[int] = None
+    aspect: Optional[float] = Field(default=None, gt=0)
+    megapixels: Optional[float] = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "CanvasConfig":
+        sized = self.height is not None or self.width is not None
+        ratio = self.aspect is not None or self.megapixels is not None
+        if sized and ratio:
+            raise ValueError("give either height/width or aspect/megapixels, not both")
+        if ratio and (self.aspect is None or self.megapixels is None):
+            raise ValueError("aspect and megapixels go together, e.g. aspect: 4.0, megapixels: 0.5")
+        if not ratio and (self.height is None or self.width is None):
+            raise ValueError("give both height and width in pixels, e.g. height: 512, width: 2048")
+        return self
+
+    def resolve(self, scale: int) -> tuple[int, int]:
+        """(height, width) in pixels; aspect/megapixels rounded to multiples of `scale`."""
+        if self.height is not None and self.width is not None:
+            return self.height, self.width
+        assert self.aspect is not None and self.megapixels is not None
+        area = self.megapixels * 1e6
+        h = math.sqrt(area / self.aspect)
+        w = h * self.aspect
+        return max(scale, round(h / scale) * scale), max(scale, round(w / scale) * scale)
+
+
+class TilingConfig(_Strict):
+    window: Optional[int] = None  # pixels; None: the model's native size
+    overlap: int = 64
+    kernel: str = "gaussian"
+    kernel_params: dict[str, Any] = Field(default_factory=dict)
+    circular: Union[Literal[False], Literal["x", "y", "both"]] = False
+    view_batch_size: int = 4
+
+
+class SamplerConfig(_Strict):
+    scheduler: Optional[str] = None  # None: the model's own
+    steps: int = 25
+    guidance: float = 7.5
+    guidance_rescale: float = 0.0
+    eta: float = 0.0
+
+
+class VaeConfig(_Strict):
+    """How latents become pixels. tiling: 'auto' (tiled above `auto_pixels`), true, false."""
+
+    tiling: Union[bool, Literal["auto"]] = "auto"
+    tile: Optional[int] = None  # pixels; None: 512 (diffusers' enable_tiling tile for SD)
+    # blend overlap; 64 since the first results (run ids hash it). Exact tiles need none:
+    # `overlap: 0` saves their compute (mdtools.vae's own default on exact runs)
+    overlap: int = 64
+    sync_groupnorm: bool = True
+    # park: one pass, parked activations grow with the canvas; recompute: one tile's memory,
+    # many times the compute; auto: park what fits in a quarter of free memory, replay the rest
+    sync_strategy: Literal["auto", "park", "recompute"] = "auto"
+    auto_pixels: int = 2048 * 2048
+    # where waiting tiles are kept: None = "cpu" (RAM); "disk" or "disk:<dir>" = out of core
+    # (memory of one tile at any canvas size). Left out of run ids while None.
+    park: Optional[str] = None
+
+    @field_validator("park")
+    @classmethod
+    def _park(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from ..vae import park_target
+
+            park_target(v, "vae.park")  # a bad device or directory fails when the config is read
+        return v
+
+
+class GlobalPassConfig(_Strict):
+    """Low-resolution whole-canvas pass before the tiled pass (mdtools.refine, claim C6)."""
+
+    enabled: bool = False
+    factor: int = Field(default=4, ge=2)
+    strength: float = Field(default=0.6, gt=0, le=1)
+
+
+class MethodConfig(BaseModel):
+    """`method:` block: `name` (a key of mdtools.METHODS) and that method's parameters as
+    further keys, e.g. {name: syncdiffusion, weight: 20, sync_steps: 10}. Parameters are
+    validated by the method itself (mdtools.methods.get_method)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = "multidiffusion"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RegionConfig(_Strict):
+    """A region prompt on a box of the canvas (pixels); the run's prompt is the background."""
+
+    prompt: str
+    box: tuple[int, int, int, int]
+    negative_prompt: Optional[str] = None
+
+
+class OutputConfig(_Strict):
+    preview_max_side: int = Field(default=1024, gt=0)
+    save_full: bool = False
+
+
+DEFAULT_METRICS = ("seam_structure", "seam_score", "seam_score_lab", "intra_color", "tv")
+
+
+class RunConfig(_Strict):
+    """One generation, fully specified."""
+
+    model: str = "toy"
+    #: single checkpoint files only: 'arch:<preset>' or a diffusers config folder, instead
+    #: of the architecture detected from the file (e.g. arch:sd21-768 for the 768-v model)
+    checkpoint_config: Optional[str] = None
+    prompt: str
+    negative_prompt: Optional[str] = None
+    canvas: CanvasConfig = CanvasConfig(height=512, width=2048)
+    tiling: TilingConfig = TilingConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    vae: VaeConfig = VaeConfig()
+    global_pass: GlobalPassConfig = GlobalPassConfig()  # legacy switch; prefer method: {name: global_pass}
+    method: MethodConfig = MethodConfig()
+    regions: list[RegionConfig] = Field(default_factory=list)
+    bootstrap_steps: int = Field(default=0, ge=0)
+    seed: int = 0
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    diagnostics: bool = True
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError("device must be 'auto', 'cpu' or 'cuda[:N]'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_global_pass(self) -> "RunConfig":
+        if self.global_pass.enabled and self.method.name != "multidiffusion":
+            raise ValueError("global_pass.enabled is the legacy switch for method global_pass; "
+                             "use method: {name: global_pass, factor: 4, strength: 0.6} alone")
+        return self
+
+    def method_call(self) -> tuple[str, dict[str, Any]]:
+        """(method name, params) this run generates with; the legacy global_pass switch maps to its method."""
+        if self.global_pass.enabled:
+            return "global_pass", {"factor": self.global_pass.factor, "strength": self.global_pass.strength}
+        return self.method.name, self.method.params()
+
+    def kernel_arg(self) -> Optional[str]:
+        """The kernel as the pipeline takes it: None when the config leaves it at its default,
+        so a method with its own weights (mixture) uses them."""
+        return self.tiling.kernel if "kernel" in self.tiling.model_fields_set else None
+
+    def run_id(self) -> str:
+        """Stable id: a hash of the resolved config (key order and formatting do not matter).
+
+        Keys added after results were recorded (method, regions, bootstrap_steps,
+        checkpoint_config, vae.park) are left out of the hash while at their defaults, so
+        earlier run ids stay valid."""
+        d = self.model_dump(mode="json")
+        if d.get("method") == {"name": "multidiffusion"}:
+            d.pop("method")
+        if not d.get("regions"):
+            d.pop("regions", None)
+        if not d.get("bootstrap_steps"):
+            d.pop("bootstrap_steps", None)
+        if d.get("checkpoint_config") is None:
+            d.pop("checkpoint_config", None)
+        if isinstance(d.get("vae"), dict) and d["vae"].get("park") is None:
+            d["vae"].pop("park", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key dict of the config, for table columns."""
+        return flatten(self.model_dump(mode="json"))
+
+    def call_kwargs(self, scale: int) -> dict[str, Any]:
+        """This run's generation keywords, the one translation of a RunConfig into a call: the
+        model-free check (`prepare_run`) and the generation itself (mdtools.sweep.run.run_one)
+        both start from it. The canvas is resolved at the VAE `scale`; `window` is the config's
+        (None: the model's own), which the check replaces by the native window it read."""
+        h, w = self.canvas.resolve(scale)
+        name, params = self.method_call()
+        return dict(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, height=h, width=w, window=self.tiling.window,
+            overlap=self.tiling.overlap, kernel=self.kernel_arg(), kernel_params=self.tiling.kernel_params,
+            method=name, method_params=params, regions=[r.model_dump() for r in self.regions],
+            bootstrap_steps=self.bootstrap_steps, num_inference_steps=self.sampler.steps,
+            guidance_scale=self.sampler.guidance, guidance_rescale=self.sampler.guidance_rescale,
+            circular=self.tiling.circular, view_batch_size=self.tiling.view_batch_size,
+        )
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k != "kernel_params":
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (dict, list)):
+            out[key] = json.dumps(v, sort_keys=True)
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _fmt_pydantic(e: ValidationError, where: str) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent = _model_at(err["loc"][:-1])
+            if parent is not None:
+                msg += f"; valid keys here: {sorted(parent.model_fields)}"
+        elif err["type"] == "literal_error":
+            msg = f"{msg}, got {err.get('input')!r}"
+        out.append(f"{where}{loc or '(top level)'}: {msg}")
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+class Experiment(BaseModel):
+    """A parsed experiment file: `runs` is the expanded, validated list of RunConfigs."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    description: str = ""
+    path: Optional[str] = None
+    runs: list[RunConfig]
+    swept_keys: list[str]
+
+
+_TOP_KEYS = {"name", "description", "base", "sweep", "zip", "seeds"}
+
+
+def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any]], list[str]]:
+    """Expand base x sweep x zip x seeds into raw run dicts; returns (runs, swept keys)."""
+    base = spec.get("base") or {}
+    sweep = spec.get("sweep") or {}
+    zips = spec.get("zip") or []
+    seeds = spec.get("seeds")
+    errors = []
+    if not isinstance(base, dict):
+        errors.append(f"{where}base: must be a mapping of run settings, e.g. base: {{prompt: grass}}")
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+        errors.append(f"{where}sweep: must map dotted keys to non-empty lists, e.g. tiling.overlap: [0, 64]")
+        sweep = {}
+    if not isinstance(zips, list):
+        errors.append(f"{where}zip: must be a list of groups, e.g. [{{canvas.height: [256, 512], canvas.width: [1024, 512]}}]")
+        zips = []
+    groups: list[list[dict[str, Any]]] = []
+    for gi, g in enumerate(zips):
+        if not isinstance(g, dict) or not g or not all(isinstance(v, list) for v in g.values()):
+            errors.append(f"{where}zip[{gi}]: must map dotted keys to lists of equal length")
+            continue
+        lens = {k: len(v) for k, v in g.items()}
+        if len(set(lens.values())) != 1:
+            errors.append(f"{where}zip[{gi}]: lists must have equal length, got {lens}")
+            continue
+        n = next(iter(lens.values()))
+        groups.append([{k: g[k][i] for k in g} for i in range(n)])
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds):
+        errors.append(f"{where}seeds: must be a non-empty list of integers, e.g. [0, 1, 2]")
+        seeds = None
+    if errors:
+        raise ConfigError("\n".join(errors))
+    keys = list(sweep)
+    swept = []
+    for k, values in [(k, sweep[k]) for k in keys] + [(k, [row[k] for row in g]) for g in groups for k in g[0]]:
+        # a swept block (e.g. whole `method` mappings) is swept at each of its leaves
+        subs = sorted({f"{k}.{leaf}" for v in values if isinstance(v, dict) for leaf in flatten(v)})
+        swept += subs or [k]
+    swept += ["seed"] if seeds else []
+    runs = []
+    for combo in itertools.product(*(sweep[k] for k in keys), *groups, (seeds or [None])):
+        d = copy.deepcopy(base)
+        for k, v in zip(keys, combo[: len(keys)]):
+            set_dotted(d, k, v)
+        for g in combo[len(keys): len(keys) + len(groups)]:
+            for k, v in g.items():
+                set_dotted(d, k, v)
+        if combo[-1] is not None:
+            d["seed"] = combo[-1]
+        runs.append(d)
+    return runs, swept
+
+
+def prepare_run(cfg: RunConfig, scale: int, native: int | None, *, cfg_passes: int | None = None) -> tuple[Any, Any]:
+    """The run's validated call spec and method (mdtools.pipeline.prepare_call), no model
+    needed. `cfg_passes`: model evaluations per sample and step when the model fixes it
+    (FLUX: 1); None counts 2 with guidance > 1."""
+    from ..pipeline import prepare_call
+
+    kw = cfg.call_kwargs(scale)
+    kw["window"] = kw["window"] or native or 512
+    return prepare_call(**kw, output_type="pil", scale=scale, cfg_passes=cfg_passes)
+
+
+class ModelConfigs(NamedTuple):
+    """What a model's configs on disk say before it is loaded."""
+
+    path: str  # where they are read (mdtools.pipeline.config_source)
+    scale: int  # VAE scale factor
+    native: int | None  # training window in pixels; None when unreadable (a hub id)
+    kind: str | None  # "sd3" / "flux"; None for a UNet model or a hub id
+
+
+def read_model_configs(model: str, checkpoint_config: str | None = None) -> ModelConfigs:
+    """The preflight read of a model's configs, no weights loaded: shared by run validation,
+    the sweep's work estimate and `mdtools generate`. ConfigError for a model that does not exist."""
+    from ..pipeline import config_source, read_model_kind, read_native_window, read_scale_factor
+
+    path = config_source(model, checkpoint_config)
+    scale = read_scale_factor(path)
+    return ModelConfigs(path, scale, read_native_window(path, scale), read_model_kind(path))
+
+
+def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
+    """Pydantic + engine checks for every run; all problems are reported together."""
+    from ..metrics import METRICS
+    from ..pipeline import check_model_sizes
+    from ..schedulers import check_scheduler_fits
+
+    errors: list[str] = []
+    runs: list[RunConfig] = []
+    # keyed by (model, checkpoint_config); configs are read once per model, not per run
+    models: dict[tuple, ModelConfigs] = {}
+    for i, d in enumerate(raw):
+        tag = f"{where}run {i}: "
+        try:
+            cfg = RunConfig.model_validate(d)
+        except ValidationError as e:
+            errors.extend(_fmt_pydantic(e, tag))
+            continue
+        try:
+            m = (cfg.model, cfg.checkpoint_config)
+            if m not in models:
+                models[m] = read_model_configs(*m)
+            mc = models[m]
+            if mc.kind is not None:  # SD3 / FLUX: 16 px multiples, checked from the configs (no model load)
+                check_model_sizes(mc.path, *cfg.canvas.resolve(mc.scale), cfg.tiling.window or mc.native, mc.scale)
+            if cfg.sampler.scheduler:  # a hub id's family is checked once loaded (set_scheduler)
+                check_scheduler_fits(cfg.sampler.scheduler, mc.kind, field="sampler.scheduler",
+                                     family_known=Path(mc.path).exists())
+            bad = [m for m in cfg.metrics if m not in METRICS]
+            if bad:
+                raise ConfigError(f"metrics: unknown {bad}; choose from {sorted(METRICS)}")
+            prepare_run(cfg, mc.scale, mc.native)
+        except ConfigError as e:
+            errors.append(f"{tag}{e}")
+            continue
+        runs.append(cfg)
+    if errors:
+        shown = errors[:40]
+        more = f"\n... and {len(errors) - 40} more" if len(errors) > 40 else ""
+        raise ConfigError(f"{len(errors)} problem(s) found before any run started:\n" + "\n".join(shown) + more)
+    return runs
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read, expand and validate an experiment YAML file (safe loader; nothing executed)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"experiment file {str(p)!r} does not exist; see experiments/ for examples")
+    try:
+        spec = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{p}: must be a mapping with keys {sorted(_TOP_KEYS)}")
+    unknown = set(spec) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{p}: unknown top-level key(s) {sorted(unknown)}; valid keys: {sorted(_TOP_KEYS)}")
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise ConfigError(f"{p}: name: required, a short identifier such as 'overlap_kernel'")
+    raw, swept = expand(spec, where=f"{p.name}: ")
+    runs = validate_runs(raw, where=f"{p.name}: ")
+    return Experiment(name=spec["name"], description=spec.get("description", ""), path=str(p), runs=runs,
+                      swept_keys=swept)
