@@ -38,7 +38,9 @@ def _circular(v: str) -> Any:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from .pipeline import DTYPES, MultiDiffusionPipeline, check_model_sizes, prepare_call
+    from .call import prepare_call
+    from .models import DTYPES, check_model_sizes
+    from .pipeline import MultiDiffusionPipeline
     from .schedulers import check_scheduler_fits
     from .sweep.config import read_model_configs
 

@@ -1,4 +1,4 @@
-"""The old module paths (mdtools.config, runner, executors, report, plots, claims) warn and forward to the new ones."""
+"""The old module paths (mdtools.config, runner, executors, report, plots, claims, arch, loading, adapters, refine) warn and forward."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ ALIASES = [
     ("mdtools.plots", "method_label", "mdtools.analysis.tables"),
     ("mdtools.claims", "all_verdicts", "mdtools.analysis.article_claims"),
     ("mdtools.claims", "SEAM", "mdtools.analysis.article_claims"),
+    ("mdtools.arch", "preset_dir", "mdtools.models.arch"),
+    ("mdtools.loading", "ModelLoadError", "mdtools.models.single_file"),
+    ("mdtools.adapters", "SDAdapter", "mdtools.models.denoisers"),
 ]
 
 
@@ -50,3 +53,12 @@ def test_unknown_names_are_attribute_errors():
         mod.nothing_here  # noqa: B018
     with pytest.raises(AttributeError):
         mod.estimate_evaluations  # removed: nothing called it
+
+
+def test_refine_warns_and_names_the_method():
+    from mdtools.refine import generate_with_global_pass
+
+    calls = []
+    with pytest.warns(DeprecationWarning, match="method='global_pass'"):
+        generate_with_global_pass(lambda *a, **k: calls.append(k), "p", height=64, width=128, factor=2)
+    assert calls == [{"height": 64, "width": 128, "method": "global_pass", "method_params": {"factor": 2, "strength": 0.6}}]

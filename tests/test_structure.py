@@ -19,7 +19,9 @@ MAX_LINES = 700
 LAYERS: list[set[str]] = [
     {"__init__", "__main__"},
     {"cli"},
-    {"demo", "report", "plots", "claims", "runner", "executors", "config"},  # deprecated aliases of analysis/, sweep/
+    {"demo"},
+    # deprecated aliases of modules that moved into analysis/, sweep/, models/
+    {"report", "plots", "claims", "runner", "executors", "config", "arch", "loading", "adapters"},
     {"analysis"},
     {"comfy", "sweep", "refine"},
     {"pipeline"},
@@ -28,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"sampling", "toy"},
     {"fusion", "vae", "metrics"},
     {"kernels", "plan", "schedulers"},
-    {"stats", "errors", "instrument"},
+    {"stats", "errors", "instrument", "deprecation"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, check_choice
-from ..pipeline import DTYPES
+from ..models import DTYPES
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 VAE_TILING = ("auto", "on", "off")

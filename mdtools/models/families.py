@@ -108,6 +108,11 @@ class ModelFamily:
         """Record entries of the call's model options."""
         return {}
 
+    def timing_inputs(self, denoiser: Any, n: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any] | None:
+        """Zero conditioning for timing `n` denoiser forwards (a sweep's time estimate), or None
+        where the family has no such estimate yet (a guess would be worse than none)."""
+        return None
+
     def adapter(self, denoiser: Any, prompts: Sequence[tuple[Any, Any]], *, extra: Sequence[Any], guidance_scale: float,
                 guidance_rescale: float, plan: TilePlan, batch: int, cfg: bool, opts: dict[str, Any],
                 negative_prompt: Any, device: torch.device) -> Any:
@@ -205,6 +210,12 @@ class SDXLFamily(ModelFamily):
     kind = "sdxl"
     OPTIONS = ("sdxl_view_crops",)
 
+    def timing_inputs(self, denoiser: Any, n: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        m = denoiser.add_embedding.linear_1.in_features - 6 * denoiser.config.addition_time_embed_dim
+        return {"encoder_hidden_states": torch.zeros(n, 8, denoiser.config.cross_attention_dim, device=device, dtype=dtype),
+                "added_cond_kwargs": {"text_embeds": torch.zeros(n, m, device=device, dtype=dtype),
+                                      "time_ids": torch.zeros(n, 6, device=device, dtype=dtype)}}
+
     @classmethod
     def detect(cls, pipe: Any) -> bool:
         unet = getattr(pipe, "unet", None)
@@ -239,6 +250,9 @@ class SDFamily(ModelFamily):
         if getattr(pipe, "vae", None) is None:
             raise ConfigError(f"{type(pipe).__name__} has a conditional UNet but no VAE")
         return True
+
+    def timing_inputs(self, denoiser: Any, n: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        return {"encoder_hidden_states": torch.zeros(n, 8, denoiser.config.cross_attention_dim, device=device, dtype=dtype)}
 
     def adapter(self, denoiser: Any, prompts: Sequence[tuple[Any, Any]], *, extra: Sequence[Any], guidance_scale: float,
                 guidance_rescale: float, plan: TilePlan, batch: int, cfg: bool, opts: dict[str, Any],

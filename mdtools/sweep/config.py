@@ -361,7 +361,7 @@ def prepare_run(cfg: RunConfig, scale: int, native: int | None, *, cfg_passes: i
     """The run's validated call spec and method (mdtools.pipeline.prepare_call), no model
     needed. `cfg_passes`: model evaluations per sample and step when the model fixes it
     (FLUX: 1); None counts 2 with guidance > 1."""
-    from ..pipeline import prepare_call
+    from ..call import prepare_call
 
     kw = cfg.call_kwargs(scale)
     kw["window"] = kw["window"] or native or 512
@@ -380,7 +380,7 @@ class ModelConfigs(NamedTuple):
 def read_model_configs(model: str, checkpoint_config: str | None = None) -> ModelConfigs:
     """The preflight read of a model's configs, no weights loaded: shared by run validation,
     the sweep's work estimate and `mdtools generate`. ConfigError for a model that does not exist."""
-    from ..pipeline import config_source, read_model_kind, read_native_window, read_scale_factor
+    from ..models import config_source, read_model_kind, read_native_window, read_scale_factor
 
     path = config_source(model, checkpoint_config)
     scale = read_scale_factor(path)
@@ -390,7 +390,7 @@ def read_model_configs(model: str, checkpoint_config: str | None = None) -> Mode
 def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConfig]:
     """Pydantic + engine checks for every run; all problems are reported together."""
     from ..metrics import METRICS
-    from ..pipeline import check_model_sizes
+    from ..models import check_model_sizes
     from ..schedulers import check_scheduler_fits
 
     errors: list[str] = []

@@ -19,7 +19,7 @@ from .run import ModelCache
 
 def model_kind(cfg: RunConfig) -> str | None:
     """'sd3' / 'flux' / None (a UNet model, or a hub id without a config on disk), from configs only."""
-    from ..pipeline import config_source, read_model_kind
+    from ..models import config_source, read_model_kind
 
     try:
         return read_model_kind(config_source(cfg.model, cfg.checkpoint_config))
@@ -33,11 +33,12 @@ def estimate_work(cfg: RunConfig, scale: int, native: int | None, kind: str | No
     evaluations, backward passes and VAE decodes. `kind`: the model's kind (`model_kind`,
     pass it when estimating many runs of one model), or True to read it here. Solvers with
     more than one model call per step (Heun) take more; the record counts the real numbers."""
-    from ..pipeline import flux_cfg_passes
+    from ..models import FAMILIES, MODEL_OPTIONS
 
     if kind is True:
         kind = model_kind(cfg)
-    call, meth = prepare_run(cfg, scale, native, cfg_passes=flux_cfg_passes() if kind == "flux" else None)
+    passes = FAMILIES[kind](None).cfg_passes(MODEL_OPTIONS, None) if kind in FAMILIES else None
+    call, meth = prepare_run(cfg, scale, native, cfg_passes=passes)
     return meth.estimate(call)
 
 
@@ -72,7 +73,7 @@ def calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet_
         md = models.get(cfg)
     except Exception:
         return {k: nan for k in kinds} | {"unet_evaluations": nan}
-    if md.kind not in ("sd", "sdxl"):
+    if md.family.timing_inputs(md.unet, 1, md.device, md.dtype) is None:
         # SD3 / FLUX transformers take other inputs (packed tokens, pooled text, guidance):
         # no time estimate for them yet rather than a guess; the evaluation counts still print.
         return {k: nan for k in kinds} | {"unet_evaluations": nan}
@@ -83,14 +84,7 @@ def calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet_
     b = cfg.tiling.view_batch_size * cfg_mul
 
     def inputs(n: int) -> dict[str, Any]:
-        kw = {}
-        if md.kind in ("sd", "sdxl"):
-            kw["encoder_hidden_states"] = torch.zeros(n, 8, unet.config.cross_attention_dim, device=md.device, dtype=md.dtype)
-        if md.kind == "sdxl":
-            m = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
-            kw["added_cond_kwargs"] = {"text_embeds": torch.zeros(n, m, device=md.device, dtype=md.dtype),
-                                       "time_ids": torch.zeros(n, 6, device=md.device, dtype=md.dtype)}
-        return kw
+        return md.family.timing_inputs(unet, n, md.device, md.dtype)
 
     def clock(fn: Callable[[], Any], reps: int = 2) -> float:
         fn()  # warm-up

@@ -28,7 +28,7 @@ def resolve_device(device: str) -> str:
 
 
 def _dtype(name: str) -> torch.dtype:
-    from ..pipeline import DTYPES
+    from ..models import DTYPES
 
     return DTYPES[name]
 

@@ -37,7 +37,7 @@ def execute(
     `executor` (mdtools.sweep.executors) decides where the runs happen: None runs them here,
     one after the other, with `models`' cache; `RayExecutor(...)` spreads them over Ray
     workers. Everything else (what to run, run ids, records, the table) is the same."""
-    from ..pipeline import resolve_model_path
+    from ..models import resolve_model_path
 
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,6 @@
+"""Deprecated alias of mdtools.models.single_file (moved in the models/ redesign): old imports keep working, with a DeprecationWarning."""
+
+from .deprecation import alias_getattr
+
+__getattr__ = alias_getattr(__name__, "mdtools.models.single_file")
+del alias_getattr
