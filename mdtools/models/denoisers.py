@@ -231,6 +231,35 @@ class SD3Adapter(SDAdapter):
                          pooled_projections=self._pooled(n, cond, cfg_half), return_dict=False)[0]
 
 
+class PixArtAdapter(SDAdapter):
+    """PixArt-Sigma / PixArt-Alpha DiT (epsilon prediction, learned sigma; T5 tokens with an attention mask).
+
+    As `PixArtSigmaPipeline`: CFG batched [uncond; cond] with the prompts' attention masks, the
+    timestep one per sample, `added_cond_kwargs` with no resolution / aspect-ratio embedding
+    (PixArt-Sigma's), and the learned-sigma half of the output dropped (the first
+    `in_channels` channels are the noise). Positions are view-local: the patch embedding
+    builds its sin-cos table for the patch grid it gets.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor,
+                 negative_prompt_embeds: torch.Tensor | None, negative_mask: torch.Tensor | None, *,
+                 guidance_scale: float, guidance_rescale: float = 0.0, cfg: bool | None = None):
+        super().__init__(transformer, prompt_embeds, negative_prompt_embeds, guidance_scale=guidance_scale,
+                         guidance_rescale=guidance_rescale, cfg=cfg)
+        self._set_pooled(prompt_mask, negative_mask)  # (B, L) masks, picked per view like pooled embeddings
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None,
+                 cfg_half: int) -> torch.Tensor:
+        n = len(views)
+        out = self.unet(x, encoder_hidden_states=self._embeds(n, cond, cfg_half),
+                        encoder_attention_mask=self._pooled(n, cond, cfg_half), timestep=t.expand(x.shape[0]),
+                        added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+        channels = self.unet.config.in_channels
+        if self.unet.config.out_channels // 2 == channels:  # learned sigma: keep the noise half
+            out = out.chunk(2, dim=1)[0]
+        return out
+
+
 class FluxAdapter(SDAdapter):
     """FLUX.1 (dev / schnell) MMDiT on an unpacked latent canvas; each view is packed on its own.
 

@@ -17,9 +17,9 @@ import torch
 from ..errors import ConfigError, check_choice, check_multiple, check_positive_int
 from ..plan import TilePlan
 from ..schedulers import MU_SOURCES, FlowMatchSchedule
-from .denoisers import POSITIONS, FluxAdapter, PixelAdapter, SD3Adapter, SDAdapter, SDXLAdapter
+from .denoisers import POSITIONS, FluxAdapter, PixArtAdapter, PixelAdapter, SD3Adapter, SDAdapter, SDXLAdapter
 
-ModelKind = Literal["sd", "sdxl", "pixel", "sd3", "flux"]
+ModelKind = Literal["sd", "sdxl", "pixel", "sd3", "flux", "pixart"]
 #: FLUX.1's training size (the transformer config has no sample_size): 1024 px, BFL's default.
 FLUX_NATIVE_PX = 1024
 #: Per-kind call options and their defaults; each applies to the families that name it in OPTIONS
@@ -57,7 +57,7 @@ def stacked(enc: Sequence[Sequence[Any]], j: int, extra: Sequence[Any]) -> Any:
 
 
 def check_patch_multiples(height: int, width: int, window: Any, m: int, scale: int) -> None:
-    """Canvas and window must be multiples of `m` px (the VAE's `scale` px x 2x2 transformer patches)."""
+    """Canvas and window must be multiples of `m` px (the VAE's `scale` px x the transformer's patches)."""
     what = f"{m} px (the VAE's {scale} px x 2x2 transformer patches)"
     check_multiple("height", height, m, what=what)
     check_multiple("width", width, m, what=what)
@@ -69,8 +69,10 @@ class ModelFamily:
     """The kind-dependent part of a pipeline. Subclasses set the class attributes and override what differs."""
 
     kind: ClassVar[str] = ""
-    #: flow matching on 2x2 patches of VAE latents (a diffusion transformer): sizes are multiples of 16 px
+    #: flow matching (SD3, FLUX): flow-matching schedulers only, and a FlowMatchSchedule per call
     flow: ClassVar[bool] = False
+    #: the denoiser's patch size in latent pixels: canvas and window are multiples of patch x VAE scale
+    patch: ClassVar[int] = 1
     #: `_class_name` of its transformer config, to recognise a config folder before loading (None: a UNet)
     transformer_class: ClassVar[str | None] = None
     #: the training size in pixels when the denoiser config has no sample_size
@@ -126,6 +128,7 @@ class SD3Family(ModelFamily):
 
     kind = "sd3"
     flow = True
+    patch = 2
     transformer_class = "SD3Transformer2DModel"
     OPTIONS = ("flow_mu", "max_sequence_length", "positions")
 
@@ -166,6 +169,7 @@ class FluxFamily(ModelFamily):
 
     kind = "flux"
     flow = True
+    patch = 2
     transformer_class = "FluxTransformer2DModel"
     native_px = FLUX_NATIVE_PX
     OPTIONS = ("flow_mu", "max_sequence_length", "positions", "true_cfg_scale")
@@ -201,6 +205,37 @@ class FluxFamily(ModelFamily):
                            stacked(enc, 1, extra), None if neg is None else stacked(neg, 1, extra), enc[0][2],
                            guidance=guidance_scale, true_cfg_scale=opts["true_cfg_scale"], cfg=true_cfg, scale=plan.scale,
                            positions=opts["positions"])
+
+
+@register_family
+class PixArtFamily(ModelFamily):
+    """PixArt-Sigma (and PixArt-Alpha without its resolution embedding): a DiT with a T5 encoder,
+    epsilon prediction with learned sigma, 2x2 patches; DPM-Solver and the other UNet schedulers."""
+
+    kind = "pixart"
+    patch = 2
+    transformer_class = "PixArtTransformer2DModel"
+    OPTIONS = ("max_sequence_length",)
+
+    def denoiser(self, vae_scale: int) -> Any:
+        return self.pipe.transformer
+
+    def check_call(self, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
+        check_patch_multiples(height, width, window, self.patch * scale, scale)
+        if opts["max_sequence_length"] is not None:
+            check_positive_int("max_sequence_length", opts["max_sequence_length"])
+
+    def adapter(self, denoiser: Any, prompts: Sequence[tuple[Any, Any]], *, extra: Sequence[Any], guidance_scale: float,
+                guidance_rescale: float, plan: TilePlan, batch: int, cfg: bool, opts: dict[str, Any],
+                negative_prompt: Any, device: torch.device) -> Any:
+        # diffusers' default negative prompt is ""; captions are not cleaned (clean_caption=False: no
+        # ftfy / bs4 rewriting, so the text the user gave is the text encoded)
+        enc = [self.pipe.encode_prompt(p, do_classifier_free_guidance=cfg, negative_prompt="" if n is None else n,
+                                       num_images_per_prompt=1, device=device, clean_caption=False,
+                                       max_sequence_length=opts["max_sequence_length"] or 300) for p, n in prompts]
+        return PixArtAdapter(denoiser, stacked(enc, 0, extra), stacked(enc, 1, extra), stacked(enc, 2, extra),
+                             stacked(enc, 3, extra), guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
+                             cfg=cfg)
 
 
 @register_family
@@ -318,7 +353,7 @@ def flux_cfg_passes(true_cfg_scale: float = 1.0, negative_prompt: Any = None) ->
 
 def check_flow_call(kind: str, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
     """The checks every flow-matching (DiT) family shares."""
-    check_patch_multiples(height, width, window, 2 * scale, scale)  # 2x2 patches (FLUX packing, SD3 PatchEmbed)
+    check_patch_multiples(height, width, window, FAMILIES[kind].patch * scale, scale)  # FLUX packing, SD3 PatchEmbed
     check_choice("positions", opts["positions"], POSITIONS)
     mu = opts["flow_mu"]
     if not (mu in MU_SOURCES or (isinstance(mu, (int, float)) and not isinstance(mu, bool))):

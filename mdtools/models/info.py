@@ -83,7 +83,7 @@ def read_native_window(path: str, scale: int) -> int | None:
 
 
 def read_model_kind(path: str) -> ModelKind | None:
-    """The kind of a transformer config folder ('sd3', 'flux') (arch preset, single file, local folder), else None."""
+    """The kind of a transformer config folder ('sd3', 'flux', 'pixart') (arch preset, single file, local folder), else None."""
     import json
 
     cfg = Path(_config_folder(path)) / "transformer" / "config.json"
@@ -94,12 +94,12 @@ def read_model_kind(path: str) -> ModelKind | None:
 
 
 def check_model_sizes(path: str, height: int, width: int, window: int | tuple[int, int] | None, scale: int) -> None:
-    """Before loading: SD3/FLUX canvases and windows must be multiples of 2 x the VAE scale (16 px);
-    the ConfigError suggests the nearest valid sizes. A no-op for UNet models."""
+    """Before loading: a transformer's canvases and windows must be multiples of its patch x the VAE
+    scale (16 px for SD3, FLUX, PixArt); the ConfigError suggests the nearest valid sizes. A no-op for UNets."""
     kind = read_model_kind(path)
-    if kind is None or not FAMILIES[kind].flow:
+    if kind is None or FAMILIES[kind].patch == 1:
         return
-    check_patch_multiples(height, width, window, 2 * scale, scale)
+    check_patch_multiples(height, width, window, FAMILIES[kind].patch * scale, scale)
 
 
 def config_source(model: str, config: str | os.PathLike | None = None) -> str:
