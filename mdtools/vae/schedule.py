@@ -148,9 +148,9 @@ def schedule_estimate(vae: Any, plan: VAETilePlan | tuple[int, int], *, decode: 
     `plan`: a `VAETilePlan`, or the (height, width) of the canvas in latent pixels, planned
     as `tiled_decode` / `tiled_encode` would with `tile`, `overlap`, `halo`, `circular`
     (halo=None: the exact halo of the resolved checkpoints). Counts come from one tiny tile
-    run (`_profile`) scaled by each tile's pixels, and the replays are simulated round by
-    round as `_run_tiled` schedules them. Use it to pick a `park_budget_bytes`, and to
-    extrapolate canvases too large to decode here."""
+    run (`program_profile`) scaled by each tile's pixels, and the replays are simulated
+    round by round as the engine (`tiled._Rounds`) runs them. Use it to pick a
+    `park_budget_bytes`, and to extrapolate canvases too large to decode here."""
     check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
     _check_budget(park_budget_bytes)
     layout = vae_layout(vae, "decode" if decode else "encode")
