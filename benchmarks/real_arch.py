@@ -43,7 +43,7 @@ from mdtools import MultiDiffusionPipeline  # noqa: E402
 from mdtools.errors import ConfigError, check_multiple  # noqa: E402
 from mdtools.instrument import Recorder, _read_status_kib  # noqa: E402
 from mdtools.plan import plan_views  # noqa: E402
-from mdtools.vae import _malloc_trim  # noqa: E402
+from mdtools.vae import malloc_trim  # noqa: E402
 
 GB = 2**30
 # CPU defaults: what fits 2 shared cores and 24 GB in ~20 minutes (1 step, CFG on as in real use)
@@ -340,7 +340,7 @@ def depth_probe(preset: str, size: int, sizes: list[int], args: argparse.Namespa
         runs = []
         for _ in range(2):  # the first forward of a fresh model also pays one-off set-up
             gc.collect()
-            _malloc_trim()  # so that the RSS before the run (the "weights") holds no freed heap
+            malloc_trim()  # so that the RSS before the run (the "weights") holds no freed heap
             runs.append(attempt(denoise_row, base, "denoise_depth_probe", size, md, preset, size, args))
         ok = [r for r in runs if r["status"] == "ok"]
         row = dict(min(ok, key=lambda r: r["per_view_forward_s"]) if ok else runs[-1])

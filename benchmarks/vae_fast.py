@@ -176,7 +176,7 @@ def estimate(arch: str, sizes: list[int], methods: list[str], out: Path) -> None
     import mdtools.vae as V
 
     vae = build_vae(arch)
-    prof = V._profile(V.vae_layout(vae, "decode"), canvas_attention=True, macs=True)
+    prof = V.program_profile(V.vae_layout(vae, "decode"), canvas_attention=True, macs=True)
     conv = sum(prof.step_macs) + sum(prof.message_macs)  # per latent pixel
     rows = []
     for size in sizes:

@@ -305,6 +305,8 @@ def test_default_halo_is_exact_for_every_strategy(attention):
     conv) suffice; "recompute" needs the whole program's reach. All equal the full decode
     to float noise; without the refresh, park at 16 px is far off."""
     import mdtools.vae as V
+    import mdtools.vae.options as VO
+    import mdtools.vae.tiled as VT
 
     vae = make_vae(attention=attention)
     z = structured_latents(LAT, 20)
@@ -331,13 +333,13 @@ def test_default_halo_is_exact_for_every_strategy(attention):
     tiled_decode(vae, z, tile=TILE, halo=16, overlap=0, sync_strategy="recompute", report=rep)
     assert not rep["exact"] and rep["exact_halo_px"] == halos["recompute"]
     # a given halo is not known to be exact beforehand, so the default overlap blends
-    assert V._default_overlap(None, True, "canvas", 16) == V.DEFAULT_OVERLAP_PX
-    assert V._default_overlap(None, True, "canvas", None) == 0 == V._default_overlap(0, False, "tile", 16)
-    assert V._default_overlap(None, False, "canvas", None) == V.DEFAULT_OVERLAP_PX
+    assert VO._default_overlap(None, True, "canvas", 16) == V.DEFAULT_OVERLAP_PX
+    assert VO._default_overlap(None, True, "canvas", None) == 0 == VO._default_overlap(0, False, "tile", 16)
+    assert VO._default_overlap(None, False, "canvas", None) == V.DEFAULT_OVERLAP_PX
     # without the refresh, the same 16 px park run carries the zero padding inwards
     calls: list = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(V, "_refresh_halos", lambda *a: calls.append(1))
+        mp.setattr(VT, "_refresh_halos", lambda *a: calls.append(1))
         stale = tiled_decode(vae, z, tile=TILE, halo=16, overlap=0, sync_strategy="park")
     assert calls and errors(stale, full)["max"] > 1e-3
 
@@ -401,6 +403,7 @@ def test_auto_strategy_parks_only_within_its_budget(monkeypatch):
     (checkpoint) to reach the others: "park" when all fit, "recompute" when none does,
     "checkpoint" in between, never more than the budget parked, and always the same bits."""
     import mdtools.vae as V
+    import mdtools.vae.schedule as VS
 
     vae = make_vae(attention=False)
     # a halo that is exact for every strategy (the whole canvas), so all give the same bits
@@ -411,9 +414,9 @@ def test_auto_strategy_parks_only_within_its_budget(monkeypatch):
     px = sum(len(plan.y.input_indices(i)) * len(plan.x.input_indices(j)) for i, j in plan.tiles())
     assert need == 2 * 32 * 64 * px * 4
     cpu = torch.device("cpu")
-    monkeypatch.setattr(V, "_free_bytes", lambda device: 4 * need)
+    monkeypatch.setattr(VS, "_free_bytes", lambda device: 4 * need)
     assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu) == "park"
-    monkeypatch.setattr(V, "_free_bytes", lambda device: 4 * need - 4)
+    monkeypatch.setattr(VS, "_free_bytes", lambda device: 4 * need - 4)
     assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu) == "checkpoint"
     assert V.resolve_sync_strategy("auto", vae, plan, decode=True, park=cpu, park_budget_bytes=1000) == "recompute"
     assert V.resolve_sync_strategy("park", vae, plan, decode=True, park=cpu, park_budget_bytes=0) == "park"
@@ -443,7 +446,8 @@ def test_disk_parking_equals_memory_parking(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    import mdtools.vae as V
+    import mdtools.vae.parking as VP
+    import mdtools.vae.program as VG
 
     vae = make_vae(attention=True)
     z = structured_latents(LAT, 20)
@@ -465,20 +469,20 @@ def test_disk_parking_equals_memory_parking(tmp_path, monkeypatch):
     img = full.clamp(-1, 1)
     kw = dict(tile=TILE, sync_strategy="park", attention="tile", halo=HALO, overlap=OVERLAP)
     ref = tiled_encode(vae, img, **kw)
-    monkeypatch.setattr(V, "READ_CHUNK_BYTES", 1000)  # tensors read back in many pieces
+    monkeypatch.setattr(VP, "READ_CHUNK_BYTES", 1000)  # tensors read back in many pieces
     assert torch.equal(ref, tiled_encode(vae, img, park=park, **kw))
     monkeypatch.undo()
     kw = dict(tile=TILE, sync_strategy="park", circular="x")
     assert errors(tiled_encode(vae, img, park=park, **kw), tiled_encode(vae, img, **kw))["max"] < 2e-5
     # a failure after files were written removes them too
-    real = V._stats_message
+    real = VG._stats_message
 
     def failing(T, mod):
         if T.layer >= 8:  # states of 8 barriers were parked on disk by then
             raise FloatingPointError("injected")
         return real(T, mod)
 
-    monkeypatch.setattr(V, "_stats_message", failing)
+    monkeypatch.setattr(VG, "_stats_message", failing)
     with pytest.raises(FloatingPointError, match="injected"):
         tiled_decode(vae, z, tile=TILE, sync_strategy="park", park=park)
     assert list(tmp_path.iterdir()) == []
@@ -488,7 +492,7 @@ def test_disk_parking_equals_memory_parking(tmp_path, monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (stale / "owner").write_text(f"{socket.gethostname()} {dead.pid}\n")
-    monkeypatch.setattr(V, "_stats_message", real)
+    monkeypatch.setattr(VG, "_stats_message", real)
     tiled_decode(vae, z, tile=TILE, sync_strategy="park", park=park)
     assert list(tmp_path.iterdir()) == []
 
@@ -498,7 +502,7 @@ def test_online_softmax_attention_equals_one_piece_attention():
     rounding error is that of torch's float32 one-piece attention (within 2x)."""
     import torch.nn.functional as F
 
-    from mdtools.vae import _attend_blocks
+    from mdtools.vae.blocks import _attend_blocks
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 16, generator=g) * 3 for n in (70, 90, 90))
@@ -513,7 +517,7 @@ def test_online_softmax_attention_equals_one_piece_attention():
 @pytest.mark.parametrize("up", [1, 2])
 @pytest.mark.parametrize("height", [16, 37])
 def test_conv_strips_equal_the_one_shot_convolution(monkeypatch, up, height):
-    import mdtools.vae as V
+    import mdtools.vae.blocks as V
 
     monkeypatch.setattr(V, "STRIP_MIN_VALUES", 0)
     monkeypatch.setattr(V, "STRIPS", 5)
@@ -529,7 +533,7 @@ def test_conv_strips_equal_the_one_shot_convolution(monkeypatch, up, height):
 
 
 def test_strip_execution_does_not_change_the_decode(monkeypatch, vae, latents):
-    import mdtools.vae as V
+    import mdtools.vae.blocks as V
 
     kw = dict(tile=TILE, overlap=OVERLAP, halo=HALO)
     a = tiled_decode(vae, latents, **kw)
@@ -609,20 +613,21 @@ def test_replays_never_write_into_their_checkpoint(layout):
     place (`_Step.mutates_top`): at every barrier of the decoder and encoder programs,
     running one round from a snapshot leaves the parked state's tensors unchanged."""
     import mdtools.vae as V
+    import mdtools.vae.program as VG
     from tests.ldm_vae import tiny_ldm_vae
 
     vae = make_vae(attention=True) if layout == "diffusers" else tiny_ldm_vae(seed=0)
     for direction, x in (("decode", structured_latents(4, 4)), ("encode", torch.randn(1, 3, 32, 32))):
         lay = V.vae_layout(vae, direction)
-        T = V._Tile((0, 0), (4, 4), (0, 4, 0, 4), True, [x], canvas_attention=True)
+        T = VG._Tile((0, 0), (4, 4), (0, 4, 0, 4), True, [x], canvas_attention=True)
         checked = 0
         with torch.inference_mode():
-            while (msg := V._advance(T, lay.steps)) is not None:
+            while (msg := VG._advance(T, lay.steps)) is not None:
                 before = [t.clone() for t in T.stack]
-                reply = V._reply([msg], torch.device("cpu"))
+                reply = VG._reply([msg], torch.device("cpu"))
                 T.known.append(reply)
                 twin = T.snapshot(torch.device("cpu"), None, copy_top=lay.steps[T.pc].mutates_top)
-                V._advance(twin, lay.steps)  # one round: to the next barrier (or the end)
+                VG._advance(twin, lay.steps)  # one round: to the next barrier (or the end)
                 assert all(torch.equal(a, b) for a, b in zip(before, T.stack)), (direction, T.pc)
                 checked += 1
                 T.layer += 1  # pass the barrier on the original too
@@ -636,13 +641,14 @@ def test_unknown_spatial_ops_are_never_claimed_exact():
     another spatial operation (here a transposed-conv upsampler) gets the default halo and
     overlap, and its report says it is not exact."""
     import mdtools.vae as V
+    from mdtools.vae.halo import _reach_known
 
     vae = make_vae(attention=False)
-    assert V._reach_known(V.vae_layout(vae, "decode"))
+    assert _reach_known(V.vae_layout(vae, "decode"))
     up = vae.decoder.up_blocks[0].upsamplers[0]
     up.conv = torch.nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1)
     up.use_conv_transpose = True
-    assert not V._reach_known(V.vae_layout(vae, "decode"))
+    assert not _reach_known(V.vae_layout(vae, "decode"))
     rep: dict = {}
     tiled_decode(vae, structured_latents(LAT, 2 * LAT), tile=2 * TILE, report=rep)  # default 64 px overlap
     assert rep["n_tiles"] > 1 and not rep["exact"] and rep["exact_halo_px"] is None and rep["halo_px"] == V.DEFAULT_DECODE_HALO_PX

@@ -176,9 +176,9 @@ def test_schedule_estimate_counts_the_work_a_run_does(ldm, z):
     assert est["auto"]["strategy"] == "checkpoint" and est["auto"]["parked_peak_bytes"] <= 300_000
     # held beyond one tile: without checkpoints, the canvas keys / values (kept to the end:
     # every replay passes the attention); with them, at least the parked peak
-    from mdtools.vae import _profile, vae_layout
+    from mdtools.vae import program_profile, vae_layout
 
-    kv = _profile(vae_layout(ldm, "decode"), canvas_attention=True).kv_values * 8 * 8 * 4
+    kv = program_profile(vae_layout(ldm, "decode"), canvas_attention=True).kv_values * 8 * 8 * 4
     assert est["recompute"]["held_peak_bytes"] == int(kv) > 0 and est["recompute"]["parked_peak_bytes"] == 0
     assert est["park"]["held_peak_bytes"] >= est["park"]["parked_peak_bytes"] > kv
     assert est["park"]["output_bytes"] == 3 * 64 * 64 * 4
