@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .choices import DTYPE_NAMES
 from .errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--circular", type=_circular, default=False, help="false, x, y or both")
     g.add_argument("--view-batch-size", type=int, default=4)
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
     g.add_argument("--out", required=True, help="image path (.png/.jpg/.webp); the record goes next to it as .json")
     g.set_defaults(func=cmd_generate)
 

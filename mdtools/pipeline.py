@@ -20,13 +20,27 @@ from .errors import ConfigError, check_choice
 from .instrument import PhaseStats, Record, Recorder
 from .kernels import Kernel
 from .methods import Method
-from .models import (DTYPES, FLOW_KINDS, FLUX_NATIVE_PX, LatentDenoiserView, ModelKind, check_model_sizes, config_source,
-                     detect_family, flux_cfg_passes, load_pipeline, model_options, read_model_kind, read_native_window,
-                     read_scale_factor, resolve_model_path)
+from .models import (
+    DTYPES,
+    FLOW_KINDS,
+    FLUX_NATIVE_PX,
+    LatentDenoiserView,
+    ModelKind,
+    check_model_sizes,
+    config_source,
+    detect_family,
+    flux_cfg_passes,
+    load_pipeline,
+    model_options,
+    read_model_kind,
+    read_native_window,
+    read_scale_factor,
+    resolve_model_path,
+)
 from .plan import TilePlan
 from .sampling import Run, unscale_latents
 from .schedulers import FlowMatchSchedule, check_scheduler_fits, make_scheduler
-from .vae import SYNC_STRATEGIES, park_target, tiled_decode
+from .vae import SYNC_STRATEGIES, check_park, tiled_decode
 
 AUTO_TILE_PIXELS = 2048 * 2048  # "auto" VAE tiling above this canvas size
 #: Default tile of the tiled VAE decode, in pixels (diffusers' tile_sample_min_size for SD).
@@ -158,7 +172,7 @@ class MultiDiffusionPipeline:
             raise ConfigError(f"vae_tiling has unknown key(s) {sorted(unknown)}; valid keys: tiling, tile, overlap, "
                               "sync_groupnorm, sync_strategy, auto_pixels, park, park_budget_bytes, park_dtype")
         if opts.get("park") is not None:
-            park_target(opts["park"], "vae_tiling.park")  # a bad value fails here, before any denoising
+            check_park("vae_tiling.park", opts["park"])  # a bad value fails here, before any denoising
 
         strategy = opts.get("sync_strategy") or "auto"
         check_choice("vae_tiling.sync_strategy", strategy, SYNC_STRATEGIES)

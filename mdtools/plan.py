@@ -20,6 +20,8 @@ from .errors import ConfigError, check_choice, check_multiple, check_positive_in
 
 Circular = Union[Literal[False], Literal["x"], Literal["y"], Literal["both"]]
 CIRCULAR_MODES: tuple = (False, "x", "y", "both")
+#: the same modes as a menu offers them (ComfyUI nodes): "off" for False
+CIRCULAR_CHOICES: tuple[str, ...] = ("off", "x", "y", "both")
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mdtools import MultiDiffusionPipeline
-from mdtools.models.arch import PRESETS, build_from_folder, count_parameters, preset_dir, published_counts, stand_in_tokenizers
 from mdtools.errors import ConfigError
+from mdtools.models.arch import PRESETS, build_from_folder, count_parameters, preset_dir, published_counts, stand_in_tokenizers
 
 # Published figures, independent of how mdtools builds the models: exact where the weight files'
 # byte totals give them (bf16 bytes / 2, Forge's vendored *.safetensors.index.json), else the

@@ -129,8 +129,8 @@ def test_depth_probe_arguments_and_reduced_builds():
     asked block counts and say so (built on the meta device: no memory)."""
     import real_arch
 
-    from mdtools.models.arch import build_from_folder, preset_dir
     from mdtools.errors import ConfigError
+    from mdtools.models.arch import build_from_folder, preset_dir
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

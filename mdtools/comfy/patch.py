@@ -39,7 +39,7 @@ from ..errors import ConfigError, check_choice, check_positive_int
 from ..fusion import MultiDiffusion, ViewSet
 from ..kernels import KERNELS, Kernel
 from ..methods import METHODS, Method, get_method, per_step_methods
-from ..plan import TilePlan, plan_views
+from ..plan import CIRCULAR_CHOICES, TilePlan, plan_views
 from ..sampling import CallSpec, Stage, StepContext
 
 #: The methods that work as a per-step model wrapper (flag `per_step_wrapper`; the others need
@@ -47,7 +47,6 @@ from ..sampling import CallSpec, Stage, StepContext
 PATCH_METHODS = per_step_methods()
 #: "auto": the method's own default kernel (gaussian; mixture's Gaussian tile weights).
 KERNEL_CHOICES = ("auto", *KERNELS)
-CIRCULAR_CHOICES = ("off", "x", "y", "both")
 #: The key of the APPLY_MODEL wrapper on the patched clone (a second patch replaces the first).
 WRAPPER_KEY = "mdtools.multidiffusion"
 

@@ -21,12 +21,10 @@ from typing import Any
 
 import torch
 
+from ..choices import PARK_CHOICES, SYNC_STRATEGIES
 from ..errors import ConfigError, check_choice
+from ..plan import CIRCULAR_CHOICES
 from .record import vae_phase
-
-SYNC_STRATEGIES = ("auto", "park", "recompute")
-CIRCULAR = ("off", "x", "y", "both")
-PARKS = ("cpu", "disk")
 
 
 def _check_vae(vae: Any) -> Any:
@@ -49,8 +47,8 @@ def _load(vae: Any) -> tuple[torch.device, torch.dtype]:
 def _options(tile: int, overlap: int, sync_strategy: str, circular: str, halo: int, park: str = "cpu"
              ) -> dict[str, Any]:
     check_choice("sync_strategy", sync_strategy, SYNC_STRATEGIES)
-    check_choice("circular", circular, CIRCULAR)
-    check_choice("park", park, PARKS)
+    check_choice("circular", circular, CIRCULAR_CHOICES)
+    check_choice("park", park, PARK_CHOICES)
     opts: dict[str, Any] = {"tile": tile, "overlap": overlap if overlap >= 0 else None,  # -1: mdtools' default
                             "sync_strategy": sync_strategy, "circular": False if circular == "off" else circular,
                             "park": park}
@@ -112,10 +110,10 @@ def _inputs(io_name: str, io_type: str) -> dict[str, Any]:
                           "park: one pass, every waiting tile parked (see park); recompute: one tile in memory, "
                           "more compute; auto: park while it fits. Each is exact with its default halo."}),
     }, "optional": {
-        "circular": (list(CIRCULAR), {"default": "off"}),
+        "circular": (list(CIRCULAR_CHOICES), {"default": "off"}),
         "halo": ("INT", {"default": -1, "min": -1, "max": 4096, "step": 8,
                          "tooltip": "context around each tile in pixels; -1 = mdtools' default"}),
-        "park": (list(PARKS), {"default": "cpu", "tooltip":
+        "park": (list(PARK_CHOICES), {"default": "cpu", "tooltip":
                  "where tiles waiting for the canvas statistics are kept: cpu (RAM) or disk (files in "
                  "$MDTOOLS_PARK_DIR, else the system's temp dir: RAM holds one tile, for canvases whose parked "
                  "states do not fit in RAM)"}),

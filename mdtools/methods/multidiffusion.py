@@ -22,7 +22,7 @@ import torch
 from ..errors import ConfigError
 from ..fusion import InputFn, ViewSet
 from ..kernels import Kernel, get_kernel
-from ..sampling import CallSpec, Run, StepContext
+from ..sampling import CallSpec, StepContext
 from .base import Method, Param, is_int, is_num, register
 from .regions import RegionState, bootstrap_draws, check_bootstrap, latent_masks
 

@@ -29,7 +29,7 @@ import torch
 from ..errors import ConfigError
 from ..fusion import ViewSet
 from ..plan import View
-from ..sampling import CallSpec, Run, StepContext
+from ..sampling import CallSpec, StepContext
 from .base import Method, Param, is_int, register
 
 

@@ -10,10 +10,20 @@
 
 from __future__ import annotations
 
-from .families import (FAMILIES, FLOW_KINDS, FLUX_NATIVE_PX, MODEL_OPTIONS, LatentDenoiserView, ModelFamily, ModelKind,
-                       detect_family, flux_cfg_passes, model_options, register_family)
-from .info import (DTYPES, check_model_sizes, config_source, read_model_kind, read_native_window, read_scale_factor,
-                   resolve_model_path)
+from .families import (
+                       FAMILIES,
+                       FLOW_KINDS,
+                       FLUX_NATIVE_PX,
+                       MODEL_OPTIONS,
+                       LatentDenoiserView,
+                       ModelFamily,
+                       ModelKind,
+                       detect_family,
+                       flux_cfg_passes,
+                       model_options,
+                       register_family,
+)
+from .info import DTYPES, check_model_sizes, config_source, read_model_kind, read_native_window, read_scale_factor, resolve_model_path
 from .load import load_pipeline
 
 __all__ = ["DTYPES", "FAMILIES", "FLOW_KINDS", "FLUX_NATIVE_PX", "MODEL_OPTIONS", "LatentDenoiserView", "ModelFamily",

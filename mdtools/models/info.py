@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from ..choices import DTYPE_NAMES
 from ..errors import ConfigError
 from .families import FAMILIES, ModelKind, check_patch_multiples, family_of_transformer
 
 #: dtype names of the CLI, experiment files and the ComfyUI nodes
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

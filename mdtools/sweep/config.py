@@ -27,7 +27,9 @@ from typing import Any, Literal, NamedTuple, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..choices import DtypeName, SyncStrategy
 from ..errors import ConfigError
+from ..plan import Circular
 
 
 class _Strict(BaseModel):
@@ -70,7 +72,7 @@ class TilingConfig(_Strict):
     overlap: int = 64
     kernel: str = "gaussian"
     kernel_params: dict[str, Any] = Field(default_factory=dict)
-    circular: Union[Literal[False], Literal["x", "y", "both"]] = False
+    circular: Circular = False
     view_batch_size: int = 4
 
 
@@ -93,7 +95,7 @@ class VaeConfig(_Strict):
     sync_groupnorm: bool = True
     # park: one pass, parked activations grow with the canvas; recompute: one tile's memory,
     # many times the compute; auto: park what fits in a quarter of free memory, replay the rest
-    sync_strategy: Literal["auto", "park", "recompute"] = "auto"
+    sync_strategy: SyncStrategy = "auto"
     auto_pixels: int = 2048 * 2048
     # where waiting tiles are kept: None = "cpu" (RAM); "disk" or "disk:<dir>" = out of core
     # (memory of one tile at any canvas size). Left out of run ids while None.
@@ -103,9 +105,9 @@ class VaeConfig(_Strict):
     @classmethod
     def _park(cls, v: Optional[str]) -> Optional[str]:
         if v is not None:
-            from ..vae import park_target
+            from ..vae import check_park
 
-            park_target(v, "vae.park")  # a bad device or directory fails when the config is read
+            check_park("vae.park", v)  # a bad device or directory fails when the config is read
         return v
 
 
@@ -165,7 +167,7 @@ class RunConfig(_Strict):
     bootstrap_steps: int = Field(default=0, ge=0)
     seed: int = 0
     device: str = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: DtypeName = "float32"
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     diagnostics: bool = True
     output: OutputConfig = OutputConfig()

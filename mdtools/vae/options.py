@@ -6,10 +6,11 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
+from ..choices import PARK_CHOICES, SYNC_STRATEGIES, SyncStrategy  # noqa: F401  (re-exported by mdtools.vae)
 from ..errors import ConfigError, check_choice, check_multiple
 from ..kernels import Kernel, get_kernel
 from ..plan import CIRCULAR_MODES
@@ -30,14 +31,8 @@ DEFAULT_ENCODE_HALO_PX: int = 32
 DEFAULT_OVERLAP_PX: int = 64
 
 
-#: How a synchronised run keeps the tiles waiting at a barrier (see `tiled_decode`).
-SyncStrategy = Literal["auto", "park", "recompute"]
-SYNC_STRATEGIES: tuple[str, ...] = ("auto", "park", "recompute")
 #: Where the mid-block self-attention takes its keys and values: the whole canvas, or its tile.
 ATTENTION_MODES: tuple[str, ...] = ("canvas", "tile")
-#: The park targets a menu offers (host RAM, or out of core); `check_park` also takes any
-#: torch device ("cuda", "cuda:1") and "disk:<dir>".
-PARK_CHOICES: tuple[str, ...] = ("cpu", "disk")
 #: Half-precision parking (opt-in `park_dtype`): half the parked bytes, no longer float-exact.
 PARK_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
