@@ -130,13 +130,6 @@ class ViewSet:
         return cls.build(plan.views, (plan.latent_height, plan.latent_width), kernel=kernel, overlap=ov,
                          wrap=(plan.wraps_y, plan.wraps_x), device=device)
 
-    def select(self, keep: torch.Tensor) -> "ViewSet":
-        """The entries where `keep` (n,) bool is True."""
-        ks = keep.nonzero().reshape(-1).tolist()
-        return ViewSet(tuple(self.views[k] for k in ks), self.canvas, self.index[keep], self.weight[keep],
-                       None if self.cond is None else self.cond[keep],
-                       None if self.guidance is None else self.guidance[keep])
-
     def denominator(self) -> torch.Tensor:
         """(H * W,) sum of the weights at each canvas pixel (padding dropped), cached."""
         if self._den is None:

@@ -51,12 +51,6 @@ def _reset_cpu_hwm() -> bool:
         return False
 
 
-def cpu_rss_bytes() -> int | None:
-    """Current resident set size of this process in bytes (None if unknown)."""
-    kib = _read_status_kib("VmRSS:")
-    return None if kib is None else kib * 1024
-
-
 def device_name(device: torch.device) -> str:
     """Human-readable device name, e.g. 'NVIDIA H100 80GB HBM3' or the CPU model."""
     if device.type == "cuda":

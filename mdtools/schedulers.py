@@ -44,11 +44,6 @@ def _diffusers_scheduler_classes() -> dict[str, type]:
     return out
 
 
-def scheduler_names() -> list[str]:
-    """Every accepted name: aliases first, then diffusers class names."""
-    return sorted(SCHEDULER_ALIASES) + sorted(_diffusers_scheduler_classes())
-
-
 def check_scheduler_name(name: str) -> str:
     """Resolve `name` to a diffusers class name, or raise ConfigError listing the valid ones."""
     cls_name = SCHEDULER_ALIASES.get(name, name)

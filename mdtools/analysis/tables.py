@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import stats
 from ..errors import ConfigError
+from ..methods import METHODS
 from ..sweep.records import build_table
 
 SEAM = "metric.seam_structure"  # the structural seam score (docs/metrics.md)
@@ -63,7 +64,7 @@ def method_label(row: pd.Series, extra: Sequence[str] = ()) -> str:
             if v is None or (isinstance(v, float) and np.isnan(v)):
                 continue
             params.append(f"{k[len('method.'):]}={_short(v)}")
-    if name in ("multidiffusion", "global_pass", "syncdiffusion", "spotdiffusion") and "tiling.kernel" in row:
+    if name in METHODS and METHODS[name].kernel_from_call and "tiling.kernel" in row:
         params.insert(0, str(row["tiling.kernel"]))
     params += [f"{k.split('.')[-1]}={_short(row[k])}" for k in extra if k in row]
     return f"{name}({', '.join(params)})" if params else name

@@ -34,11 +34,6 @@ def to_nchw(images: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
-def to_image(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> IMAGE (B, H, W, 3) float32 on the CPU."""
-    return x.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).contiguous()
-
-
 def save_path(prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
     """(folder, file stem, counter, subfolder) for `prefix` in ComfyUI's output folder."""
     import folder_paths

@@ -150,12 +150,6 @@ class MultiDiffusionPatch:
         hits = (sig >= s * (1 - 1e-4)).nonzero().reshape(-1)
         return int(hits[-1]) if len(hits) else 0
 
-    def plan_for(self, H: int, W: int) -> TilePlan:
-        """The view plan this patch uses for an (H, W) latent canvas."""
-        s = self.settings
-        return plan_views(H * s.scale, W * s.scale, window=s.window, overlap=s.overlap, scale=s.scale,
-                          circular=self._circular)
-
     # ---- the fused call -------------------------------------------------------------------
     def fused(self, model_call: Callable[[torch.Tensor, int, int, ViewSet], torch.Tensor], x: torch.Tensor,
               t: torch.Tensor, transformer_options: dict | None) -> torch.Tensor:

@@ -70,6 +70,11 @@ class Method:
     per_step_wrapper: ClassVar[bool] = False
     #: needs the sampler's sigma schedule before the first step (SpotDiffusion draws shifts per step)
     needs_sigmas: ClassVar[bool] = False
+    #: fuses with the call's blend kernel (False: its own weights, as Mixture's Gaussian tiles)
+    kernel_from_call: ClassVar[bool] = True
+    #: the kinds of work a sweep's time estimate measures for it beyond model evaluations
+    #: (SyncDiffusion: its loss with its backward pass, built by `loss_fn()`)
+    calibration_kinds: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.PARAMS))

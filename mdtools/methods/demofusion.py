@@ -69,6 +69,7 @@ class DemoFusionMethod(Method):
     """Progressive upscaling: stage 1 at 1/S size, then stages with skip residual and dilated sampling."""
 
     name = "demofusion"
+    kernel_from_call = False  # its own view sets and weights per stage
     PARAMS = {
         "stages": Param(None, lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1, e.g. 2",
                         "number of stages S (default: native windows along the longer side)"),

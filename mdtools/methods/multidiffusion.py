@@ -144,6 +144,7 @@ class MixtureMethod(MultiDiffusionMethod):
     """Mixture of Diffusers: Gaussian tile weights, optional per-tile prompts and guidance."""
 
     name = "mixture"
+    kernel_from_call = False  # Gaussian tile weights of its own
     PARAMS = {
         "var": Param(0.01, lambda v: is_num(v) and v > 0, "a number > 0, e.g. 0.01",
                      "variance of the Gaussian in units of the tile size (official 0.01: sigma = 0.1 L)"),

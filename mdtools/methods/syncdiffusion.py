@@ -152,6 +152,7 @@ class SyncDiffusionMethod(Method):
     """MultiDiffusion with SyncDiffusion's gradient sync of every view towards an anchor view."""
 
     name = "syncdiffusion"
+    calibration_kinds = ("loss_calls",)
     PARAMS = {
         "weight": Param(20.0, lambda v: is_num(v) and v >= 0, "a number >= 0, e.g. 20", "gradient step weight w"),
         "decay": Param(0.95, lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1], e.g. 0.95", "w_i = weight * decay**i"),

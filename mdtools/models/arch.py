@@ -120,10 +120,6 @@ def build_component(folder: Path, component: str, *, cls_name: str | None = None
     return cls(cfg).to(torch.get_default_dtype())
 
 
-def _denoiser_component(folder: Path) -> str:
-    return "transformer" if (folder / "transformer").is_dir() else "unet"
-
-
 def count_parameters(spec: str, components: tuple[str, ...] | None = None) -> dict[str, int]:
     """Parameter count per model component of a preset, built on the meta device (no memory, ~seconds).
 

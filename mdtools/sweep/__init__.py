@@ -1,7 +1,7 @@
 """Experiment sweeps: validated run configs, one run wherever it runs, resumable records, local and Ray executors."""
 
 from .config import (
-    DEFAULT_METRICS,
+    DEFAULT_RUN_METRICS,
     Experiment,
     ModelConfigs,
     RunConfig,
@@ -30,7 +30,7 @@ from .run import ModelCache, failure_outcome, perform_run, run_one
 from .runner import execute
 
 __all__ = [
-    "DEFAULT_METRICS", "EXECUTORS", "Executor", "Experiment", "LocalExecutor", "ModelCache", "ModelConfigs", "RayExecutor",
+    "DEFAULT_RUN_METRICS", "EXECUTORS", "Executor", "Experiment", "LocalExecutor", "ModelCache", "ModelConfigs", "RayExecutor",
     "RunConfig", "STATUS_FAILED", "STATUS_NAN", "STATUS_OK", "STATUS_OOM", "Sweep", "build_table", "estimate_work",
     "execute", "expand", "failure_outcome", "flatten", "git_hash", "load_experiment", "load_records", "make_executor",
     "model_kind", "package_versions", "perform_run", "prepare_run", "read_model_configs", "run_one", "total_work",

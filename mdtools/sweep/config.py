@@ -112,7 +112,7 @@ class VaeConfig(_Strict):
 
 
 class GlobalPassConfig(_Strict):
-    """Low-resolution whole-canvas pass before the tiled pass (mdtools.refine, claim C6)."""
+    """Deprecated: the legacy `global_pass: {enabled: true}` switch; use `method: {name: global_pass}` (claim C6)."""
 
     enabled: bool = False
     factor: int = Field(default=4, ge=2)
@@ -145,7 +145,8 @@ class OutputConfig(_Strict):
     save_full: bool = False
 
 
-DEFAULT_METRICS = ("seam_structure", "seam_score", "seam_score_lab", "intra_color", "tv")
+#: what a sweep run records when its config names no metrics (mdtools.metrics.evaluate has its own default)
+DEFAULT_RUN_METRICS = ("seam_structure", "seam_score", "seam_score_lab", "intra_color", "tv")
 
 
 class RunConfig(_Strict):
@@ -168,7 +169,7 @@ class RunConfig(_Strict):
     seed: int = 0
     device: str = "auto"
     dtype: DtypeName = "float32"
-    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_RUN_METRICS))
     diagnostics: bool = True
     output: OutputConfig = OutputConfig()
 
@@ -184,6 +185,11 @@ class RunConfig(_Strict):
         if self.global_pass.enabled and self.method.name != "multidiffusion":
             raise ValueError("global_pass.enabled is the legacy switch for method global_pass; "
                              "use method: {name: global_pass, factor: 4, strength: 0.6} alone")
+        if self.global_pass.enabled:
+            import warnings
+
+            warnings.warn("global_pass: {enabled: true} (GlobalPassConfig) is deprecated; use method: "
+                          "{name: global_pass, factor: ..., strength: ...}", DeprecationWarning, stacklevel=2)
         return self
 
     def method_call(self) -> tuple[str, dict[str, Any]]:

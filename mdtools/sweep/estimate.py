@@ -137,7 +137,8 @@ def calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet_
     if "loss_calls" in kinds and loss_run is not None:
         from ..methods import get_method
 
-        loss = get_method("syncdiffusion", **loss_run.method_call()[1]).loss_fn()
+        name, params = loss_run.method_call()
+        loss = get_method(name, **params).loss_fn()
         if isinstance(loss, torch.nn.Module):
             loss.to(md.device)
         a = torch.rand(1, 3, window, window, device=md.device) * 2 - 1
@@ -155,8 +156,10 @@ def calibrate(models: ModelCache, cfg: RunConfig, kinds: Sequence[str] = ("unet_
 def estimate_time(models: ModelCache, runs: Sequence[RunConfig], work: dict[str, float]) -> str:
     """The sweep's time estimate for the log: `work` (`total_work`) at the seconds per unit that
     `calibrate` measures on the first run's model (and the first SyncDiffusion run's loss)."""
-    sync_run = next((c for c in runs if c.method_call()[0] == "syncdiffusion"), None)
-    units = calibrate(models, runs[0], kinds=[k for k, v in work.items() if v], loss_run=sync_run)
+    from ..methods import METHODS
+
+    loss_run = next((c for c in runs if "loss_calls" in METHODS[c.method_call()[0]].calibration_kinds), None)
+    units = calibrate(models, runs[0], kinds=[k for k, v in work.items() if v], loss_run=loss_run)
     seconds = sum(units.get(k, float("nan")) * v for k, v in work.items() if v)
     return (f"estimated time: {seconds / 60:.1f} min ({units['unet_evaluations'] * 1e3:.2f} ms per model evaluation"
             + "".join(f", {units[k] * 1e3:.1f} ms per {UNIT_NAMES.get(k, k)}" for k in units if k != "unet_evaluations")
