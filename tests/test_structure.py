@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"sampling", "toy"},
     {"fusion", "vae", "metrics"},
     {"kernels", "plan", "schedulers"},
-    {"stats", "errors", "instrument", "deprecation", "choices"},
+    {"stats", "errors", "instrument", "deprecation", "choices", "safetensors_header"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -1,4 +1,4 @@
-"""Model families: every choice that depends on the model kind (SD, SDXL, pixel, SD3, FLUX), one class each.
+"""Model families: every choice that depends on the model kind (SD, SDXL, pixel, SD3, FLUX, PixArt), one class each.
 
 A family knows how to recognise a loaded pipeline (`detect`) and a config folder
 (`transformer_class`), which module denoises (`denoiser`), its per-call options and their
@@ -122,21 +122,35 @@ class ModelFamily:
         raise NotImplementedError
 
 
-@register_family
-class SD3Family(ModelFamily):
-    """Stable Diffusion 3 (MMDiT, flow matching, CLIP-L + CLIP-G + T5)."""
+class FlowFamily(ModelFamily):
+    """What the flow-matching transformers (SD3, FLUX) share: 2x2 patches, flow schedulers, mu and positions."""
 
-    kind = "sd3"
     flow = True
     patch = 2
-    transformer_class = "SD3Transformer2DModel"
-    OPTIONS = ("flow_mu", "max_sequence_length", "positions")
+    OPTIONS: ClassVar[tuple[str, ...]] = ("flow_mu", "max_sequence_length", "positions")
 
     def denoiser(self, vae_scale: int) -> Any:
         return self.pipe.transformer
 
     def check_call(self, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
         check_flow_call(self.kind, height, width, window, scale, opts)
+
+    def flow_schedule(self, plan: TilePlan, opts: dict[str, Any]) -> FlowMatchSchedule:
+        return flow_schedule(self.pipe.scheduler, self.kind, plan, opts["flow_mu"])
+
+    def describe_call(self, opts: dict[str, Any]) -> dict[str, Any]:
+        return {"positions": opts["positions"]}
+
+
+@register_family
+class SD3Family(FlowFamily):
+    """Stable Diffusion 3 (MMDiT, flow matching, CLIP-L + CLIP-G + T5)."""
+
+    kind = "sd3"
+    transformer_class = "SD3Transformer2DModel"
+
+    def check_call(self, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
+        super().check_call(height, width, window, scale, opts)
         if opts["positions"] == "global":
             raise ConfigError("positions='global' is FLUX only: SD3's position embedding is a centred crop of a fixed "
                               "table, view-local by construction; use positions='local'")
@@ -146,12 +160,6 @@ class SD3Family(ModelFamily):
             if limit is not None and v > limit:
                 raise ConfigError(f"window={v} exceeds SD3's position table ({pe} patches = {limit} px); "
                                   f"use window <= {limit}")
-
-    def flow_schedule(self, plan: TilePlan, opts: dict[str, Any]) -> FlowMatchSchedule:
-        return flow_schedule(self.pipe.scheduler, self.kind, plan, opts["flow_mu"])
-
-    def describe_call(self, opts: dict[str, Any]) -> dict[str, Any]:
-        return {"positions": opts["positions"]}
 
     def adapter(self, denoiser: Any, prompts: Sequence[tuple[Any, Any]], *, extra: Sequence[Any], guidance_scale: float,
                 guidance_rescale: float, plan: TilePlan, batch: int, cfg: bool, opts: dict[str, Any],
@@ -164,31 +172,20 @@ class SD3Family(ModelFamily):
 
 
 @register_family
-class FluxFamily(ModelFamily):
+class FluxFamily(FlowFamily):
     """FLUX.1 (MMDiT, flow matching, CLIP-L + T5, guidance embedding; packed 2x2 latents)."""
 
     kind = "flux"
-    flow = True
-    patch = 2
     transformer_class = "FluxTransformer2DModel"
     native_px = FLUX_NATIVE_PX
-    OPTIONS = ("flow_mu", "max_sequence_length", "positions", "true_cfg_scale")
+    OPTIONS = (*FlowFamily.OPTIONS, "true_cfg_scale")
 
     def denoiser(self, vae_scale: int) -> Any:
         t = self.pipe.transformer
         return LatentDenoiserView(t, in_channels=t.config.in_channels // 4, sample_size=FLUX_NATIVE_PX // vae_scale)
 
-    def check_call(self, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
-        check_flow_call(self.kind, height, width, window, scale, opts)
-
     def cfg_passes(self, opts: dict[str, Any], negative_prompt: Any) -> int:
         return flux_cfg_passes(opts["true_cfg_scale"], negative_prompt)
-
-    def flow_schedule(self, plan: TilePlan, opts: dict[str, Any]) -> FlowMatchSchedule:
-        return flow_schedule(self.pipe.scheduler, self.kind, plan, opts["flow_mu"])
-
-    def describe_call(self, opts: dict[str, Any]) -> dict[str, Any]:
-        return {"positions": opts["positions"]}
 
     def adapter(self, denoiser: Any, prompts: Sequence[tuple[Any, Any]], *, extra: Sequence[Any], guidance_scale: float,
                 guidance_rescale: float, plan: TilePlan, batch: int, cfg: bool, opts: dict[str, Any],

@@ -13,13 +13,13 @@ cache; otherwise the error says which repository's tokenizer is missing.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..safetensors_header import read_header, tensor_entries
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -53,19 +53,9 @@ def read_safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int,
     """name -> (dtype, shape) of every tensor, from the safetensors header (reads no weights).
 
     Raises ModelLoadError when the file is not a safetensors file."""
-    p = Path(path)
     try:
-        with p.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if not 2 <= n <= min(100_000_000, p.stat().st_size - 8):
-                raise ValueError(f"header length {n} does not fit the file")
-            meta = json.loads(f.read(n))
-        if not isinstance(meta, dict):
-            raise ValueError("header is not a JSON object")
-        return {k: (v["dtype"], tuple(v["shape"])) for k, v in meta.items() if k != "__metadata__"}
+        _, meta = read_header(path)
+        return {k: (v["dtype"], tuple(v["shape"])) for k, v in tensor_entries(meta).items()}
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"model={str(path)!r} is not a safetensors checkpoint ({e})") from None
 

@@ -8,10 +8,10 @@ Import-light on purpose: nothing heavy (torch, diffusers) is imported until a fu
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..safetensors_header import read_header, tensor_entries
 
 if TYPE_CHECKING:
     import torch
@@ -56,15 +56,8 @@ def _check_safetensors(path: Path) -> None:
     because its header promises more bytes than the file holds.
     """
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise ValueError("shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or n > 100_000_000:
-                raise ValueError(f"implausible header length {n}")
-            header: dict[str, Any] = json.loads(fh.read(n))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        n, header = read_header(path)
+        end = max((int(v["data_offsets"][1]) for v in tensor_entries(header).values()), default=0)
         size = path.stat().st_size
         if size < 8 + n + end:
             raise ValueError(f"truncated: {size} bytes, header describes {8 + n + end}")
