@@ -43,6 +43,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .models import DTYPES, check_model_sizes
     from .pipeline import MultiDiffusionPipeline
     from .schedulers import check_scheduler_fits
+    from .state import ResumeState
     from .sweep.config import read_model_configs
 
     # --- all checks first -------------------------------------------------------------
@@ -66,6 +67,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 num_inference_steps=args.steps, guidance_scale=args.guidance, circular=args.circular,
                 view_batch_size=args.view_batch_size, output_type="pil")
     prepare_call(**call, window=window, scale=scale)
+    state = out.with_name(out.name + ".state")  # the canvas state: a killed run resumes from it
+    if args.state_every < 0:
+        raise ConfigError(f"--state-every must be >= 0 (0: no state file), got {args.state_every}")
+    if args.preview_every < 0:
+        raise ConfigError(f"--preview-every must be >= 0 (0: no previews), got {args.preview_every}")
+    if args.fresh:
+        state.unlink(missing_ok=True)
+    resume = state if args.state_every and state.is_file() else None
+    if resume is not None:
+        ResumeState(resume)  # a corrupt file fails here, before loading (delete it or pass --fresh)
+        print(f"resuming from {resume} (pass --fresh to start over)")
+    shard = None
+    if args.distributed:  # torchrun: every rank loads the model and runs its share of the views
+        from .distributed import init, rank_device
+
+        shard = init()
+        args.device = args.device or str(rank_device(shard))
+    lead = shard is None or shard.rank == 0  # rank 0 writes the image, the record, the state and the previews
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype]
     # --- load and run -----------------------------------------------------------------------
@@ -73,13 +92,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype, device=device, **extra)
     if args.scheduler:
         md.set_scheduler(args.scheduler)
-    res = md(**call, window=run_window, generator=torch.Generator("cpu").manual_seed(args.seed))
+    if shard is not None:
+        md.enable_distributed(shard)
     out.parent.mkdir(parents=True, exist_ok=True)
+    res = md(**call, window=run_window, generator=torch.Generator("cpu").manual_seed(args.seed),
+             state_path=state if args.state_every and lead else None, state_every=max(1, args.state_every),
+             resume=resume, preview=out.with_name(out.stem + ".preview.png") if args.preview_every and lead else None,
+             preview_every=max(1, args.preview_every), progress=lead)
+    if not lead:
+        return 0
     res.images[0].save(out)
     rec_path = out.with_suffix(".json")
     rec = res.record.to_dict()
     rec["args"] = vars(args) | {"window": list(res.plan.window), "func": None}  # the window used (px)
     rec_path.write_text(json.dumps(rec, indent=1, default=str))
+    state.unlink(missing_ok=True)  # finished: nothing to resume
     p = res.plan
     cost = res.record.extra["cost"]
     print(f"wrote {out} ({p.width}x{p.height}, method {args.method}, {p.n_views} views, redundancy {p.redundancy:.2f}, "
@@ -167,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
     g.add_argument("--out", required=True, help="image path (.png/.jpg/.webp); the record goes next to it as .json")
+    g.add_argument("--state-every", type=int, default=1, metavar="K",
+                   help="save the canvas state to <out>.state every K steps and on Ctrl-C; a run started again with "
+                        "the same arguments resumes from it (0: off; default 1)")
+    g.add_argument("--fresh", action="store_true", help="ignore (and delete) a state file left by an interrupted run")
+    g.add_argument("--distributed", action="store_true",
+                   help="one canvas on the ranks of a torchrun group: torchrun --nproc-per-node N -m mdtools generate "
+                        "... --distributed (gloo on CPU, NCCL on GPUs; docs/multi-device.md)")
+    g.add_argument("--preview-every", type=int, default=0, metavar="K",
+                   help="write a cheap RGB preview of the canvas to <out stem>.preview.png every K steps (0: off)")
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser("run", help="run an experiment file (resumable; finished runs are skipped)")

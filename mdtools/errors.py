@@ -28,12 +28,12 @@ def nearest_multiples(value: int, multiple: int) -> tuple[int, int]:
     return below, above
 
 
-def check_positive_int(field: str, value: Any) -> int:
-    """`value` must be an int > 0 (bools are refused: True is not a size)."""
+def check_positive_int(field: str, value: Any, *, example: int = 512) -> int:
+    """`value` must be an int > 0 (bools are refused: True is not a size); the message suggests `example`."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{field} must be a positive integer (e.g. 512), got {value!r}")
+        raise ConfigError(f"{field} must be a positive integer (e.g. {example}), got {value!r}")
     if value <= 0:
-        raise ConfigError(f"{field} must be > 0 (e.g. 512), got {value}")
+        raise ConfigError(f"{field} must be > 0 (e.g. {example}), got {value}")
     return value
 
 

@@ -180,8 +180,11 @@ class MultiDiffusion:
         diagnostics: bool = False,
         diagnostics_map: bool = False,
         sync_timing: bool = False,
+        shard: Any = None,
     ):
         self.denoiser = denoiser
+        #: mdtools.distributed.Shard: run only this rank's block of each view set, all-reduce the sums
+        self.shard = shard
         self.plan = plan
         self.view_batch_size = view_batch_size
         self.diagnostics = diagnostics or diagnostics_map
@@ -206,6 +209,18 @@ class MultiDiffusion:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **_: Any) -> torch.Tensor:
         """Fused prediction for the canvas latent `x` (B, C, H, W) at timestep `t` over the plan."""
         return self.fuse(x, t, self.viewset)
+
+    def _reduce(self, num: torch.Tensor | None, num2: torch.Tensor | None,
+                x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sum the ranks' Eq. 5 numerators (a rank without entries in this view set adds zeros)."""
+        B, C, H, W = x.shape
+        if num is None:
+            num = torch.zeros(B, C, H * W + 1, dtype=torch.float32, device=x.device)
+            num2 = torch.zeros_like(num) if self.diagnostics else None
+        self.shard.all_reduce(num)
+        if num2 is not None:
+            self.shard.all_reduce(num2)
+        return num, num2
 
     @staticmethod
     def _flat(x: torch.Tensor, vs: ViewSet) -> torch.Tensor:
@@ -250,8 +265,9 @@ class MultiDiffusion:
         num: torch.Tensor | None = None
         num2: torch.Tensor | None = None
         flat = self._flat(x, vs)  # once per call, not per view batch
-        for s in range(0, vs.n, vb):
-            e = min(s + vb, vs.n)
+        first, last = (0, vs.n) if self.shard is None else self.shard.block(vs.n)
+        for s in range(first, last, vb):
+            e = min(s + vb, last)
             k = e - s
             t0 = time.perf_counter()
             crops = self._take(flat, vs, s, e)
@@ -281,8 +297,13 @@ class MultiDiffusion:
             t3 = time.perf_counter()
             self.forward_seconds += t2 - t1
             self.fusion_seconds += (t1 - t0) + (t3 - t2)
+            if self.shard is not None:
+                self.shard.entries += k
+                self.shard.forward_seconds += t2 - t1
             self.forward_calls += 1
             self.model_evaluations += k * B * getattr(self.denoiser, "evaluations_per_sample", 1)
+        if self.shard is not None:
+            num, num2 = self._reduce(num, num2, x)
         assert num is not None
         inv = 1.0 / vs.denominator()
         mean = num[..., : H * W] * inv

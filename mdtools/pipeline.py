@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .call import OUTPUT_TYPES, check_generation_args, prepare_call
-from .errors import ConfigError, check_choice
+from .distributed import check_distributable
+from .errors import ConfigError, check_choice, check_positive_int
 from .instrument import PhaseStats, Record, Recorder
 from .kernels import Kernel
 from .methods import Method
@@ -38,8 +39,10 @@ from .models import (
     resolve_model_path,
 )
 from .plan import TilePlan
+from .preview import Previewer
 from .sampling import Run, unscale_latents
 from .schedulers import FlowMatchSchedule, check_scheduler_fits, make_scheduler
+from .state import ResumeState, StateFile, call_identity
 from .vae import SYNC_STRATEGIES, check_park, tiled_decode
 
 AUTO_TILE_PIXELS = 2048 * 2048  # "auto" VAE tiling above this canvas size
@@ -78,6 +81,8 @@ class MultiDiffusionPipeline:
         #: what every record of this pipeline carries (arch presets: random_weights: true, ...)
         self.info: dict[str, Any] = dict(info or {})
         self._flow: FlowMatchSchedule | None = None  # the flow schedule of the current call
+        #: mdtools.distributed.Shard when this process is one rank of a group sharing each canvas
+        self.shard: Any = None
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -88,7 +93,7 @@ class MultiDiffusionPipeline:
     @classmethod
     def from_pretrained(cls, id_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
                         seed: int = 0, text_encoders: str = "stand-in", config: str | os.PathLike | None = None,
-                        **kwargs: Any) -> "MultiDiffusionPipeline":
+                        devices: Sequence[str | torch.device] | None = None, **kwargs: Any) -> "MultiDiffusionPipeline":
         """Load a model and wrap it: 'toy' (embedded), 'arch:<preset>' (exact architecture, seeded
         random weights, `seed` and `text_encoders` apply; mdtools.models.arch), a single checkpoint
         file ('model.safetensors'; `config` overrides the detected architecture;
@@ -96,10 +101,28 @@ class MultiDiffusionPipeline:
 
         `kwargs` go to diffusers' loader (e.g. torch_dtype; for single files also tokenizers).
         A model that cannot be loaded raises `ModelLoadError`: one line with the cause.
+        `devices=['cuda:0', 'cuda:1', ...]` returns a `mdtools.distributed.DevicePool`: one process per
+        device, each holding the model, sharing every canvas (called like the pipeline).
         """
+        if devices is not None:
+            import functools
+
+            from .distributed import DevicePool
+
+            loader = functools.partial(cls.from_pretrained, id_or_path, seed=seed, text_encoders=text_encoders,
+                                       config=config, **kwargs)
+            return DevicePool(loader, list(devices))  # type: ignore[return-value]
         pipe, info = load_pipeline(id_or_path, device=device, seed=seed, text_encoders=text_encoders, config=config,
                                    **kwargs)
         return cls(pipe, info=info)
+
+    def enable_distributed(self, shard: Any = None) -> "MultiDiffusionPipeline":
+        """Share every canvas with the other ranks of the process group (`mdtools.distributed`):
+        `shard` from `mdtools.distributed.init()` (called here when None)."""
+        from .distributed import init
+
+        self.shard = shard if shard is not None else init()
+        return self
 
     def to(self, *args: Any, **kwargs: Any) -> "MultiDiffusionPipeline":
         """Move/cast the wrapped pipeline (as diffusers' `.to`)."""
@@ -260,6 +283,11 @@ class MultiDiffusionPipeline:
         vae_tiling: bool | str | dict = "auto",
         metrics: Sequence[str] | None = None,
         progress: bool = True,
+        state_path: str | os.PathLike | None = None,
+        state_every: int = 1,
+        resume: str | os.PathLike | None = None,
+        preview: Any = None,
+        preview_every: int = 1,
         model_options: dict[str, Any] | None = None,
         **model_kwargs: Any,
     ) -> MultiDiffusionOutput:
@@ -280,16 +308,14 @@ class MultiDiffusionPipeline:
         (img2img). `vae_tiling`: False, True, "auto" (tiled decode above 2048^2 pixels) or a
         dict (see `vae_tiling_options`). `metrics` (names from mdtools.metrics.METRICS, e.g.
         ["seam_structure", "seam_score"]) are computed on the first image and returned in
-        `.metrics`. Returns MultiDiffusionOutput(images, latents, plan, record).
+        `.metrics`. `state_path` / `state_every` / `resume`: interrupt and resume (mdtools.state);
+        `preview` / `preview_every`: live previews (mdtools.preview). Returns
+        MultiDiffusionOutput(images, latents, plan, record).
 
-        Options of one model kind go in `model_options` (or as keywords, their old form; see
-        `mdtools.models.MODEL_OPTIONS`): `sdxl_view_crops` (SDXL), `class_labels` (pixel UNets),
-        and for SD3 / FLUX (docs/models.md): `guidance_scale` is CFG for SD3 and the guidance embedding for FLUX-dev (`true_cfg_scale`
-        > 1 with a negative prompt adds a CFG pass); `positions` "local" (default) or "global"
-        (FLUX image ids offset by the view's canvas position); `flow_mu` "window" (default: the
-        dynamic shift of one window's token count), "canvas" or a number; `max_sequence_length`
-        is the T5 length (None: 256 SD3, 512 FLUX, as diffusers). Sizes of SD3 / FLUX canvases
-        are multiples of 16 px (8 px VAE x 2x2 patches).
+        Options of one model kind go in `model_options` (or as keywords, their old form):
+        `sdxl_view_crops`, `class_labels` (pixel UNets), and for the transformers `positions`,
+        `flow_mu`, `true_cfg_scale`, `max_sequence_length` (mdtools.models.MODEL_OPTIONS and
+        docs/models.md: what each means, and the 16 px size multiples of SD3, FLUX and PixArt).
         """
         opts = _model_options(model_options, model_kwargs)
         scale = self.vae_scale_factor
@@ -307,9 +333,14 @@ class MultiDiffusionPipeline:
         )
         plan = call.plan
         vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
-        self._check_inputs(call, prompt, init_latents, metrics, output_type)
+        self._check_inputs(call, meth, prompt, init_latents, metrics, output_type)
         if isinstance(generator, int):
             generator = torch.Generator("cpu").manual_seed(generator)
+        states, resumed, changed = self._state_files(call, meth, state_path, state_every, resume,
+                                                     dict(prompt=prompt, negative_prompt=negative_prompt,
+                                                          guidance_scale=guidance_scale))
+        viewer = None if preview is None else Previewer(preview, preview_every, vae=self.vae, scale=self.vae_scale_factor,
+                                                        total_steps=call.steps)
         self._flow = self.family.flow_schedule(plan, opts)
         rec = Recorder(self.device, dtype=self.dtype, enabled=record)
         with rec.phase("total"):
@@ -318,7 +349,8 @@ class MultiDiffusionPipeline:
             dtype = adapter.pos.dtype if hasattr(adapter, "pos") else self.dtype  # as diffusers: embeds' dtype
             run = Run(self, call, adapter, kernel=call.kernel, generator=generator, recorder=rec, callback=callback,
                       progress=progress, eta=eta, diagnostics=diagnostics, diagnostics_map=diagnostics_map,
-                      latents=latents, init_latents=init_latents, dtype=dtype, method=meth)
+                      latents=latents, init_latents=init_latents, dtype=dtype, method=meth, states=states,
+                      resume=resumed, preview=viewer)
             with rec.phase("denoise"):
                 latents = meth.generate(run)
             run.finish()
@@ -328,6 +360,8 @@ class MultiDiffusionPipeline:
                 with rec.phase("decode"):
                     images = self._postprocess(self.decode(latents, tiling=vae_opts, report=vae_report), output_type)
         self._record(rec, run, latents, opts, vae_opts, vae_report)
+        if record:
+            rec.record.extra.update(_state_record(states, run, resume, changed, viewer, self.shard))
         scores = None
         if metrics:
             from .metrics import evaluate
@@ -348,9 +382,24 @@ class MultiDiffusionPipeline:
                                    guidance_rescale=guidance_rescale, plan=call.plan, batch=batch, cfg=meth.needs_cfg(call),
                                    opts=opts, negative_prompt=negative_prompt, device=self.device)
 
-    def _check_inputs(self, call: Any, prompt: Any, init_latents: torch.Tensor | None, metrics: Sequence[str] | None,
-                      output_type: str) -> None:
-        """The checks that need the model (channels) or the metric registry, before any compute."""
+    def _state_files(self, call: Any, meth: Method, state_path: Any, state_every: int, resume: Any,
+                     described: dict[str, Any]) -> tuple[StateFile | None, ResumeState | None, list[str]]:
+        """The state file to write and the state to resume from, checked before any model call."""
+        if state_path is None and resume is None:
+            return None, None, []
+        check_positive_int("state_every", state_every, example=1)
+        identity = call_identity(call, self)
+        described = {**described, "method": meth.describe(), "multi_stage": meth.multi_stage}
+        resumed = None if resume is None else ResumeState(resume)
+        changed = [] if resumed is None else resumed.check(identity, described, meth.multi_stage)
+        states = None if state_path is None else StateFile(state_path, state_every, identity, described)
+        return states, resumed, changed
+
+    def _check_inputs(self, call: Any, meth: Method, prompt: Any, init_latents: torch.Tensor | None,
+                      metrics: Sequence[str] | None, output_type: str) -> None:
+        """The checks that need the model (channels), the metric registry or the process group, before any compute."""
+        if self.shard is not None:
+            check_distributable(meth, call.plan.n_views, self.shard.world)
         if metrics:
             from .metrics import METRICS
 
@@ -401,6 +450,22 @@ class MultiDiffusionPipeline:
         r.extra["finite"] = bool(torch.isfinite(latents).all())
         r.extra["vae_tiling"] = (vae_opts if vae_opts is None
                                  else {**vae_opts, "circular": str(call.plan.circular), **vae_report})
+
+
+def _state_record(states: StateFile | None, run: Run, resume: Any, changed: list[str], viewer: Previewer | None,
+                  shard: Any) -> dict:
+    """Record entries of the state file, the resume, the previews and the process group."""
+    out: dict[str, Any] = {}
+    if shard is not None:  # world size, and each rank's view evaluations, model seconds and all-reduce seconds
+        out["distributed"] = {"world_size": shard.world, "ranks": shard.summary()}
+    if states is not None:
+        out["state"] = {"path": str(states.path), "every": states.every, "writes": states.writes}
+    if resume is not None:
+        out["resumed"] = {"from": str(resume), "stage_step": list(run.resumed_at) if run.resumed_at else None,
+                          "changed": changed}
+    if viewer is not None:
+        out["preview"] = viewer.describe()
+    return out
 
 
 def _model_options(options: dict[str, Any] | None, aliases: dict[str, Any]) -> dict[str, Any]:

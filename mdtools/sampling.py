@@ -209,7 +209,7 @@ class Run(StepContext):
     def __init__(self, md: Any, call: CallSpec, adapter: Any, *, kernel: Kernel, generator: Any, recorder: Any,
                  callback: Callable[[dict[str, Any]], None] | None, progress: bool, eta: float, diagnostics: bool,
                  diagnostics_map: bool, latents: torch.Tensor | None, init_latents: torch.Tensor | None, dtype: torch.dtype,
-                 method: Any):
+                 method: Any, states: Any = None, resume: Any = None, preview: Any = None):
         super().__init__(call, kernel, md.device, generator=generator, method=method)
         self.md = md
         self.adapter = adapter
@@ -228,6 +228,12 @@ class Run(StepContext):
         self.total_steps = 0
         self.noise: torch.Tensor | None = None  # the initial N(0, 1) noise of the current stage
         self.fusion_total = 0.0
+        self.states = states  # mdtools.state.StateFile: snapshots every step, written every k and on interruption
+        self.resume = resume  # mdtools.state.ResumeState: where an interrupted run continues
+        self.preview = preview  # mdtools.preview.Previewer: a cheap RGB canvas every k steps
+        self.resumed_at: tuple[int, int] | None = None  # (stage, step) a resumed run continued from
+        if getattr(md, "shard", None) is not None:
+            md.shard.reset()
 
     # ---- the model ----------------------------------------------------------------------------
     @property
@@ -335,38 +341,90 @@ class Run(StepContext):
     def new_stage(self, plan: TilePlan, timesteps: torch.Tensor, *, kernel: Kernel | None = None) -> Stage:
         fuser = MultiDiffusion(self.adapter, plan, kernel or self.kernel, view_batch_size=self.call.view_batch_size,
                                device=self.device, diagnostics=self.diagnostics, diagnostics_map=self.diagnostics_map,
-                               sync_timing=self.rec.enabled and self.device.type == "cuda")
+                               sync_timing=self.rec.enabled and self.device.type == "cuda",
+                               shard=getattr(self.md, "shard", None))
         self.fusers.append(fuser)
         return Stage(self.n_stages, plan, fuser, fuser.viewset, timesteps)
 
     def denoise(self, method: Any, latents: torch.Tensor, timesteps: torch.Tensor, plan: TilePlan, *,
                 kernel: Kernel | None = None) -> torch.Tensor:
         """One denoising loop over `plan`'s canvas: the only sampling loop in mdtools."""
+        index = self.n_stages
+        if self.resume is not None and index < self.resume.position[0]:
+            return self._skip_stage(index)  # finished before the interruption: its saved output
         self.stage = self.new_stage(plan, timesteps, kernel=kernel)
         self.n_stages += 1
         sch = self.scheduler
         method.begin(self)
-        for i, t in enumerate(_progress(timesteps, self.progress, self.method_name, self.stage.index)):
-            self.stage.step = i
-            t0 = time.perf_counter()
-            latents = method.correct(self, i, t, latents)
-            x_in = sch.scale_model_input(latents, t)
-            pred, sample = method.predict(self, i, t, latents, x_in)
-            latents = sch.step(pred, t, sample, **self.step_kwargs, return_dict=False)[0]
-            latents = method.after_step(self, i, t, latents)
-            if self.rec.enabled:
-                self.rec.sync()
-            self.total_steps += 1
-            info = {
-                "step": i, "stage": self.stage.index, "timestep": t, "latents": latents, "prediction": pred,
-                "step_seconds": time.perf_counter() - t0,
-                "disagreement": self.stage.fuser.last_disagreement,
-                "disagreement_map": self.stage.fuser.last_disagreement_map,
-            }
-            self.rec(info)
-            if self.callback is not None:
-                self.callback(info)
-        return method.end(self, latents)
+        start = 0
+        if self.resume is not None:
+            latents, start = self._resume_stage(method, latents)
+        try:
+            for i, t in enumerate(_progress(timesteps, self.progress, self.method_name, self.stage.index)):
+                if i < start:
+                    continue
+                latents = self._step(method, i, t, latents, sch)
+        except KeyboardInterrupt:
+            if self.states is not None and self.states.current is not None:
+                self.states.write()  # Ctrl-C: the last finished step, so `resume=` continues from it
+            raise
+        out = method.end(self, latents)
+        if self.states is not None:
+            self.states.stage_done(index, out, self.generator)
+        return out
+
+    def _step(self, method: Any, i: int, t: torch.Tensor, latents: torch.Tensor, sch: Any) -> torch.Tensor:
+        self.stage.step = i
+        t0 = time.perf_counter()
+        latents = method.correct(self, i, t, latents)
+        x_in = sch.scale_model_input(latents, t)
+        pred, sample = method.predict(self, i, t, latents, x_in)
+        latents = sch.step(pred, t, sample, **self.step_kwargs, return_dict=False)[0]
+        latents = method.after_step(self, i, t, latents)
+        if self.rec.enabled:
+            self.rec.sync()
+        self.total_steps += 1
+        info = {
+            "step": i, "stage": self.stage.index, "timestep": t, "latents": latents, "prediction": pred,
+            "step_seconds": time.perf_counter() - t0,
+            "disagreement": self.stage.fuser.last_disagreement,
+            "disagreement_map": self.stage.fuser.last_disagreement_map,
+        }
+        self.rec(info)
+        if self.states is not None:
+            self.states.after_step(self, method, self.stage.index, i, latents)
+        if self.preview is not None:
+            self.preview(self, i, latents)
+        if self.callback is not None:
+            self.callback(info)
+        return latents
+
+    def _skip_stage(self, index: int) -> torch.Tensor:
+        """A stage the interrupted run finished: its output, and the generators as they were after it."""
+        from .state import restore_generators
+
+        saved = self.resume.stages[index]
+        restore_generators(self.generator, saved["rng"])
+        self.n_stages += 1
+        out = saved["latents"].to(self.device)
+        if self.states is not None:
+            self.states.stage_done(index, out, self.generator)
+        return out
+
+    def _resume_stage(self, method: Any, latents: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Restore the interrupted stage (latents, scheduler, generators, noise, method draws); the next step."""
+        from .state import restore_generators, restore_method, restore_scheduler
+
+        cur, self.resume = self.resume.current, None  # consumed: later stages run as usual
+        if cur is None:
+            return latents, 0  # interrupted between stages: this stage starts from its own inputs
+        restore_scheduler(self.scheduler, cur["scheduler"])
+        restore_generators(self.generator, cur["rng"])
+        restore_method(method, cur["method"])
+        self.noise = None if cur["noise"] is None else cur["noise"].to(self.device)
+        self.total_steps = int(cur["total_steps"])
+        self.resumed_at = (int(cur["stage"]), int(cur["step"]) + 1)
+        return cur["latents"].to(self.device, self.dtype), int(cur["step"]) + 1
 
     def finish(self) -> Cost:
         """Fold the fusers' counters into the cost meter (call once, after the last loop)."""
@@ -375,6 +433,11 @@ class Run(StepContext):
             self.cost.unet_calls += f.forward_calls
             self.cost.unet_evaluations += f.model_evaluations
             self.cost.unet_seconds += f.forward_seconds
+        shard = getattr(self.md, "shard", None)
+        if shard is not None:  # the canvas's work is every rank's: counts summed (seconds stay this rank's)
+            counts = torch.tensor([self.cost.unet_calls, self.cost.unet_evaluations], dtype=torch.float64)
+            shard.all_reduce(counts)
+            self.cost.unet_calls, self.cost.unet_evaluations = (int(v) for v in counts.tolist())
         self.fusers = []
         return self.cost
 

@@ -27,8 +27,8 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"call"},
     {"methods", "models"},
-    {"sampling", "toy"},
-    {"fusion", "vae", "metrics"},
+    {"sampling", "toy", "state", "preview"},
+    {"fusion", "vae", "metrics", "distributed"},
     {"kernels", "plan", "schedulers"},
     {"stats", "errors", "instrument", "deprecation", "choices", "safetensors_header"},
 ]

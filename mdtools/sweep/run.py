@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .config import RunConfig
 from .records import STATUS_FAILED, STATUS_NAN, STATUS_OK, STATUS_OOM, atomic_write_bytes
 
@@ -70,14 +71,26 @@ def run_one(md: Any, cfg: RunConfig, images_dir: Path | dict[str, bytes]) -> dic
     from ..metrics import evaluate
 
     kw = cfg.call_kwargs(md.vae_scale_factor)
+    # a local run keeps its canvas state next to the images: a sweep killed mid-canvas resumes from it
+    state = images_dir.parent / "states" / f"{cfg.run_id()}.state" if isinstance(images_dir, Path) else None
     original_scheduler = md.pipe.scheduler
     if cfg.sampler.scheduler:
         md.set_scheduler(cfg.sampler.scheduler)
     try:
-        out = md(**kw, eta=cfg.sampler.eta, generator=torch.Generator("cpu").manual_seed(cfg.seed), output_type="np",
-                 diagnostics=cfg.diagnostics, vae_tiling=cfg.vae.model_dump(), progress=False)
+        call = dict(**kw, eta=cfg.sampler.eta, output_type="np", diagnostics=cfg.diagnostics,
+                    vae_tiling=cfg.vae.model_dump(), progress=False, state_path=state)
+        try:
+            resume = state if state is not None and state.is_file() else None
+            out = md(**call, generator=torch.Generator("cpu").manual_seed(cfg.seed), resume=resume)
+        except ConfigError as e:
+            if resume is None or "resume=" not in str(e):
+                raise
+            state.unlink(missing_ok=True)  # a stale state (other weights, unreadable): start over
+            out = md(**call, generator=torch.Generator("cpu").manual_seed(cfg.seed))
     finally:
         md.pipe.scheduler = original_scheduler
+    if state is not None:
+        state.unlink(missing_ok=True)
     img = out.images[0]
     result: dict[str, Any] = {"record": out.record.to_dict(), "plan": out.plan.summary(),
                               "seam_lines": {k: list(v) for k, v in out.plan.seam_lines.items()}}
