@@ -7,7 +7,7 @@ encoding and decode excluded). Reported: seconds per step, the speed-up, and the
 the 2-rank denoising spent in all-reduce (the slower rank's). Writes results/bench/multidevice.csv.
 Time one thing at a time: a second job on the machine makes these numbers meaningless.
 
-    .venv/bin/python benchmarks/multidevice.py [--repeats 3] [--width 1280] [--steps 5]
+    .venv/bin/python benchmarks/multidevice.py [--repeats 3] [--width 1088] [--steps 10]
     .venv/bin/python benchmarks/multidevice.py --devices cuda:0 cuda:1 --model arch:sdxl --height 1024 --width 8192
 """
 
@@ -66,9 +66,9 @@ def main() -> None:
     ap.add_argument("--model", default="toy")
     ap.add_argument("--prompt", default="a brick wall")
     ap.add_argument("--height", type=int, default=128)
-    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--width", type=int, default=1088, help="pixels (toy: 16 views of 128 px at overlap 64)")
     ap.add_argument("--overlap", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--view-batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
