@@ -319,9 +319,24 @@ def get_save_image_path(prefix: str, output_dir: str, width: int = 0, height: in
     return str(folder), stem, counter, subfolder, prefix
 
 
+class ProgressBar:
+    """comfy.utils.ProgressBar: `update_absolute(value, total, preview)` moves the node's bar; a
+    preview is ("JPEG" | "PNG", PIL image, max size). Every update is kept in `ProgressBar.updates`."""
+
+    updates: list[tuple[int, int, Any]] = []
+
+    def __init__(self, total: int):
+        self.total = total
+        self.current = 0
+
+    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
+        self.current, self.total = value, total or self.total
+        ProgressBar.updates.append((value, self.total, preview))
+
+
 # ---------------------------------------------------------------- modules the pack imports
 def install(monkeypatch: Any, output_dir: Path) -> None:
-    """Put `comfy`, `comfy.patcher_extension`, `comfy.model_management` and `folder_paths`
+    """Put `comfy`, `comfy.patcher_extension`, `comfy.model_management`, `comfy.utils` and `folder_paths`
     in sys.modules for one test (monkeypatch undoes it)."""
     comfy = types.ModuleType("comfy")
     pe = types.ModuleType("comfy.patcher_extension")
@@ -331,11 +346,15 @@ def install(monkeypatch: Any, output_dir: Path) -> None:
     mm.get_torch_device = lambda: torch.device("cpu")  # type: ignore[attr-defined]
     mm.intermediate_device = lambda: torch.device("cpu")  # type: ignore[attr-defined]
     mm.load_models_gpu = lambda models, **kw: None  # type: ignore[attr-defined]  # CPU: nothing to move
+    ut = types.ModuleType("comfy.utils")
+    ut.ProgressBar = ProgressBar  # type: ignore[attr-defined]
+    ProgressBar.updates = []
+    comfy.utils = ut  # type: ignore[attr-defined]
     comfy.patcher_extension = pe  # type: ignore[attr-defined]
     comfy.model_management = mm  # type: ignore[attr-defined]
     fp = types.ModuleType("folder_paths")
     fp.get_output_directory = lambda: str(output_dir)  # type: ignore[attr-defined]
     fp.get_save_image_path = get_save_image_path  # type: ignore[attr-defined]
     for name, mod in (("comfy", comfy), ("comfy.patcher_extension", pe), ("comfy.model_management", mm),
-                      ("folder_paths", fp)):
+                      ("comfy.utils", ut), ("folder_paths", fp)):
         monkeypatch.setitem(sys.modules, name, mod)

@@ -274,6 +274,11 @@ def test_pipeline_nodes(comfy, saved_sd_dir):
     r = json.loads(rec)
     assert r["plan"]["n_views"] == 3 and "denoise" in r["phases"] and r["extra"]["scheduler"] == "EulerDiscreteScheduler"
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # the scheduler choice was for that call only
+    # ComfyUI's own progress bar moved every step, with the canvas preview in ComfyUI's format
+    ups = cs.ProgressBar.updates[-2:]
+    assert [(v, t) for v, t, _ in ups] == [(1, 2), (2, 2)]
+    fmt, img, side = ups[-1][2]
+    assert fmt == "JPEG" and img.size == (128, 64) and side == 1024
 
 
 def test_comfy_install(tmp_path, capsys):

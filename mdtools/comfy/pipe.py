@@ -35,6 +35,9 @@ def load_pipeline(model: str, *, device: str = "auto", dtype: str = "float32", c
     extra = {"config": config.strip()} if config and config.strip() else {}
     return MultiDiffusionPipeline.from_pretrained(model.strip(), torch_dtype=DTYPES[dtype], device=dev, **extra)
 
+#: the longest side of the previews the Generate (mdtools) node sends to the ComfyUI page
+PREVIEW_MAX_PX = 1024
+
 
 def parse_json(field: str, text: str, kind: type, example: str) -> Any:
     """A JSON widget value (method_params, regions) of type `kind`; '' is empty."""
@@ -47,6 +50,22 @@ def parse_json(field: str, text: str, kind: type, example: str) -> Any:
     if not isinstance(v, kind):
         raise ConfigError(f"{field} must be a JSON {kind.__name__}, e.g. {example}; got {type(v).__name__}")
     return v
+
+
+def comfy_preview() -> Any:
+    """Inside ComfyUI: a preview callable that moves ComfyUI's own progress bar and shows the canvas
+    preview on the node (ComfyUI's ("JPEG", image, max size) format); None elsewhere."""
+    try:
+        import comfy.utils
+    except ImportError:
+        return None
+    bars: dict[int, Any] = {}
+
+    def show(image: Any, info: dict[str, Any]) -> None:
+        bar = bars.get(info["stage"]) or bars.setdefault(info["stage"], comfy.utils.ProgressBar(info["steps"]))
+        bar.update_absolute(info["step"] + 1, info["steps"], ("JPEG", image, PREVIEW_MAX_PX))
+
+    return show
 
 
 def generate(md: Any, *, prompt: str, negative_prompt: str, width: int, height: int, window: int, overlap: int,
@@ -74,7 +93,7 @@ def generate(md: Any, *, prompt: str, negative_prompt: str, width: int, height: 
                  kernel=k, method=method, method_params=mparams, regions=regs or None, num_inference_steps=steps,
                  guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed), circular=circ,
                  view_batch_size=view_batch_size, output_type="pt", progress=False,
-                 vae_tiling={"auto": "auto", "on": True, "off": False}[vae_tiling])
+                 vae_tiling={"auto": "auto", "on": True, "off": False}[vae_tiling], preview=comfy_preview())
     finally:
         md.pipe.scheduler = before
     images = out.images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).contiguous()
