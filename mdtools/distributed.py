@@ -98,6 +98,19 @@ def check_distributable(method: Any, n_views: int, world: int) -> None:
                           f"{n_views} ranks, or a smaller window / overlap")
 
 
+#: how to install the optional Ray dependency (sweeps' --executor ray, RayDevicePool)
+RAY_INSTALL = 'pip install "mdtools[ray]"'
+
+
+def import_ray() -> Any:
+    """The `ray` module, or a ConfigError that says how to install it."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError(f"this needs Ray, which is not installed ({e}); install it with: {RAY_INSTALL}") from None
+    return ray
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a process group's rendezvous."""
     import socket
@@ -190,4 +203,74 @@ def _pool_worker(rank: int, world: int, port: int, loader: Any, devices: list[st
         dist.destroy_process_group()
 
 
-__all__ = ["NOT_DISTRIBUTABLE", "DevicePool", "Shard", "check_distributable", "free_port", "init", "rank_device"]
+class RayRank:
+    """One rank of a RayDevicePool: a Ray actor holding the model (wrapped with ray.remote by the pool)."""
+
+    def address(self) -> str:
+        """host:port for the group's rendezvous, on this actor's node."""
+        import ray
+
+        return f"{ray.util.get_node_ip_address()}:{free_port()}"
+
+    def setup(self, rank: int, world: int, address: str, loader: Any, threads: int) -> int:
+        torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray gives each GPU actor its own device 0
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world,
+                                init_method=f"tcp://{address}")
+        self.md = loader(device=device)
+        self.md.enable_distributed(Shard(rank, world))
+        return rank
+
+    def call(self, args: tuple, kwargs: dict) -> Any:
+        try:
+            res = self.md(*args, **kwargs)
+        except ConfigError as e:  # alike on every rank, before any model call
+            return ("error", str(e))
+        res.latents = res.latents.cpu()
+        return ("ok", res)
+
+    def close(self) -> None:
+        dist.destroy_process_group()
+
+
+class RayDevicePool:
+    """Ray actors (one per GPU, or per CPU slot) forming one process group; a call returns rank 0's output.
+
+    For a notebook on a Ray cluster: `RayDevicePool(functools.partial(MultiDiffusionPipeline.from_pretrained,
+    "model"), ranks=4, gpus_per_rank=1)`, or `MultiDiffusionPipeline.on_ray("model", ranks=4)`. The
+    rendezvous is on rank 0's node; NCCL on GPUs, gloo on CPUs."""
+
+    def __init__(self, loader: Any, ranks: int, *, gpus_per_rank: float = 0, cpus_per_rank: float = 1,
+                 threads_per_rank: int = 1):
+        if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 2:
+            raise ConfigError(f"ranks={ranks!r}: give an integer >= 2 (one rank: a plain MultiDiffusionPipeline)")
+        ray = import_ray()
+        if not ray.is_initialized():
+            ray.init()
+        self.ray = ray
+        actor = ray.remote(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank)(RayRank)
+        self.actors = [actor.remote() for _ in range(ranks)]
+        address = ray.get(self.actors[0].address.remote())
+        ray.get([a.setup.remote(r, ranks, address, loader, threads_per_rank) for r, a in enumerate(self.actors)])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        results = self.ray.get([a.call.remote(args, kwargs) for a in self.actors])
+        kind, payload = results[0]
+        if kind == "error":
+            raise ConfigError(payload)
+        return payload
+
+    def close(self) -> None:
+        self.ray.get([a.close.remote() for a in self.actors])
+        for a in self.actors:
+            self.ray.kill(a)
+
+    def __enter__(self) -> "RayDevicePool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["NOT_DISTRIBUTABLE", "RAY_INSTALL", "DevicePool", "RayDevicePool", "RayRank", "Shard", "check_distributable",
+           "free_port", "import_ray", "init", "rank_device"]

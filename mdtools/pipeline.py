@@ -116,6 +116,18 @@ class MultiDiffusionPipeline:
                                    **kwargs)
         return cls(pipe, info=info)
 
+    @classmethod
+    def on_ray(cls, id_or_path: str | os.PathLike, ranks: int, *, gpus_per_rank: float = 0, cpus_per_rank: float = 1,
+               **kwargs: Any) -> Any:
+        """A `mdtools.distributed.RayDevicePool`: `ranks` Ray actors, each loading the model with
+        `from_pretrained(id_or_path, **kwargs)`, sharing every canvas (called like the pipeline)."""
+        import functools
+
+        from .distributed import RayDevicePool
+
+        return RayDevicePool(functools.partial(cls.from_pretrained, id_or_path, **kwargs), ranks,
+                             gpus_per_rank=gpus_per_rank, cpus_per_rank=cpus_per_rank)
+
     def enable_distributed(self, shard: Any = None) -> "MultiDiffusionPipeline":
         """Share every canvas with the other ranks of the process group (`mdtools.distributed`):
         `shard` from `mdtools.distributed.init()` (called here when None)."""

@@ -132,3 +132,29 @@ def test_from_pretrained_on_two_devices_equals_one_process(saved_sd_dir):
     assert out.record.extra["distributed"]["world_size"] == 2
     with pytest.raises(ConfigError, match="at least two devices"):
         MultiDiffusionPipeline.from_pretrained(str(saved_sd_dir), devices=["cpu"])
+
+
+def test_torchrun_generate_distributed_writes_rank0_image(tmp_path):
+    """`torchrun --nproc-per-node 2 -m mdtools generate ... --distributed`: rank 0 writes the image and
+    its record; the image equals the one-process CLI's to one 8-bit level."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    args = ["generate", "--model", "toy", "--prompt", "a brick wall", "--height", "128", "--width", "576", "--steps", "3",
+            "--state-every", "0"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    subprocess.run([sys.executable, "-m", "mdtools", *args, "--out", str(one)], check=True, env=env, capture_output=True,
+                   timeout=300)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                          "mdtools", *args, "--out", str(two), "--distributed"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rec = json.loads(two.with_suffix(".json").read_text())
+    assert rec["extra"]["distributed"]["world_size"] == 2
+    assert sum(r["view_evaluations"] for r in rec["extra"]["distributed"]["ranks"]) == 8 * 3  # 8 views, 3 steps
+    a, b = np.asarray(Image.open(one)).astype(int), np.asarray(Image.open(two)).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1

@@ -181,3 +181,21 @@ def test_executor_errors_without_ray_or_with_ray_only_flags(monkeypatch, tmp_pat
     rc = cli_main(["run", str(tiny_sweep(tmp_path, saved_sd_dir, seeds=[0])), "--out", str(tmp_path / "r"),
                    "--executor", "ray"])
     assert rc == 2 and 'install it with: pip install "mdtools[ray]"' in capsys.readouterr().err
+
+
+def test_ray_actors_share_one_canvas(cluster, saved_sd_dir):
+    """`MultiDiffusionPipeline.on_ray(model, ranks=2)`: two Ray actors form a gloo group; the driver
+    gets rank 0's output, equal to one process to 1e-5 of the latents' range."""
+    from mdtools import MultiDiffusionPipeline
+
+    kw = dict(height=64, width=256, window=64, overlap=32, num_inference_steps=2, generator=0, output_type="latent",
+              progress=False)
+    ref = MultiDiffusionPipeline.from_pretrained(str(saved_sd_dir))("a photo of a beach", **kw)
+    with MultiDiffusionPipeline.on_ray(str(saved_sd_dir), ranks=2) as pool:
+        out = pool("a photo of a beach", **kw)
+        with pytest.raises(ConfigError, match="cannot be distributed"):
+            pool("a photo of a beach", **{**kw, "method": "syncdiffusion", "method_params": {"loss": "mse"}})
+    span = float(ref.latents.max() - ref.latents.min())
+    assert (out.latents - ref.latents).abs().max().item() <= 1e-5 * span
+    d = out.record.extra["distributed"]
+    assert d["world_size"] == 2 and [r["view_evaluations"] for r in d["ranks"]] == [3 * 2, 4 * 2]

@@ -21,13 +21,13 @@ import time
 from collections import deque
 from typing import Any, Callable, Sequence
 
+from ..distributed import import_ray
 from ..errors import ConfigError
 from .config import RunConfig
 from .records import STATUS_FAILED, STATUS_OOM, Sweep
 from .run import ModelCache, perform_run
 
 EXECUTORS = ("local", "ray")
-RAY_INSTALL = 'pip install "mdtools[ray]"'
 
 
 class Executor:
@@ -64,16 +64,6 @@ class LocalExecutor(Executor):
             outcome, images = perform_run(self.models, cfg)
             sweep.finished(rid, cfg, outcome, images, executor=self.name, worker=where, attempts=1,
                            turnaround_seconds=time.perf_counter() - t0)
-
-
-def import_ray() -> Any:
-    """The `ray` module, or a ConfigError that says how to install it."""
-    try:
-        import ray
-    except ImportError as e:
-        raise ConfigError(f"--executor ray needs Ray, which is not installed ({e}); install it with: "
-                          f"{RAY_INSTALL}") from None
-    return ray
 
 
 class _Worker:
