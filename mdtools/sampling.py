@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -66,14 +66,22 @@ class CallSpec:
         return self.cfg_passes or (2 if self.guidance_scale > 1 else 1)
 
 
+#: the kinds of work Cost prices by their floating-point operations, per call (per evaluation for the model)
+FLOP_KINDS = ("unet_evaluation", "vae_decode", "vae_encode", "loss", "backward")
+
+
 @dataclass
 class Cost:
     """What a generation's denoising really ran, counted and timed on the run.
 
     `unet_equivalents()` expresses all of it (UNet forwards with and without gradients,
-    backward passes, in-loop VAE decodes/encodes, loss calls) in no-grad UNet
-    evaluations, using the seconds per evaluation measured on this same run: the cost
-    of a SyncDiffusion or DemoFusion run is measured, not assumed.
+    backward passes, in-loop VAE decodes/encodes, loss calls) in no-grad UNet evaluations.
+    The counts are priced by work that does not depend on the machine's state: model
+    evaluations count 1 each (a forward with gradients runs the same operations), and each
+    other kind by its floating-point operations at its shape, counted once per run with
+    torch.utils.flop_counter (`flops`: matrix products, convolutions and attention, the operations
+    it counts; elementwise work is not counted) over those of one model evaluation. Identical work gives
+    identical cost whatever the load. Wall time stays in the `*_seconds` fields, never the cost.
     """
 
     unet_calls: int = 0
@@ -91,6 +99,8 @@ class Cost:
     vae_encode_seconds: float = 0.0
     loss_calls: int = 0
     loss_seconds: float = 0.0
+    #: FLOPs of one unit of each kind of FLOP_KINDS (one model evaluation, one decode, ...), counted once
+    flops: dict[str, float] = field(default_factory=dict)
 
     @property
     def work_seconds(self) -> float:
@@ -98,14 +108,25 @@ class Cost:
                 + self.vae_encode_seconds + self.loss_seconds)
 
     def unet_equivalents(self) -> float:
-        """Denoising work in no-grad UNet evaluations, priced with this run's own timings."""
-        if self.unet_evaluations == 0 or self.unet_seconds <= 0:
-            return float("nan")
-        return self.work_seconds / (self.unet_seconds / self.unet_evaluations)
+        """Denoising work in no-grad UNet evaluations: evaluations count 1, other work its FLOPs over
+        one evaluation's. NaN when other work ran whose FLOPs were not counted."""
+        other = {"vae_decode": self.vae_decode_calls, "vae_encode": self.vae_encode_calls, "loss": self.loss_calls,
+                 "backward": self.backward_calls}
+        total = float(self.unet_evaluations + self.unet_grad_evaluations)
+        for kind, n in other.items():
+            if n == 0:
+                continue
+            unit, per_eval = self.flops.get(kind), self.flops.get("unet_evaluation")
+            if unit is None or not per_eval:  # 0 is a price: work without products or convolutions (an MSE loss)
+                return float("nan")
+            total += n * unit / per_eval
+        return total if total > 0 else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "flops"}
+        d.update({f"flops_{k}": v for k, v in self.flops.items()})
         d["unet_equivalents"] = self.unet_equivalents()
+        d["pricing"] = "flops"
         return d
 
 
@@ -145,7 +166,10 @@ class StepContext:
     # ---- fusion and cost accounting --------------------------------------------------------
     def fuse(self, x_in: torch.Tensor, t: torch.Tensor, vs: ViewSet, *, input_fn: InputFn | None = None) -> torch.Tensor:
         """Eq. 5 over the entries of `vs` with the stage's fuser (counted and timed)."""
-        return self.stage.fuser.fuse(x_in, t, vs, input_fn=input_fn)
+        fuser = self.stage.fuser
+        before = fuser.model_evaluations
+        with self.count_flops("unet_evaluation", lambda: fuser.model_evaluations - before):
+            return fuser.fuse(x_in, t, vs, input_fn=input_fn)
 
     def sync(self) -> None:
         """Wait for the device (CUDA) so that a clock read measures finished work."""
@@ -160,11 +184,28 @@ class StepContext:
         self.sync()
         t0 = time.perf_counter()
         try:
-            yield
+            with self.count_flops(kind):
+                yield
         finally:
             self.sync()
             setattr(self.cost, f"{kind}_calls", getattr(self.cost, f"{kind}_calls") + 1)
             setattr(self.cost, f"{kind}_seconds", getattr(self.cost, f"{kind}_seconds") + time.perf_counter() - t0)
+
+    @contextmanager
+    def count_flops(self, kind: str, units: int | Callable[[], int] = 1) -> Iterator[None]:
+        """The first time `kind` runs in this generation, count its FLOPs per unit (`units`: a number,
+        or a function read afterwards) into `cost.flops`."""
+        if kind in self.cost.flops:
+            yield
+            return
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            yield
+        n = units() if callable(units) else units
+        if n > 0:
+            self.cost.flops[kind] = counter.get_total_flops() / n
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -297,7 +338,7 @@ class Run(StepContext):
         n_eval = crops.shape[0] * getattr(self.adapter, "evaluations_per_sample", 1)
         self.sync()
         t0 = time.perf_counter()
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), self.count_flops("unet_evaluation", n_eval):
             out = self.adapter(crops, t, views, cond)
         self.sync()
         dt = time.perf_counter() - t0
@@ -317,7 +358,7 @@ class Run(StepContext):
         x = unscale_latents(latents, vae.config)
         self.sync()
         t0 = time.perf_counter()
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), self.count_flops("vae_decode"):
             img = vae.decode(x.to(vae.dtype), return_dict=False)[0]
         self.sync()
         self.cost.vae_decode_seconds += time.perf_counter() - t0
@@ -330,7 +371,7 @@ class Run(StepContext):
         vae = self.md.vae
         self.sync()
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), self.count_flops("vae_encode"):
             lat = vae.encode(images.to(device=self.device, dtype=vae.dtype)).latent_dist.mode()
         self.sync()
         self.cost.vae_encode_seconds += time.perf_counter() - t0
@@ -479,5 +520,5 @@ def _progress(it: Any, enabled: bool, method: str, stage: int) -> Any:
     return tqdm(it, desc=desc, unit="step", leave=False)
 
 
-__all__ = ["MEASURED_KINDS", "CallSpec", "Cost", "Run", "Stage", "StepContext", "scale_latents", "step_kwargs",
+__all__ = ["FLOP_KINDS", "MEASURED_KINDS", "CallSpec", "Cost", "Run", "Stage", "StepContext", "scale_latents", "step_kwargs",
            "unscale_latents"]
