@@ -243,7 +243,7 @@ class MultiDiffusionPipeline:
         vae = self.vae
         x = unscale_latents(latents, vae.config)
         if tiling is not None:
-            return tiled_decode(vae, x, **tiling, report=report)
+            return tiled_decode(vae, x, **tiling, report=report, shard=self.shard)  # across the ranks, when shared
         dtype = vae.dtype
         if dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
             vae.to(torch.float32)

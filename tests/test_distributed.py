@@ -30,6 +30,9 @@ CASES = {
                                    num_inference_steps=3)),
     "global_pass": ("tiny", dict(height=64, width=256, window=64, overlap=32, method="global_pass",
                                  method_params={"factor": 2, "strength": 0.75}, num_inference_steps=3)),
+    # the exact tiled decode across the ranks too (mdtools/vae/ranks.py): images compared
+    "tiled_decode": ("tiny", dict(height=64, width=256, window=64, overlap=32, num_inference_steps=2, output_type="pt",
+                                  vae_tiling={"tiling": True, "tile": 64})),
 }
 
 
@@ -44,7 +47,7 @@ def build(kind: str) -> MultiDiffusionPipeline:
 def generate(md: MultiDiffusionPipeline, name: str):
     kind, kw = CASES[name]
     prompt = "a brick wall" if kind == "toy" else PROMPT
-    return md(prompt, generator=0, output_type="latent", progress=False, **kw)
+    return md(prompt, generator=0, progress=False, **{"output_type": "latent", **kw})
 
 
 def _free_port() -> int:
@@ -64,7 +67,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             md = models.get(kind) or models.setdefault(kind, build(kind).enable_distributed())
             res = generate(md, name)
             if rank == 0:
-                torch.save(res.latents, Path(out) / f"{name}.pt")
+                torch.save(res.latents if res.images is None else res.images, Path(out) / f"{name}.pt")
                 if name == "mixture":
                     rec = {"distributed": res.record.extra["distributed"], "counts": dict(res.record.counts)}
                     (Path(out) / "record.json").write_text(json.dumps(rec))
@@ -92,7 +95,8 @@ def test_two_ranks_equal_one_process(two_ranks, name):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ref = generate(build(CASES[name][0]), name).latents
+        res = generate(build(CASES[name][0]), name)
+        ref = res.latents if res.images is None else res.images
     finally:
         torch.set_num_threads(threads)
     got = torch.load(two_ranks / f"{name}.pt", weights_only=True)

@@ -178,7 +178,7 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path, saved_sd_dir, monk
     real = run.run_one
     calls = {"n": 0}
 
-    def flaky(md, cfg, images_dir):
+    def flaky(md, cfg, images_dir, state_dir=None):
         calls["n"] += 1
         if calls["n"] == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -191,12 +191,12 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path, saved_sd_dir, monk
 
             md.pipe.unet.forward = nan_forward
             try:
-                return real(md, cfg, images_dir)
+                return real(md, cfg, images_dir, state_dir)
             finally:
                 md.pipe.unet.forward = orig
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return real(md, cfg, images_dir)
+        return real(md, cfg, images_dir, state_dir)
 
     monkeypatch.setattr(run, "run_one", flaky)
     df = execute(exp, tmp_path / "res", progress=False, log=lambda s: None)

@@ -230,6 +230,7 @@ def test_sweep_run_killed_mid_canvas_resumes(sd_pipe, tmp_path, monkeypatch):
     clean = run_one(md, cfg, {})
     images = tmp_path / "images"
     images.mkdir()
+    states = tmp_path / "states"
     real_call = type(md).__call__
 
     def killed(self, *a, **k):  # the first call dies after its 2nd step, like a killed worker
@@ -238,10 +239,10 @@ def test_sweep_run_killed_mid_canvas_resumes(sd_pipe, tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(md), "__call__", killed)
     with pytest.raises(KeyboardInterrupt):
-        run_one(md, cfg, images)
-    state = tmp_path / "states" / f"{cfg.run_id()}.state"
+        run_one(md, cfg, images, states)
+    state = states / f"{cfg.run_id()}.state"
     assert state.is_file()
-    again = run_one(md, cfg, images)
+    again = run_one(md, cfg, images, states)
     assert again["record"]["extra"]["resumed"]["stage_step"] == [0, 2] and not state.exists()
     assert again["metrics"] == clean["metrics"]
     assert np.asarray(Image.open(images / again["images"]["preview"])).shape == (64, 128, 3)

@@ -61,7 +61,7 @@ class LocalExecutor(Executor):
         for rid, cfg in todo:
             sweep.started(rid, "local")
             t0 = time.perf_counter()
-            outcome, images = perform_run(self.models, cfg)
+            outcome, images = perform_run(self.models, cfg, sweep.out_dir / "states")
             sweep.finished(rid, cfg, outcome, images, executor=self.name, worker=where, attempts=1,
                            turnaround_seconds=time.perf_counter() - t0)
 

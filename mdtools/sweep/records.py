@@ -221,6 +221,8 @@ def build_table(out_dir: Path) -> pd.DataFrame:
         row["seams_x"] = json.dumps((rec.get("seam_lines") or {}).get("x", []))
         prov = rec.get("provenance", {})
         row.update({f"prov.{k}": v for k, v in prov.items() if not isinstance(v, dict)})
+        if prov.get("load_start") is not None:  # a wall time taken on a machine busier than its cores
+            row["prov.loaded"] = max(prov["load_start"], prov["load_end"]) > (prov.get("cores") or 1)
         row.update({f"prov.{k}": v for k, v in (prov.get("versions") or {}).items()})
         row["swept"] = json.dumps(rec.get("swept", {}), sort_keys=True)
         rows.append(row)

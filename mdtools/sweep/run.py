@@ -63,16 +63,17 @@ class ModelCache:
         return self._pipe
 
 
-def run_one(md: Any, cfg: RunConfig, images_dir: Path | dict[str, bytes]) -> dict[str, Any]:
+def run_one(md: Any, cfg: RunConfig, images_dir: Path | dict[str, bytes], state_dir: Path | None = None) -> dict[str, Any]:
     """Generate one run and measure it. Exceptions propagate; `perform_run` turns them into rows.
 
     `images_dir` is a folder (PNGs written there atomically) or a dict that collects the PNG
-    bytes by file name, for the driver to write (`perform_run`)."""
+    bytes by file name, for the driver to write (`perform_run`). With `state_dir`, the canvas
+    state is kept in `<state_dir>/<run id>.state` every step, and a run killed mid-canvas
+    resumes from it the next time (the file is removed when the run finishes)."""
     from ..metrics import evaluate
 
     kw = cfg.call_kwargs(md.vae_scale_factor)
-    # a local run keeps its canvas state next to the images: a sweep killed mid-canvas resumes from it
-    state = images_dir.parent / "states" / f"{cfg.run_id()}.state" if isinstance(images_dir, Path) else None
+    state = None if state_dir is None else Path(state_dir) / f"{cfg.run_id()}.state"
     original_scheduler = md.pipe.scheduler
     if cfg.sampler.scheduler:
         md.set_scheduler(cfg.sampler.scheduler)
@@ -175,18 +176,20 @@ def failure_outcome(exc: BaseException) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(exc, limit=8))}
 
 
-def perform_run(models: ModelCache, cfg: RunConfig) -> tuple[dict[str, Any], dict[str, bytes]]:
+def perform_run(models: ModelCache, cfg: RunConfig,
+                state_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Run `cfg` here, on `models`' cached pipeline: (record fields, PNG bytes by file name).
 
     Every executor calls this where it places the run (the driver process, a Ray worker).
     Nothing is written: the driver commits the result (`records.Sweep.finished`). Any exception of
     the run becomes a failure outcome, so only the death of the process loses a run."""
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
     images: dict[str, bytes] = {}
     out: dict[str, Any] = {}
     try:
         md = models.get(cfg)
-        out.update(run_one(md, cfg, images))
+        out.update(run_one(md, cfg, images, state_dir))
     except Exception as exc:  # a failed run is a row; the sweep goes on
         out.update(failure_outcome(exc))
         if torch.cuda.is_available():
@@ -197,6 +200,9 @@ def perform_run(models: ModelCache, cfg: RunConfig) -> tuple[dict[str, Any], dic
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - t0, "host": socket.gethostname(), "pid": os.getpid(),
         "model_loads": models.loads,
+        # the 1-minute load average at the start and end of the run, and the cores: wall times taken
+        # while the load exceeded the cores are flagged in the table (`prov.loaded`)
+        "load_start": load_start, "load_end": os.getloadavg()[0], "cores": os.cpu_count(),
     }
     return out, images
 

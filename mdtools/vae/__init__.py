@@ -7,7 +7,7 @@ noise, for diffusers' AutoencoderKL and the LDM layout (ComfyUI's `first_stage_m
 options (defaults, choice lists, `check_park`), geometry (tiles), groupnorm, program (tile
 state and barriers), blocks (resnet / attention steps), layouts (the two readers), halo
 (exactness, refresh), profile (one tiny tile run), parking (out of core), schedule (cost
-planner), tiled (the engine). Tunables (STRIPS, STRIP_MIN_VALUES, READ_CHUNK_BYTES,
+planner), ranks (tiles split over torch.distributed ranks), tiled (the engine). Tunables (STRIPS, STRIP_MIN_VALUES, READ_CHUNK_BYTES,
 ATTENTION_QUERY_CHUNK) are read from their submodule: set them there, not here.
 """
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -18,7 +18,11 @@ from .options import DEFAULT_DECODE_HALO_PX, DEFAULT_ENCODE_HALO_PX, DiskPark, P
 from .parking import _DiskStore, malloc_trim
 from .profile import ProgramProfile, program_profile
 from .program import Message, _advance, _reply, _Tile
-from .schedule import _replay_start, _schedule, _strategy_name
+from .ranks import _Ranks, check_shard
+from .schedule import _park_budget, _replay_start, _schedule, _strategy_name
+
+if TYPE_CHECKING:
+    from ..distributed import Shard
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,13 @@ class _Job:
     canvas_attention: bool = True
     park_budget_bytes: int | None = None
     park_dtype: torch.dtype | None = None
+    #: a torch.distributed shard (`mdtools.distributed.Shard`): this rank runs its block of tiles
+    shard: Any = None
 
 
 def _prepare(vae: Any, x: Any, direction: Literal["decode", "encode"], *, tile: Any, overlap: Any, halo: Any,
              circular: Any, kernel: Any, sync_groupnorm: Any, offload: bool, park: Any, sync_strategy: Any,
-             attention: Any, park_budget_bytes: Any, park_dtype: Any, report: dict | None) -> _Job:
+             attention: Any, park_budget_bytes: Any, park_dtype: Any, report: dict | None, shard: Any = None) -> _Job:
     """What tiled_decode and tiled_encode share: read the layout, default the overlap, check
     every argument (ConfigError before any compute) and describe the tiles."""
     decode = direction == "decode"
@@ -63,6 +69,8 @@ def _prepare(vae: Any, x: Any, direction: Literal["decode", "encode"], *, tile: 
         layout, x, what="latents" if decode else "images", tile=tile, overlap=overlap, halo=halo, circular=circular,
         kernel=kernel, sync_groupnorm=sync_groupnorm, park=park, pixel_input=not decode, sync_strategy=sync_strategy,
         attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype)
+    if shard is not None:
+        check_shard(shard, park_on_disk=isinstance(park_dev, DiskPark) and sync_groupnorm)
     # the latent canvas: latents as given, or the images' pixels over the scale factor
     lat_h, lat_w = (x.shape[2], x.shape[3]) if decode else (x.shape[2] // scale, x.shape[3] // scale)
 
@@ -75,7 +83,8 @@ def _prepare(vae: Any, x: Any, direction: Literal["decode", "encode"], *, tile: 
         in_unit=1 if decode else scale, out_unit=scale if decode else 1, kernel=k,
         blend_overlap=overlap if decode else overlap // scale, sync=sync_groupnorm, park=park_dev,
         out_device=torch.device("cpu") if offload else None, report=report, strategy=sync_strategy,
-        canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes, park_dtype=pdt)
+        canvas_attention=attention == "canvas", park_budget_bytes=park_budget_bytes, park_dtype=pdt,
+        shard=shard if shard is not None and shard.world > 1 else None)
 
 
 class _Canvas:
@@ -116,13 +125,16 @@ class _Rounds:
     barrier k, so the pooled reply k is final: no strategy ever uses a provisional value."""
 
     def __init__(self, job: _Job, prof: ProgramProfile, plan: VAETilePlan, checkpoints: frozenset[int],
-                 sync: bool) -> None:
+                 sync: bool, ranks: _Ranks | None = None) -> None:
         p = job.layout.parameter
         self.device, self.dtype = p.device, p.dtype
         self.job, self.prof, self.plan, self.checkpoints, self.sync = job, prof, plan, checkpoints, sync
         self.steps = job.layout.steps
         self.n_barriers = len(prof.values) if sync else 0
         self.tiles = list(plan.tiles())
+        #: across ranks (`ranks`), this rank runs its block of tiles; the others' stay None in `parked`
+        self.ranks = ranks
+        self.mine = ranks.mine if ranks is not None else range(len(self.tiles))
         self.runs = (_axis_runs(plan.y), _axis_runs(plan.x))
         self.parked: list[Any] = [None] * len(self.tiles)  # _Tile, or _DiskState out of core
         #: replies of the barriers passed, shared by every tile (dead canvas keys: None)
@@ -149,7 +161,8 @@ class _Rounds:
         """Bring every tile to barrier k (the last round: to its output, blended into `canvas`)."""
         final = k == self.n_barriers
         msgs: list[Message] = []
-        for t, (i, j) in enumerate(self.tiles):
+        for t in self.mine:
+            i, j = self.tiles[t]
             T = self._take(t, i, j, k, final)
             msg = _advance(T, self.steps)
             if msg is None:
@@ -218,13 +231,17 @@ class _Rounds:
         if final:
             return
         if k in self.checkpoints:
-            if self.store is None:  # out of core, the owners' edge files refresh the halos on load
+            if self.ranks is not None:  # owners on other ranks send their boxes
+                self.ranks.refresh_halos(self.parked, self.tiles, self.runs)
+            elif self.store is None:  # out of core, the owners' edge files refresh the halos on load
                 _refresh_halos(self.parked, self.tiles, self.runs)
             for a in range(_replay_start(k + 1, self.checkpoints)):
                 if self.prof.kv_each[a]:
                     if self.store is not None:
                         self.store.drop_kv(self.known[a])
                     self.known[a] = None
+        if self.ranks is not None:  # every tile's message, in tile order
+            msgs = self.ranks.gather_messages(msgs)
         kv = msgs[0][1] == "kv"
         self.known.append(self.store.kv_reply(msgs) if self.store is not None and kv else _reply(msgs, self.device))
         self.attn_barriers += kv
@@ -238,8 +255,13 @@ def _run_tiled(job: _Job) -> torch.Tensor:
     # One tile with no wrap holds the whole canvas: its own statistics are the canvas's,
     # and it is the full decode.
     probe = job.make_plan(0)
+    # across ranks: the tiles split (ConfigError for more ranks than tiles), one schedule on all
+    ranks = _Ranks(job.shard, probe.n_tiles, device) if job.shard is not None else None
     whole = probe.n_tiles == 1 and not (probe.y.wraps or probe.x.wraps)
     sync = job.sync and not whole
+    if ranks is not None and sync and job.strategy == "auto" and job.park_budget_bytes is None:
+        # every rank must choose the same checkpoints: the smallest rank's budget
+        job = replace(job, park_budget_bytes=ranks.min_int(_park_budget(None, job.park)))
     prof = program_profile(layout, canvas_attention=sync and job.canvas_attention)
     sched = _schedule(layout, prof, job.make_plan, job.halo, default_halo=job.default_halo, sync=sync,
                       exact=sync and job.canvas_attention and job.reach_known, strategy=job.strategy, park=job.park,
@@ -250,8 +272,10 @@ def _run_tiled(job: _Job) -> torch.Tensor:
     exact = whole or (sched.needed_px is not None and min(
         (h * layout.scale for h in _unclipped_halos(plan)), default=math.inf) >= sched.needed_px)
     canvas = _Canvas(plan, job, job.x.shape[0], prof.out_channels, device if job.out_device is None else job.out_device)
-    rounds = _Rounds(job, prof, plan, sched.checkpoints, sync)
+    rounds = _Rounds(job, prof, plan, sched.checkpoints, sync, ranks)
     rounds.run(canvas)
+    if ranks is not None:
+        ranks.sum_canvas(canvas.out)
     if job.report is not None:
         store = rounds.store
         job.report.update(
@@ -262,7 +286,10 @@ def _run_tiled(job: _Job) -> torch.Tensor:
             parked_peak_bytes=rounds.parked_peak, layout=layout.kind, halo_px=sched.halo_px,
             exact_halo_px=sched.needed_px, exact=exact, park="disk" if rounds.disk else str(job.park) if sync else None,
             disk_written_bytes=store.written if store is not None else 0,
-            disk_read_bytes=store.read if store is not None else 0)
+            disk_read_bytes=store.read if store is not None else 0,
+            world=ranks.world if ranks is not None else 1, rank=ranks.rank if ranks is not None else 0,
+            rank_tiles=len(rounds.mine), comm_seconds=ranks.seconds if ranks is not None else 0.0,
+            comm_calls=ranks.calls if ranks is not None else 0)
     return canvas.out
 
 
@@ -283,6 +310,7 @@ def tiled_decode(
     park_budget_bytes: int | None = None,
     park_dtype: str | None = None,
     report: dict | None = None,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     """Decode `latents` tile by tile: the same output as the one-piece decode.
 
@@ -323,11 +351,18 @@ def tiled_decode(
     `report`, if given, is filled with n_tiles, synced, groupnorm_barriers, strategy,
     tile_runs, resumes, checkpoints, parked_peak_bytes, layout, halo_px, exact_halo_px
     (None when no halo can make the run exact), exact, park, and disk_written_bytes /
-    disk_read_bytes (out of core).
+    disk_read_bytes (out of core), and across ranks world, rank, rank_tiles (this rank's
+    tiles), comm_seconds / comm_calls (this rank's collectives; 1, 0, n_tiles, 0.0, 0 on one).
+    `shard` (an `mdtools.distributed.Shard` of an initialised torch.distributed group, every
+    rank calling with the same arguments): each rank runs its block of tiles
+    (`shard.block(n_tiles)`), the barrier messages and halos cross ranks, and every rank
+    returns the whole output, equal to the one-rank run (docs/vae.md, "Across ranks").
+    ConfigError before any compute for more ranks than tiles, or park="disk" with sync.
     """
     job = _prepare(vae, latents, "decode", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
                    sync_groupnorm=sync_groupnorm, offload=offload, park=park, sync_strategy=sync_strategy,
-                   attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype, report=report)
+                   attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype, report=report,
+                   shard=shard)
     return _run_tiled(job)
 
 
@@ -361,6 +396,7 @@ def tiled_encode(
     park_budget_bytes: int | None = None,
     park_dtype: str | None = None,
     report: dict | None = None,
+    shard: Shard | None = None,
 ) -> torch.Tensor:
     """Encode `images` tile by tile: the same output as the one-piece encode, unscaled.
 
@@ -372,11 +408,13 @@ def tiled_encode(
     factor; `tile`, `overlap`, `halo` in pixels (`halo=None`: exact as in `tiled_decode`,
     else DEFAULT_ENCODE_HALO_PX).
     The posterior moments (mean, log-variance) are blended, then mode/sample is taken.
-    The other options are those of `tiled_decode`.
+    The other options (`shard` too) are those of `tiled_decode`; across ranks, `sample=True`
+    draws the same noise on every rank only from generators seeded alike.
     """
     job = _prepare(vae, images, "encode", tile=tile, overlap=overlap, halo=halo, circular=circular, kernel=kernel,
                    sync_groupnorm=sync_groupnorm, offload=offload, park=park, sync_strategy=sync_strategy,
-                   attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype, report=report)
+                   attention=attention, park_budget_bytes=park_budget_bytes, park_dtype=park_dtype, report=report,
+                   shard=shard)
     if not isinstance(sample, bool):
         raise ConfigError(f"sample must be True (posterior sample) or False (posterior mode), got {sample!r}")
     moments = _run_tiled(job)
