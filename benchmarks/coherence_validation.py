@@ -3,7 +3,7 @@
 Writes results/bench/coherence_validation.csv (one row per scene x failure kind x strength x
 blur x metric, plus detector recovery rates) and prints the markdown tables quoted in
 docs/metrics.md and docs/scenes.md.
-Run: .venv/bin/python benchmarks/coherence_validation.py   (about 75 s on 2 CPU cores)
+Run: .venv/bin/python benchmarks/coherence_validation.py   (about 130 s on 2 CPU cores)
 
 Failures (panoramas 128 x 512, plan window 128 / overlap 32: five views, seam lines at
 96, 128, 192, 224, 288, 320, 384, 416 px):
@@ -12,7 +12,14 @@ Failures (panoramas 128 x 512, plan window 128 / overlap 32: five views, seam li
            of k px at every seam line), k = 0, 2, 4, 8, 16
   sky      sky of view g tinted by a * g / (n_views - 1) along RGB (1, .5, -.5) -> sky_consistency
            (a drift across the canvas), a = 0, 0.01, 0.02, 0.04, 0.08
-  mosaic   every view an independent scene of the same prompt (naive tiling)  -> all three
+  mosaic   every view an independent scene of the same prompt (naive tiling)  -> all four
+Detectors against the failures they count and their look-alikes (same panoramas):
+  ground_blob   the scene's disc copied below the horizon (in the ground / sea): still 1 disc
+  no_sun        the disc erased (the sky with none)                 -> disc_count 0, no_disc 1
+  faint_sun     the erased scene with the disc blended back at alpha 0.8 / 0.6 / 0.4 (0.4 is cloud-level)
+  everywhere    terrain lowered by k px on random 8-24 px stretches (broken everywhere), k = 0, 4, 8, 16
+                -> horizon_breaks (absolute) beside horizon_continuity (seam ratio)
+  horizon       the seam-line steps above, also read by horizon_breaks
 `blur` = Gaussian sigma 1.5 px plus noise sd 0.02 after planting: a stand-in for the blurry
 output of a small diffusion model.
 """
@@ -29,7 +36,8 @@ from scipy.ndimage import gaussian_filter
 
 from mdtools import plan_views
 from mdtools.metrics import scene_analysis as A
-from mdtools.metrics.scene_coherence import disc_count, horizon_continuity, sky_consistency, view_columns
+from mdtools.metrics.scene_coherence import disc_count, horizon_breaks, horizon_continuity, no_disc, sky_consistency, view_columns
+from mdtools.metrics.synthetic import erase_disc, plant_blob
 from mdtools.toy import scenes as S
 
 H, W = 128, 512
@@ -37,7 +45,10 @@ PLAN = plan_views(H, W, window=128, overlap=32)
 TINT = np.array([1.0, 0.5, -0.5])
 STRENGTHS = {"disc": (1, 2, 3), "horizon": (0, 2, 4, 8, 16), "sky": (0.0, 0.01, 0.02, 0.04, 0.08)}
 METRIC = {"disc": "disc_count", "horizon": "horizon_continuity", "sky": "sky_consistency"}
-FNS = {"disc_count": disc_count, "horizon_continuity": horizon_continuity, "sky_consistency": sky_consistency}
+FNS = {"disc_count": disc_count, "horizon_continuity": horizon_continuity, "sky_consistency": sky_consistency,
+       "horizon_breaks": horizon_breaks}
+DISC_COLOUR = {"day": (1.0, 0.98, 0.84), "sunset": (1.0, 0.92, 0.58), "night": (0.88, 0.88, 0.82)}  # the generator's
+EVERYWHERE = (0, 4, 8, 16)
 
 
 def degrade(img: np.ndarray, blur: bool, seed: int) -> np.ndarray:
@@ -65,6 +76,34 @@ def planted(params: S.SceneParams, img: np.ndarray, labels: S.SceneLabels, kind:
         return S.render_scene(params, H, W, horizon_offset=strength * S.strip_profile(W, PLAN.seam_lines["x"]))
     group, _ = view_columns(PLAN, H, W)
     return S.tint_sky(img, labels, (strength * group / group.max())[:, None] * TINT[None, :])
+
+
+def broken_everywhere(seed: int) -> np.ndarray:
+    """(W,) 0/1 profile flipping after random stretches of 8-24 columns: a horizon broken everywhere, not only at seams."""
+    rng = np.random.default_rng(seed)
+    prof, x, v = np.zeros(W), 0, 0
+    while x < W:
+        n = int(rng.integers(8, 25))
+        prof[x:x + n], x, v = v, x + n, 1 - v
+    return prof
+
+
+def look_alikes(params: S.SceneParams, img: np.ndarray, labels: S.SceneLabels, seed: int) -> list[tuple[str, float, str, np.ndarray]]:
+    """(kind, strength, metric, image): each detector on the failure it counts and on what it must not count."""
+    (cy, cx), r = labels.disc_center, labels.disc_radius
+    top = labels.horizon[int(max(0, cx - r - 2)):int(min(W, cx + r + 3))].max()
+    blob = plant_blob(img, min(H - r - 3, top + r + 6), cx, r, DISC_COLOUR[params.sky])
+    none = erase_disc(img, cy, cx, r)
+    out = [("ground_blob", 1, "disc_count", blob), ("no_sun", 0, "disc_count", none), ("no_sun", 0, "no_disc", none),
+           ("no_sun", 1, "no_disc", img)]
+    out += [("faint_sun", a, "disc_count", plant_blob(none, cy, cx, r, DISC_COLOUR[params.sky], a)) for a in (1.0, 0.8, 0.6, 0.4)]
+    prof = broken_everywhere(seed)
+    for k in EVERYWHERE:
+        im = S.render_scene(params, H, W, horizon_offset=k * prof)
+        out += [("everywhere", k, "horizon_breaks", im), ("everywhere", k, "horizon_continuity", im)]
+    for k in (0, 8):
+        out.append(("seam_steps", k, "horizon_breaks", S.render_scene(params, H, W, horizon_offset=k * S.strip_profile(W, PLAN.seam_lines["x"]))))
+    return out
 
 
 def recovery(rows: list, n: int, size: tuple[int, int], blur: bool, seed: int) -> None:
@@ -134,6 +173,7 @@ def main() -> None:
         recovery(rows, max(4, args.recovery // 10), (128, 512), blur, seed=12)
         recovery(rows, max(2, args.recovery // 40), (256, 1024), blur, seed=13)
     rng = np.random.default_rng(2024)
+    fns = {**FNS, "no_disc": no_disc}
     for i in range(args.scenes):
         params = S.sample_params(rng)
         img, labels = S.make_scene(params, H, W)
@@ -144,6 +184,9 @@ def main() -> None:
                     im = degrade(planted(params, img, labels, kind, s, seed=i), blur, seed=i)
                     v = FNS[METRIC[kind]](im, PLAN)
                     rows.append({**meta, "blur": int(blur), "kind": kind, "strength": s, "metric": METRIC[kind], "value": float(v)})
+            for kind, s, m, im in look_alikes(params, img, labels, seed=i):
+                rows.append({**meta, "blur": int(blur), "kind": kind, "strength": s, "metric": m,
+                             "value": float(fns[m](degrade(im, blur, seed=i), PLAN))})
             mos = degrade(mosaic(params, np.random.default_rng(1000 + i)), blur, seed=i)
             for m, fn in FNS.items():
                 rows.append({**meta, "blur": int(blur), "kind": "mosaic", "strength": 1, "metric": m, "value": float(fn(mos, PLAN))})
@@ -191,6 +234,20 @@ def main() -> None:
                 cells.append(f"{q(v, 50):.2f} [{q(v, 10):.2f}, {q(v, 90):.2f}]")
             m = f"{mono[0]:.0%} / {mono[1]:.0%}" if j == 0 else ""
             print(f"| {kind} | {s} | {METRIC[kind]} | {cells[0]} | {cells[1]} | {m} |")
+    print(f"\n#### Look-alikes and new failures ({args.scenes} panoramas; median [p10, p90], share of scenes at the expected value)\n")
+    print("| kind | strength | metric | clean | blurred |")
+    print("|---|---|---|---|---|")
+    seen = []
+    for r in rows:
+        key = (r["kind"], r.get("strength"), r["metric"])
+        if r["kind"] in ("ground_blob", "no_sun", "faint_sun", "everywhere", "seam_steps") and key not in seen:
+            seen.append(key)
+    for kind, st, m in seen:
+        cells = []
+        for blur in (0, 1):
+            v = [r["value"] for r in rows if (r["kind"], r.get("strength"), r["metric"], r.get("blur")) == (kind, st, m, blur)]
+            cells.append(f"{q(v, 50):.2f} [{q(v, 10):.2f}, {q(v, 90):.2f}] (=1: {np.mean(np.array(v) == 1):.0%})")
+        print(f"| {kind} | {st} | {m} | {cells[0]} | {cells[1]} |")
     print("\n#### Naive tiling (each view an independent scene of the same prompt)\n")
     print("| metric | clean | blurred |")
     print("|---|---|---|")

@@ -33,8 +33,9 @@ def _seam_title(label: str, m: dict) -> str:
 
 
 def _suns_title(label: str, m: dict) -> str:
-    return (f"{label}: {m.get('disc_count', float('nan')):.0f} sun(s) (1 is right), horizon continuity "
-            f"{m.get('horizon_continuity', float('nan')):.2f} (1 = unbroken)")
+    # horizon_breaks, not the seam ratio horizon_continuity: a horizon broken everywhere reads ~1 on the ratio
+    return (f"{label}: {m.get('disc_count', float('nan')):.0f} sun(s) in the sky (1 is right), "
+            f"{m.get('horizon_breaks', float('nan')):.2f} horizon breaks per height of width (0 = unbroken)")
 
 
 def comparison_png(items: list[Item], out: Path, title: Callable[[str, dict], str] = _seam_title) -> None:

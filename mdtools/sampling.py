@@ -167,6 +167,9 @@ class StepContext:
     def fuse(self, x_in: torch.Tensor, t: torch.Tensor, vs: ViewSet, *, input_fn: InputFn | None = None) -> torch.Tensor:
         """Eq. 5 over the entries of `vs` with the stage's fuser (counted and timed)."""
         fuser = self.stage.fuser
+        c = self.cost
+        if "unet_evaluation" in c.flops or not (c.vae_encode_calls or c.vae_decode_calls or c.loss_calls or c.backward_calls):
+            return fuser.fuse(x_in, t, vs, input_fn=input_fn)  # only model evaluations so far: they price themselves
         before = fuser.model_evaluations
         with self.count_flops("unet_evaluation", lambda: fuser.model_evaluations - before):
             return fuser.fuse(x_in, t, vs, input_fn=input_fn)

@@ -1,4 +1,4 @@
-"""Coherence metrics (disc_count, horizon_continuity, sky_consistency) on procedural scenes with planted failures.
+"""Coherence metrics (disc_count, no_disc, one_disc, horizon_continuity, horizon_breaks, sky_consistency) on scenes with planted failures.
 
 Small panoramas (64 x 256, plan window 64 / overlap 16: five views) keep this to seconds;
 benchmarks/coherence_validation.py gives the full tables at 128 x 512 (docs/metrics.md).
@@ -18,6 +18,7 @@ import mdtools.metrics as M
 from mdtools import ConfigError, plan_views
 from mdtools.metrics import scene_analysis as A
 from mdtools.metrics.scene_coherence import line_steps, seam_zones, view_columns
+from mdtools.metrics.synthetic import erase_disc, plant_blob
 from mdtools.toy import scenes as S
 
 H, W = 64, 256
@@ -61,6 +62,45 @@ def test_disc_count_is_the_number_of_discs(scenes):
     d = M.disc_count(scenes[0][1])
     (cy, cx, r), = d.details["discs"]
     assert abs(cy - scenes[0][2].disc_center[0]) < 1 and abs(cx - scenes[0][2].disc_center[1]) < 1
+
+
+DISC_COLOUR = {"day": (1.0, 0.98, 0.84), "sunset": (1.0, 0.92, 0.58), "night": (0.88, 0.88, 0.82)}
+
+
+def test_disc_count_ignores_a_bright_blob_below_the_horizon(scenes):
+    # the look-alike DemoFusion made: a white disc in the ground or the sea is not a sun
+    for i, (p, img, lab) in enumerate(scenes):
+        cx, r = lab.disc_center[1], lab.disc_radius
+        for x in (cx, (cx + W / 2) % W):  # under its own sun, and half a panorama away
+            x = float(np.clip(x, r + 2, W - r - 2))
+            top = lab.horizon[int(max(0, x - r - 2)):int(min(W, x + r + 3))].max()
+            blob = plant_blob(img, min(H - r - 2, top + r + 5), x, r, DISC_COLOUR[p.sky])
+            for im in (blob, blurry(blob, i)):
+                d = M.disc_count(im)
+                assert d == 1, (p, x, d.details)
+                assert abs(d.details["discs"][0][1] - cx) < 1.5  # the one counted is the sun in the sky
+        assert M.one_disc(blob) == 1 and M.no_disc(blob) == 0
+
+
+def test_a_sky_with_no_sun_counts_zero_and_is_its_own_failure(scenes):
+    for i, (p, img, lab) in enumerate(scenes):
+        none = erase_disc(img, *lab.disc_center, lab.disc_radius)
+        for im in (none, blurry(none, i)):
+            assert M.disc_count(im) == 0, p
+            assert M.no_disc(im) == 1 and M.one_disc(im) == 0
+        assert M.no_disc(img) == 0 and M.one_disc(img) == 1
+        two = S.plant_discs(img, lab, 1, np.random.default_rng(i))
+        assert M.no_disc(two) == 0 and M.one_disc(two) == 0  # |2 - 1| = |0 - 1|, but only 0 is "no sun"
+        # a faint sun still counts; one at cloud strength (40 % of the way) does not
+        faint = plant_blob(none, *lab.disc_center, lab.disc_radius, DISC_COLOUR[p.sky], 0.8)
+        cloudy = plant_blob(none, *lab.disc_center, lab.disc_radius, DISC_COLOUR[p.sky], 0.4)
+        assert M.disc_count(faint) == 1 and M.disc_count(cloudy) == 0, p
+
+
+def test_fill_horizon_interpolates_missing_columns():
+    h = np.array([np.nan, 10.0, np.nan, np.nan, 16.0, np.nan])
+    np.testing.assert_allclose(A.fill_horizon(h, 64), [10, 10, 12, 14, 16, 16])
+    np.testing.assert_allclose(A.fill_horizon(np.full(3, np.nan), 64), 64)
 
 
 # ------------------------------------------------------------------- horizon_continuity
@@ -134,6 +174,30 @@ def test_horizon_continuity_on_a_circular_plan_includes_the_wrap(scenes):
     s = M.horizon_continuity(S.render_scene(p, H, 384), circ)
     assert any(a <= 0 <= b or a > b for a, b in (z["lines"] for z in s.details["per_zone"]))
     assert 0.8 < s < 1.25  # a sea line is periodic: no step at the wrap either
+
+
+def broken_everywhere(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    prof, x, v = np.zeros(W), 0, 0
+    while x < W:
+        n = int(rng.integers(6, 14))
+        prof[x:x + n], x, v = v, x + n, 1 - v
+    return prof
+
+
+def test_horizon_breaks_reads_a_horizon_broken_everywhere_as_broken(scenes):
+    # the seam ratio is blind to it (interior as broken as the seams); the absolute count is not
+    for i, (p, _, _) in enumerate(scenes):
+        clean = S.render_scene(p, H, W)
+        broken = S.render_scene(p, H, W, horizon_offset=6 * broken_everywhere(i))
+        seams = horizon_step(p, 6)
+        b_clean, b_broken, b_seams = (float(M.horizon_breaks(im, PLAN)) for im in (clean, broken, seams))
+        assert b_clean <= 0.25 and b_broken > 2 and b_seams >= 0.75, (p, b_clean, b_broken, b_seams)
+        assert float(M.horizon_breaks(blurry(broken, i))) > float(M.horizon_breaks(blurry(clean, i))) + 1, p
+        assert M.horizon_continuity(broken, PLAN) < 2  # what the issue found: the ratio calls it continuous
+    s = M.horizon_breaks(S.render_scene(scenes[1][0], H, W, horizon_offset=6 * broken_everywhere(1)))
+    assert s.details["breaks"] == len(s.details["at"]) and 0 < s.details["break_lines"] < 1
+    assert math.isnan(M.horizon_breaks(np.full((H, W, 3), 0.5))), "no horizon: NaN"
 
 
 # ---------------------------------------------------------------------- sky_consistency
@@ -236,6 +300,10 @@ def test_evaluate_and_registry(scenes):
     assert M.METRICS["disc_count"].higher_is_better is None  # closest to 1
     assert M.METRICS["horizon_continuity"].higher_is_better is False
     assert M.METRICS["sky_consistency"].higher_is_better is False
+    assert M.METRICS["no_disc"].higher_is_better is False and M.METRICS["one_disc"].higher_is_better is True
+    assert M.METRICS["horizon_breaks"].higher_is_better is False
+    new = M.evaluate(img, PLAN, metrics=["no_disc", "one_disc", "horizon_breaks"])
+    assert new["no_disc"] == 0 and new["one_disc"] == 1 and new["horizon_breaks"] == float(M.horizon_breaks(img))
     no_plan = M.evaluate(img, None, metrics=names)
     assert no_plan["disc_count"] == 1 and math.isnan(no_plan["horizon_continuity"])
     assert no_plan["sky_consistency"] == pytest.approx(1.0, abs=0.05)  # height-wide strips

@@ -70,3 +70,26 @@ def test_identical_work_identical_cost_under_load(saved_sd_dir, tmp_path):
     sync = idle[idle["method.name"] == "syncdiffusion"][cost]
     plain = idle[idle["method.name"] == "multidiffusion"][cost]
     assert (sync > plain.max()).all()
+
+
+def test_region_bootstrapping_prices_its_encodes(sd_pipe):
+    """Bootstrapping encodes constant-colour backgrounds before the first fused call: the encodes are
+    priced by their FLOPs over a model evaluation's (counted at that first call)."""
+    from mdtools import Region
+
+    md = MultiDiffusionPipeline.from_pipe(sd_pipe)
+    out = md("a photo of a beach", height=64, width=128, window=64, overlap=32, num_inference_steps=2, generator=0,
+             regions=[Region("a red boat", box=(0, 64, 64, 64))], bootstrap_steps=1, output_type="latent", progress=False)
+    c = out.record.extra["cost"]
+    assert c["vae_encode_calls"] > 0 and c["flops_vae_encode"] > 0 and c["flops_unet_evaluation"] > 0
+    assert c["unet_equivalents"] == pytest.approx(
+        c["unet_evaluations"] + c["vae_encode_calls"] * c["flops_vae_encode"] / c["flops_unet_evaluation"], rel=1e-12)
+
+
+def test_plain_runs_count_evaluations_exactly(sd_pipe):
+    out = MultiDiffusionPipeline.from_pipe(sd_pipe)("a photo of a beach", height=64, width=128, window=64, overlap=32,
+                                                    num_inference_steps=2, generator=0, output_type="latent",
+                                                    progress=False)
+    c = out.record.extra["cost"]
+    assert c["unet_equivalents"] == c["unet_evaluations"] == 3 * 2 * 2  # 3 views, 2 steps, CFG
+    assert not any(k.startswith("flops_") for k in c)  # nothing else ran: no FLOP counting, no overhead

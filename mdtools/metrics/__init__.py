@@ -38,7 +38,7 @@ from .functional import (
     vae_seam,
     wrap_seam_score,
 )
-from .scene_coherence import disc_count, horizon_continuity, sky_consistency
+from .scene_coherence import disc_count, horizon_breaks, horizon_continuity, no_disc, one_disc, sky_consistency
 
 _LAZY_CLASSES = ("SeamScore", "SeamScoreLab", "WrapSeamScore", "IntraLPIPS", "IntraStyle")
 
@@ -53,8 +53,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "METRICS", "FeatureLPIPS", "FeatureNet", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "disc_count", "evaluate",
-    "gram_matrix", "horizon_continuity", "intra_lpips", "kid", "kid_from_features", "load_feature_net", "mmd2_unbiased",
-    "poly_kernel", "pooled_features", "sky_consistency", "sliding_crops",
+    "gram_matrix", "horizon_breaks", "horizon_continuity", "intra_lpips", "kid", "kid_from_features", "load_feature_net", "mmd2_unbiased",
+    "no_disc", "one_disc", "poly_kernel", "pooled_features", "sky_consistency", "sliding_crops",
     "intra_color", "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "seam_structure", "ssim",
     "step_profiles", "to_image_tensor", "total_variation", "vae_seam", "wrap_seam_score", *_LAZY_CLASSES,
 ]

@@ -115,7 +115,16 @@ METRICS: dict[str, MetricSpec] = {
                    description="tiled vs one-piece decode (reference = the one-piece decode): "
                                "mean |per-tile mean drift|; details hold PSNR, SSIM, std drift"),
         MetricSpec("disc_count", lambda i, p, r, o: C.disc_count(i, p), None, "count (1 = one sun or moon)",
-                   description="bright compact round blobs above the horizon (suns / moons); 0 or 2+ are failures"),
+                   description="bright compact round blobs in the sky (above the horizon, ringed by sky): suns / moons; "
+                               "0 or 2+ are failures"),
+        MetricSpec("no_disc", lambda i, p, r, o: C.no_disc(i, p), False, "indicator (1 = no sun or moon in the sky)",
+                   description="1 when disc_count is 0; its mean over runs is the no-sun rate"),
+        MetricSpec("one_disc", lambda i, p, r, o: C.one_disc(i, p), True, "indicator (1 = exactly one sun or moon)",
+                   description="1 when disc_count is 1; its mean over runs is the rate of exactly one disc"),
+        MetricSpec("horizon_breaks", lambda i, p, r, o: C.horizon_breaks(i, p), False,
+                   "breaks per height-wide stretch (0 = unbroken)",
+                   description="runs of lines where the horizon's line-fit step exceeds 3 % of the height, anywhere "
+                               "(absolute: a horizon broken everywhere reads broken)"),
         MetricSpec("horizon_continuity", lambda i, p, r, o: C.horizon_continuity(i, p), False,
                    "ratio (1 = as smooth at seams as elsewhere)",
                    description="horizon step at seam lines vs interior lines (line fits over 4 columns each side)"),

@@ -221,6 +221,49 @@ def fit_horizon(img: np.ndarray) -> SkyFit:
     return SkyFit(out, sky_map, d)
 
 
+def fill_horizon(horizon: np.ndarray, height: int) -> np.ndarray:
+    """The horizon with NaN columns filled by linear interpolation between found ones (all NaN: `height`, all sky).
+
+    A column without a sky-to-ground boundary inside a landscape whose other columns have one
+    (a blob, a hole, a patch of sky-coloured ground) keeps the horizon of its neighbours,
+    so it does not count as sky from top to bottom.
+    """
+    h = np.asarray(horizon, dtype=np.float64)
+    ok = ~np.isnan(h)
+    if not ok.any():
+        return np.full(len(h), float(height))
+    if ok.all():
+        return h.copy()
+    x = np.arange(len(h))
+    return np.interp(x, x[ok], h[ok])
+
+
+def _in_sky(img: np.ndarray, hf: np.ndarray, sky: np.ndarray, cy: float, cx: float, r: float) -> tuple[float, float]:
+    """(share of the ring r + 2 .. r + 4 px around a blob above the horizon, share closer to the sky model than to the ground).
+
+    The ground colour is the median of the pixels 3 px or more below the horizon in the
+    columns within 2 r + 4 px of the blob; with no ground there the colour share is 1.
+    """
+    H, W = img.shape[:2]
+    y0, y1 = max(0, int(cy - r - 5)), min(H, int(cy + r + 6))
+    x0, x1 = max(0, int(cx - r - 5)), min(W, int(cx + r + 6))
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    dist = np.hypot(yy + 0.5 - cy, xx + 0.5 - cx)
+    ring = (dist >= r + 2) & (dist <= r + 4)
+    if not ring.any():
+        return 0.0, 0.0
+    ry, rx = yy[ring], xx[ring]
+    above = float(np.mean(ry + 0.5 < hf[rx]))
+    g0, g1 = max(0, int(cx - 2 * r - 4)), min(W, int(cx + 2 * r + 5))
+    below = np.arange(H)[:, None] + 0.5 >= hf[None, g0:g1] + 3
+    if below.sum() < 10:
+        return above, 1.0
+    ground = np.median(img[:, g0:g1][below], axis=0)
+    px = img[ry, rx]
+    sky_like = np.linalg.norm(px - sky[ry, rx], axis=1) < np.linalg.norm(px - ground, axis=1)
+    return above, float(np.mean(sky_like))
+
+
 def find_discs(img: np.ndarray, horizon: np.ndarray, sky: np.ndarray) -> list[tuple[float, float, float]]:
     """Bright compact round blobs in the sky: (row, column, radius) each, left to right.
 
@@ -228,6 +271,10 @@ def find_discs(img: np.ndarray, horizon: np.ndarray, sky: np.ndarray) -> list[tu
     fitted sky to white (and at least 0.1): clouds are kept below that, the sun and moon far
     above. Components must be at least ~(0.015 H)^2 pi px (stars are single pixels), at most
     a quarter of the height in radius, and round (minor / major axis >= 0.6, solidity >= 0.8).
+    Only the sky counts: pixels above the horizon (NaN columns take their neighbours'
+    horizon, `fill_horizon`), and a blob whose surrounding ring (r + 2 to r + 4 px) is not
+    at least 60 % above the horizon and at least half sky-coloured (closer to the sky model
+    than to the ground below) is a bright patch of ground, not a sun.
     """
     from skimage.measure import label, regionprops
 
@@ -236,7 +283,7 @@ def find_discs(img: np.ndarray, horizon: np.ndarray, sky: np.ndarray) -> list[tu
     LS = _luminance(sky)
     res = L - LS
     f = res / np.maximum(1 - LS, 0.05)
-    hf = np.where(np.isnan(horizon), H, horizon)
+    hf = fill_horizon(horizon, H)
     mask = (f > 0.55) & (res > 0.1) & (np.arange(H)[:, None] < hf[None, :] - 1)
     min_area = max(6.0, math.pi * (0.015 * H) ** 2)
     max_area = math.pi * (0.25 * H) ** 2
@@ -247,7 +294,11 @@ def find_discs(img: np.ndarray, horizon: np.ndarray, sky: np.ndarray) -> list[tu
         if reg.axis_major_length <= 0 or reg.axis_minor_length / reg.axis_major_length < 0.6 or reg.solidity < 0.8:
             continue
         cy, cx = reg.centroid
-        out.append((float(cy) + 0.5, float(cx) + 0.5, math.sqrt(reg.area / math.pi)))
+        cy, cx, r = float(cy) + 0.5, float(cx) + 0.5, math.sqrt(reg.area / math.pi)
+        above, sky_like = _in_sky(img, hf, sky, cy, cx, r)
+        if above < 0.6 or sky_like < 0.5:
+            continue
+        out.append((cy, cx, r))
     return sorted(out, key=lambda d: d[1])
 
 
@@ -333,5 +384,5 @@ def detect_terrain(image: Any) -> str:
 
 __all__ = [
     "SceneAnalysis", "SkyFit", "analyse_scene", "as_rgb_array", "detect_discs", "detect_ground", "detect_horizon", "detect_sky",
-    "detect_terrain", "find_discs", "fit_horizon", "sky_mask",
+    "detect_terrain", "fill_horizon", "find_discs", "fit_horizon", "sky_mask",
 ]

@@ -27,18 +27,77 @@ DEFAULT_TOLERANCE = 2  # px each side of a seam zone (blur moves a break by a pi
 DEFAULT_DELTA_E_FLOOR = 1.0  # CIELAB units added to both sides of the sky ratio (below a just-noticeable 2.3)
 
 
-def disc_count(image: Any, plan: TilePlan | None = None) -> Score:
-    """Number of suns / moons: bright, compact, round blobs above the horizon. 1 is right.
+DEFAULT_BREAK_STEP = 0.03  # a horizon break: a line-fit step of more than 3 % of the height
 
-    0 (the disc melted into the sky) and 2+ (a disc per window) are the failures. `plan` is
-    not needed (accepted so every coherence metric has the same signature).
+
+def _sky_discs(image: Any) -> list[tuple[float, float, float]]:
+    img = as_rgb_array(image)
+    h, sky, _ = fit_horizon(img)
+    return find_discs(img, h, sky)
+
+
+def _disc_details(discs: list[tuple[float, float, float]]) -> dict:
+    return {"discs": [tuple(round(v, 2) for v in d) for d in discs], "n_discs": len(discs), "expected": 1}
+
+
+def disc_count(image: Any, plan: TilePlan | None = None) -> Score:
+    """Number of suns / moons in the sky: bright, compact, round blobs above the horizon and ringed by sky. 1 is right.
+
+    0 (no sun: see `no_disc`) and 2+ (a disc per window) are the failures. A bright blob in
+    the ground or the sea is not counted (`scene_analysis.find_discs`). `plan` is not needed
+    (accepted so every coherence metric has the same signature).
     `.details["discs"]` lists (row, column, radius) in pixels, left to right.
     """
     _check_plan(plan)
+    discs = _sky_discs(image)
+    return Score(float(len(discs)), details=_disc_details(discs))
+
+
+def no_disc(image: Any, plan: TilePlan | None = None) -> Score:
+    """1.0 when the sky holds no sun or moon (`disc_count` == 0), else 0.0: its mean over runs is the no-sun rate."""
+    _check_plan(plan)
+    discs = _sky_discs(image)
+    return Score(float(len(discs) == 0), details=_disc_details(discs))
+
+
+def one_disc(image: Any, plan: TilePlan | None = None) -> Score:
+    """1.0 when the sky holds exactly one sun or moon (`disc_count` == 1), else 0.0: its mean over runs is the success rate."""
+    _check_plan(plan)
+    discs = _sky_discs(image)
+    return Score(float(len(discs) == 1), details=_disc_details(discs))
+
+
+def horizon_breaks(image: Any, plan: TilePlan | None = None, *, window: int = DEFAULT_WINDOW,
+                   step: float = DEFAULT_BREAK_STEP) -> Score:
+    """Breaks of the horizon per height-wide stretch of the width, wherever they are; 0 = unbroken.
+
+    Absolute, unlike `horizon_continuity` (a ratio of seam to interior steps, which reads a
+    horizon broken everywhere as ~1): at every vertical line the step is `line_steps`
+    (straight-line fits over `window` columns each side, so slopes and peaks give ~0); a
+    break is a run of consecutive lines whose step exceeds `step` x the height (3 %: the
+    generator's ridges never do). Score = number of breaks x height / width. `plan` is not
+    needed. `.details`: "breaks" (count), "break_lines" (share of lines above the
+    threshold), "mean_step_pct" (mean step, % of the height), "at" (first line of each
+    break). NaN with `.reason` when the horizon is found in fewer than half the columns.
+    """
+    _check_plan(plan)
+    check_positive_int("window", window)
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < 1:
+        raise ConfigError(f"step must be a fraction of the height in (0, 1) (e.g. {DEFAULT_BREAK_STEP}), got {step!r}")
     img = as_rgb_array(image)
-    h, sky, _ = fit_horizon(img)
-    discs = find_discs(img, h, sky)
-    return Score(float(len(discs)), details={"discs": [tuple(round(v, 2) for v in d) for d in discs], "expected": 1})
+    H, W = img.shape[:2]
+    h = fit_horizon(img)[0]
+    found = float(np.mean(~np.isnan(h)))
+    if found < 0.5:
+        return Score.nan(f"no horizon: a sky-to-ground boundary was found in {found:.0%} of the columns", horizon_found=found)
+    steps = line_steps(h, np.arange(W), window)
+    big = np.nan_to_num(steps, nan=0.0) > step * H
+    starts = np.flatnonzero(big & ~np.r_[False, big[:-1]])
+    return Score(
+        len(starts) * H / W,
+        details={"breaks": int(len(starts)), "at": [int(a) for a in starts], "break_lines": float(big.mean()),
+                 "mean_step_pct": float(100 * np.nanmean(steps) / H), "threshold_px": step * H, "horizon_found": found},
+    )
 
 
 def _intercept_weights(window: int) -> np.ndarray:
@@ -310,4 +369,7 @@ def _check_plan(plan: Any) -> None:
         raise ConfigError(f"plan must be a TilePlan (from mdtools.plan_views) or None; got {type(plan).__name__}")
 
 
-__all__ = ["disc_count", "horizon_continuity", "line_steps", "seam_zones", "sky_consistency", "view_columns"]
+__all__ = [
+    "disc_count", "horizon_breaks", "horizon_continuity", "line_steps", "no_disc", "one_disc", "seam_zones", "sky_consistency",
+    "view_columns",
+]

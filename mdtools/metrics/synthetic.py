@@ -1,13 +1,15 @@
-"""Plant synthetic seams of known strength along given lines (for validating seam metrics).
+"""Plant synthetic seams of known strength along given lines, and discs / blobs in scenes (for validating metrics).
 
-All functions take a (N, C, H, W) float tensor in [0, 1] and a line dict {"x": cols, "y":
-rows} (e.g. `plan.seam_lines`) and return a new tensor, clipped to [0, 1].
+The seam functions take a (N, C, H, W) float tensor in [0, 1] and a line dict {"x": cols, "y":
+rows} (e.g. `plan.seam_lines`) and return a new tensor, clipped to [0, 1]. `plant_blob` and
+`erase_disc` take an (H, W, 3) float array (the scene-coherence detectors' input).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +71,34 @@ def plant_blur(img: torch.Tensor, lines: Lines, sigma: float, *, half_width: int
     for p in lines.get("y", ()):
         mask[max(0, p - half_width):p + half_width, :] = True
     return torch.where(mask, blurred, img)
+
+
+def plant_blob(img: np.ndarray, cy: float, cx: float, r: float, colour, alpha: float = 1.0) -> np.ndarray:
+    """A copy of an (H, W, 3) image with an anti-aliased disc of `colour` blended in at `alpha` (1 = opaque).
+
+    Coverage = clip(r + 0.5 - distance, 0, 1), as the scene generator draws its sun; a faint sun
+    is alpha < 1, a bright blob in the ground is the same disc centred below the horizon.
+    """
+    out = np.array(img, dtype=np.float32, copy=True)
+    H, W = out.shape[:2]
+    y, x = np.mgrid[0:H, 0:W]
+    cov = np.clip(r + 0.5 - np.hypot(y + 0.5 - cy, x + 0.5 - cx), 0.0, 1.0)[..., None] * float(alpha)
+    out = out * (1 - cov) + np.asarray(colour, dtype=np.float32) * cov
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def erase_disc(img: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    """A copy with the disc at (cy, cx, r) (plus 2 px) replaced by the same rows 3 r + 6 px to the side: a sky with no sun.
+
+    Valid where those rows are sky on that side (the scene generator keeps its disc above the
+    highest peak and clouds r + 4 px away from it).
+    """
+    out = np.array(img, dtype=np.float32, copy=True)
+    H, W = out.shape[:2]
+    shift = int(math.ceil(3 * r + 6))
+    shift = shift if cx + shift + r + 3 < W else -shift
+    y, x = np.mgrid[0:H, 0:W]
+    m = np.hypot(y + 0.5 - cy, x + 0.5 - cx) <= r + 2
+    ys, xs = np.nonzero(m)
+    out[ys, xs] = img[ys, np.clip(xs + shift, 0, W - 1)]
+    return out
