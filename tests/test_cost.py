@@ -66,6 +66,7 @@ def test_identical_work_identical_cost_under_load(saved_sd_dir, tmp_path):
     assert len(idle) == 4 and (idle["status"] == "ok").all() and (loaded["status"] == "ok").all()
     cost = "cost.unet_equivalents"
     assert idle[cost].notna().all()
+    assert {"prov.load_start", "prov.load_end", "prov.cores", "prov.loaded"} <= set(loaded.columns)  # load on every row
     assert idle[cost].tolist() == loaded.loc[idle.index, cost].tolist()  # identical, not close
     sync = idle[idle["method.name"] == "syncdiffusion"][cost]
     plain = idle[idle["method.name"] == "multidiffusion"][cost]
@@ -93,3 +94,13 @@ def test_plain_runs_count_evaluations_exactly(sd_pipe):
     c = out.record.extra["cost"]
     assert c["unet_equivalents"] == c["unet_evaluations"] == 3 * 2 * 2  # 3 views, 2 steps, CFG
     assert not any(k.startswith("flops_") for k in c)  # nothing else ran: no FLOP counting, no overhead
+
+
+def test_time_plots_leave_out_wall_times_taken_under_load():
+    import pandas as pd
+
+    from mdtools.analysis.tables import clean_timings
+
+    df = pd.DataFrame({"time.denoise": [1.0, 9.0, 1.1], "prov.loaded": [False, True, None]})
+    assert clean_timings(df)["time.denoise"].tolist() == [1.0, 1.1]
+    assert len(clean_timings(df.drop(columns="prov.loaded"))) == 3  # tables made before the flag: every row

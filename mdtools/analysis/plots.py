@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import summarize_groups
-from .tables import COST, EVALS, SEAM, cost_column, ok_runs, with_derived, with_method_label
+from .tables import COST, EVALS, SEAM, clean_timings, cost_column, ok_runs, with_derived, with_method_label
 
 
 def _mean_ci(df: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def cost_vs_overlap(df: pd.DataFrame) -> plt.Figure:
     (fixed by the plan) against overlap."""
     df = ok_runs(df)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kernel, sub in df.groupby("tiling.kernel"):
+    for kernel, sub in clean_timings(df).groupby("tiling.kernel"):  # wall times taken above the core count left out
         _ci_errorbar(a1, "tiling.overlap", _mean_ci(sub, ["tiling.overlap"], "time.denoise").sort_values("tiling.overlap"), str(kernel))
     e = df.groupby("tiling.overlap")[EVALS].mean()
     a2.plot(e.index, e.values, marker="o", color="k")
@@ -72,10 +72,11 @@ def memory_time_vs_size(df: pd.DataFrame) -> plt.Figure:
         col = f"peak_gb.{phase}"
         if col in s:
             a1.plot(s["megapixels"], s[col], marker="o", label=phase)
+    t = clean_timings(df).groupby("megapixels").mean(numeric_only=True).reset_index()  # clean wall times only
     for phase in ("denoise", "decode", "total"):
         col = f"time.{phase}"
-        if col in s:
-            a2.plot(s["megapixels"], s[col], marker="o", label=phase)
+        if col in t:
+            a2.plot(t["megapixels"], t[col], marker="o", label=phase)
     a1.set(xlabel="canvas (megapixels)", ylabel="peak memory (GiB)", title="Peak memory vs canvas size")
     a2.set(xlabel="canvas (megapixels)", ylabel="time (s)", title="Time vs canvas size")
     a1.legend(title="phase")

@@ -26,6 +26,12 @@ def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"].copy() if "status" in df else df
 
 
+def clean_timings(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose wall times were taken on a machine no busier than its cores (`prov.loaded` not True;
+    tables made before the flag keep every row): the only rows time plots use."""
+    return df[df["prov.loaded"].ne(True)].copy() if "prov.loaded" in df else df
+
+
 def with_derived(df: pd.DataFrame) -> pd.DataFrame:
     """Add megapixels, aspect (width / height), orientation and a peak-memory column."""
     df = df.copy()
