@@ -58,10 +58,14 @@ def comparison_png(items: list[Item], out: Path, title: Callable[[str, dict], st
     plt.close(fig)
 
 
-def collect_images(out_dir: Path, demo: Path, label: Callable[[dict], str], prefix: str = "") -> list[Item]:
-    """Copy each finished run's image (full size when saved, else the preview) to demo/<prefix><label>.png."""
+def collect_images(out_dir: Path, demo: Path, label: Callable[[dict], str], prefix: str = "",
+                   run_ids: set[str] | None = None) -> list[Item]:
+    """Copy each finished run's image (full size when saved, else the preview) to demo/<prefix><label>.png;
+    with `run_ids`, only those runs (an older version's runs in the same folder are left out)."""
     items = []
     for rec in sorted(load_records(out_dir).values(), key=lambda r: json.dumps(r["config"], sort_keys=True)):
+        if run_ids is not None and rec["run_id"] not in run_ids:
+            continue
         if rec["status"] != "ok":
             print(f"run {rec['run_id']} {rec['status']}: {rec.get('error')}")
             continue
@@ -81,8 +85,10 @@ SCENES_EXPERIMENT = "experiments/quickstart_scenes.yaml"
 
 def run_scenes(experiment: str, out_dir: Path, demo: Path) -> list[Item]:
     """A scenes panorama two ways (multidiffusion vs the global pass) with the number of suns."""
-    execute(load_experiment(experiment), out_dir)
-    items = collect_images(out_dir, demo, lambda cfg: cfg.get("method", {}).get("name", "multidiffusion"), "scenes_")
+    exp = load_experiment(experiment)
+    execute(exp, out_dir)
+    items = collect_images(out_dir, demo, lambda cfg: cfg.get("method", {}).get("name", "multidiffusion"), "scenes_",
+                           {c.run_id() for c in exp.runs})
     items.sort(key=lambda it: it[0] != "multidiffusion")
     if items:
         comparison_png(items, demo / "scenes_comparison.png", _suns_title)
@@ -98,7 +104,7 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
     summary, plots = report(out_dir)
     demo = Path("results/demo")
     demo.mkdir(parents=True, exist_ok=True)
-    items = collect_images(out_dir, demo, _label)
+    items = collect_images(out_dir, demo, _label, run_ids={c.run_id() for c in exp.runs})
     order = {"naive": 0, "uniform": 1, "gaussian": 2}
     items.sort(key=lambda it: order.get(it[0], 9))
     if items:
@@ -114,8 +120,7 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
         print(f"  plot      {p}")
     print("  notebook  notebooks/01_quickstart.ipynb")
     for label, path, m in scene_items:
-        print(f"  scene     {path}  {label}: disc_count={m.get('disc_count', float('nan')):.0f} sun(s) (1 is right), "
-              f"horizon_continuity={m.get('horizon_continuity', float('nan')):.2f} (1 = unbroken)")
+        print(f"  scene     {path}  {_suns_title(label, m)}")
     if scene_items:
         print(f"  compare   {demo / 'scenes_comparison.png'}  (notebook notebooks/07_coherence.ipynb)")
     return 0

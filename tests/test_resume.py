@@ -197,7 +197,7 @@ def test_cli_generate_killed_mid_canvas_resumes_from_its_state(tmp_path):
 
     def argv(out):
         return [sys.executable, "-m", "mdtools", "generate", "--model", "toy", "--prompt", "a brick wall",
-                "--height", "128", "--width", "1088", "--steps", "40", "--out", str(out)]
+                "--height", "128", "--width", "1088", "--steps", "24", "--out", str(out)]
 
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     ref = tmp_path / "ref.png"
