@@ -14,7 +14,6 @@ Time one thing at a time: a second job on the machine makes these numbers meanin
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -28,6 +27,7 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.single_row import load_now, write_row  # noqa: E402
 from mdtools.distributed import free_port  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--devices", nargs="*", default=None, help="one per rank, e.g. cuda:0 cuda:1 (default: the CPU)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "multidevice.csv"))
     a = ap.parse_args()
-    load_before = os.getloadavg()
+    load_before = load_now()
     runs: dict[int, list[dict]] = {1: [], 2: []}
     for rep in range(a.repeats):
         for world in (1, 2):
@@ -91,15 +91,8 @@ def main() -> None:
            "repeats": a.repeats, "denoise_1rank_s": round(t1, 3), "denoise_2ranks_s": round(t2, 3),
            "step_1rank_s": round(t1 / a.steps, 3), "step_2ranks_s": round(t2 / a.steps, 3),
            "speedup": round(t1 / t2, 3), "comm_share_2ranks": round(comm / t2, 4),
-           "load_before": " ".join(f"{v:.2f}" for v in load_before),
-           "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()), "torch": torch.__version__}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        w.writeheader()
-        w.writerow(row)
-    for k, v in row.items():
-        print(f"{k:22s} {v}")
+           "load_before": load_before, "torch": torch.__version__}
+    write_row(a.out, row)
 
 
 if __name__ == "__main__":

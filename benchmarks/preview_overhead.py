@@ -10,8 +10,6 @@ is timed apart from the per-preview cost. Writes results/bench/preview_overhead.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import statistics
 import sys
 import time
@@ -22,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.single_row import load_now, write_row  # noqa: E402
 from mdtools import MultiDiffusionPipeline  # noqa: E402
 from mdtools.preview import latent_rgb_factors  # noqa: E402
 
@@ -40,7 +39,7 @@ def main() -> None:
     fit_s = time.perf_counter() - t0
     kw = dict(height=a.height, width=a.width, overlap=64, num_inference_steps=a.steps, generator=0,
               output_type="latent", progress=False)
-    load_before = os.getloadavg()
+    load_before = load_now()
     plain, with_preview, per_preview = [], [], []
     for _ in range(a.repeats):
         r = md("a brick wall", **kw).record
@@ -55,15 +54,8 @@ def main() -> None:
            "step_with_preview_s": round(statistics.median(with_preview), 4),
            "preview_s": round(statistics.median(per_preview), 5),
            "preview_share_of_step": round(statistics.median(per_preview) / step, 4), "fit_once_s": round(fit_s, 3),
-           "load_before": " ".join(f"{v:.2f}" for v in load_before),
-           "load_after": " ".join(f"{v:.2f}" for v in os.getloadavg()), "torch": torch.__version__}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        w.writeheader()
-        w.writerow(row)
-    for k, v in row.items():
-        print(f"{k:24s} {v}")
+           "load_before": load_before, "torch": torch.__version__}
+    write_row(a.out, row)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,6 @@ import torch.distributed as dist
 
 from .errors import ConfigError
 
-#: methods whose work is not all inside fused view sets: SyncDiffusion's gradient step runs the
-#: model and the VAE on single views outside the fuser, with an anchor every view depends on
-NOT_DISTRIBUTABLE = {"syncdiffusion": "its gradient step runs the model and VAE per view outside the fused call "
-                                      "(an anchor view every view depends on)"}
-
 
 @dataclass
 class Shard:
@@ -89,9 +84,9 @@ def rank_device(shard: Shard) -> torch.device:
 
 def check_distributable(method: Any, n_views: int, world: int) -> None:
     """ConfigError, before any model call, for a method that cannot be spread or a group larger than the views."""
-    name = getattr(method, "name", str(method))
-    if name in NOT_DISTRIBUTABLE:
-        raise ConfigError(f"method {name!r} cannot be distributed: {NOT_DISTRIBUTABLE[name]}; run it on one device "
+    name, why = getattr(method, "name", str(method)), getattr(method, "not_distributable", "")
+    if why:  # a method whose work is not all inside fused view sets says why (Method.not_distributable)
+        raise ConfigError(f"method {name!r} cannot be distributed: {why}; run it on one device "
                           "or use multidiffusion, mixture, spotdiffusion, global_pass or demofusion")
     if world > n_views:
         raise ConfigError(f"{world} ranks but the plan has {n_views} views: every rank needs at least one; use at most "
@@ -272,5 +267,5 @@ class RayDevicePool:
         self.close()
 
 
-__all__ = ["NOT_DISTRIBUTABLE", "RAY_INSTALL", "DevicePool", "RayDevicePool", "RayRank", "Shard", "check_distributable",
+__all__ = ["RAY_INSTALL", "DevicePool", "RayDevicePool", "RayRank", "Shard", "check_distributable",
            "free_port", "import_ray", "init", "rank_device"]

@@ -25,6 +25,7 @@ from .models import (
     DTYPES,
     FLOW_KINDS,
     FLUX_NATIVE_PX,
+    MODEL_OPTIONS,
     LatentDenoiserView,
     ModelKind,
     check_model_sizes,
@@ -351,8 +352,7 @@ class MultiDiffusionPipeline:
         states, resumed, changed = self._state_files(call, meth, state_path, state_every, resume,
                                                      dict(prompt=prompt, negative_prompt=negative_prompt,
                                                           guidance_scale=guidance_scale))
-        viewer = None if preview is None else Previewer(preview, preview_every, vae=self.vae, scale=self.vae_scale_factor,
-                                                        total_steps=call.steps)
+        viewer = None if preview is None else Previewer(preview, preview_every, vae=self.vae, scale=self.vae_scale_factor)
         self._flow = self.family.flow_schedule(plan, opts)
         rec = Recorder(self.device, dtype=self.dtype, enabled=record)
         with rec.phase("total"):
@@ -482,8 +482,6 @@ def _state_record(states: StateFile | None, run: Run, resume: Any, changed: list
 
 def _model_options(options: dict[str, Any] | None, aliases: dict[str, Any]) -> dict[str, Any]:
     """model_options plus the old keywords; any other keyword is a TypeError, as for a Python call."""
-    from .models import MODEL_OPTIONS
-
     unknown = sorted(set(aliases) - set(MODEL_OPTIONS))
     if unknown:
         raise TypeError(f"MultiDiffusionPipeline.__call__() got unexpected keyword argument(s) {unknown}; "

@@ -67,7 +67,7 @@ def latents_to_rgb(latents: torch.Tensor, vae: Any, scale: int) -> torch.Tensor:
 class Previewer:
     """Every `every` steps (and at the last one): the canvas as RGB, the view grid, a progress bar; to `target`."""
 
-    def __init__(self, target: Any, every: int, *, vae: Any, scale: int, total_steps: int):
+    def __init__(self, target: Any, every: int, *, vae: Any, scale: int):
         check_positive_int("preview_every", every, example=1)
         if not (callable(target) or target is True or isinstance(target, (str, os.PathLike))):
             raise ConfigError(f"preview={target!r} is not valid; give a callable f(image, info), a .png path, or True "
@@ -75,7 +75,6 @@ class Previewer:
         if isinstance(target, (str, os.PathLike)) and Path(target).suffix.lower() != ".png":
             raise ConfigError(f"preview={str(target)!r} must be a .png path, e.g. 'preview.png'")
         self.target, self.every, self.vae, self.scale = target, every, vae, scale
-        self.total_steps = total_steps
         self.count, self.seconds = 0, 0.0
         self._handle: Any = None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mdtools import MultiDiffusionPipeline
+from mdtools.distributed import free_port
 from mdtools.errors import ConfigError
 
 PROMPT = "a photo of a beach"
@@ -50,12 +50,6 @@ def generate(md: MultiDiffusionPipeline, name: str):
     return md(prompt, generator=0, progress=False, **{"output_type": "latent", **kw})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -86,7 +80,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_rank, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return out
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mdtools.distributed import free_port
 from mdtools.errors import ConfigError
 from mdtools.vae import schedule_estimate, tiled_decode, tiled_encode
 from tests.test_vae import errors, make_vae, structured_latents
@@ -57,12 +57,6 @@ def run_case(name: str, shard=None, report: dict | None = None) -> torch.Tensor:
     return fn(vae, _inputs(direction), tile=TILE, report=report, shard=shard, **kw)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
@@ -99,7 +93,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("vae_ranks")
-    mp.spawn(_rank, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
     return out
 
 

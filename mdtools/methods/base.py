@@ -75,6 +75,8 @@ class Method:
     #: the kinds of work a sweep's time estimate measures for it beyond model evaluations
     #: (SyncDiffusion: its loss with its backward pass, built by `loss_fn()`)
     calibration_kinds: ClassVar[tuple[str, ...]] = ()
+    #: why it cannot share a canvas across ranks (mdtools.distributed); "" when it can
+    not_distributable: ClassVar[str] = ""
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.PARAMS))

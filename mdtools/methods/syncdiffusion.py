@@ -153,6 +153,8 @@ class SyncDiffusionMethod(Method):
 
     name = "syncdiffusion"
     calibration_kinds = ("loss_calls",)
+    not_distributable = ("its gradient step runs the model and VAE per view outside the fused call (an anchor view every "
+                         "view depends on)")
     PARAMS = {
         "weight": Param(20.0, lambda v: is_num(v) and v >= 0, "a number >= 0, e.g. 20", "gradient step weight w"),
         "decay": Param(0.95, lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1], e.g. 0.95", "w_i = weight * decay**i"),

@@ -133,7 +133,7 @@ class FlowFamily(ModelFamily):
         return self.pipe.transformer
 
     def check_call(self, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
-        check_flow_call(self.kind, height, width, window, scale, opts)
+        check_flow_call(self.patch, height, width, window, scale, opts)
 
     def flow_schedule(self, plan: TilePlan, opts: dict[str, Any]) -> FlowMatchSchedule:
         return flow_schedule(self.pipe.scheduler, self.kind, plan, opts["flow_mu"])
@@ -348,9 +348,9 @@ def flux_cfg_passes(true_cfg_scale: float = 1.0, negative_prompt: Any = None) ->
     return 2 if true_cfg_scale > 1.0 and negative_prompt is not None else 1
 
 
-def check_flow_call(kind: str, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
+def check_flow_call(patch: int, height: int, width: int, window: Any, scale: int, opts: dict[str, Any]) -> None:
     """The checks every flow-matching (DiT) family shares."""
-    check_patch_multiples(height, width, window, FAMILIES[kind].patch * scale, scale)  # FLUX packing, SD3 PatchEmbed
+    check_patch_multiples(height, width, window, patch * scale, scale)  # FLUX packing, SD3 PatchEmbed
     check_choice("positions", opts["positions"], POSITIONS)
     mu = opts["flow_mu"]
     if not (mu in MU_SOURCES or (isinstance(mu, (int, float)) and not isinstance(mu, bool))):
