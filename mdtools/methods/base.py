@@ -77,6 +77,11 @@ class Method:
     calibration_kinds: ClassVar[tuple[str, ...]] = ()
     #: why it cannot share a canvas across ranks (mdtools.distributed); "" when it can
     not_distributable: ClassVar[str] = ""
+    #: why it cannot run a ControlNet per view (control_image cropped to each view); "" when it can
+    no_controlnet: ClassVar[str] = ""
+    #: works on an image tile by tile in pixels (Ultimate SD Upscale, naive tiles): run by `md.upscale`,
+    #: which calls `upscale_image`, never by the denoising loop of a generation from noise
+    image_space: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.PARAMS))
