@@ -31,6 +31,13 @@ TOY_V2_MODEL_DIR: Path = TOY_MODEL_DIR.parent / "toy-sd-v2"
 #: Names accepted wherever a model is given (`from_pretrained`, `--model`, `model:` in configs) -> folder.
 EMBEDDED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "toy-v2": TOY_V2_MODEL_DIR, "toy-scenes": TOY_SCENES_MODEL_DIR}
 
+#: Folder of the shipped tile ControlNet for the scenes model (issue 22; diffusers ControlNetModel layout,
+#: safetensors only, trained by `python -m mdtools.toy.train_controlnet`; MODEL_CARD.md there).
+TOY_SCENES_TILE_DIR: Path = TOY_MODEL_DIR.parent / "toy-scenes-tile"
+
+#: Names accepted wherever a ControlNet is given (`controlnet=` in the API, `--controlnet`, configs) -> folder.
+EMBEDDED_CONTROLNETS: dict[str, Path] = {"toy-scenes-tile": TOY_SCENES_TILE_DIR}
+
 #: Files a complete toy model folder must have; weights are checked for being readable.
 REQUIRED_FILES: tuple[str, ...] = (
     "model_index.json",
