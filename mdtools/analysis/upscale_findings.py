@@ -1,0 +1,345 @@
+"""The upscale benchmark's findings (results/upscale/): summary and comparison tables, verdicts, and their fixed wording.
+
+`benchmarks/upscale_truth.py` writes one row per run to results/upscale/runs.jsonl. From it,
+`build_tables` computes
+- the summary: per dataset, factor, method and metric, the mean over (image, seed) with its
+  95% expanded percentile bootstrap interval (mdtools.stats, `CI_METHOD`), n and the method
+  named in a column;
+- the comparisons: named pairs of methods (and, per metric, the best mean against the
+  runner-up), paired on (image, seed), Holm-corrected within each family (one dataset, factor
+  and metric): a family of m comparisons is tested step-down, at level 1 - alpha / r with r
+  hypotheses left (`holm_intervals`), so "better" / "worse" mean that the interval at that
+  level excludes zero; anything else is "no difference shown" (never "matches").
+`render_findings` turns the two tables into results/upscale/findings.md with the wording of
+`WORDING`; notebook 08 and the README's Upscaling section print those sentences, and
+tests/test_upscale_findings.py fails when the committed text differs from a re-rendering.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..stats import MIN_PAIRS, Interval, bootstrap_ci, paired_difference, verdict
+
+#: Every interval: 95%, the percentile bootstrap widened for small n (Hesterberg 2015), resampling (image, seed) pairs.
+LEVEL = 0.95
+CI_METHOD = "expanded"
+N_BOOT = 10_000
+PAIR_KEYS = ("image", "seed")
+INTERVAL_NAME = "expanded percentile bootstrap over (image, seed)"
+
+#: The methods of the benchmark, in table order (labels; benchmarks/upscale_truth.py maps each to its upscale call).
+BICUBIC, LANCZOS = "bicubic", "lanczos"
+METHOD_LABELS: tuple[str, ...] = (
+    BICUBIC, LANCZOS, "naive_tiles", "usdu", "usdu+seamfix", "usdu+cn", "multidiffusion", "multidiffusion+cn",
+    "mixture", "mixture+cn", "mixture+wavelet", "mixture+inversion",
+)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A column of the runs table: how it reads and which way is better."""
+
+    column: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    fmt: str = ".3g"
+    datasets: tuple[str, ...] = ("scenes", "textures")
+    headline: bool = True  # compared (Holm families); others are summarised only
+
+
+METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo("metric.psnr", "PSNR", "dB", True, ".2f"),
+    MetricInfo("metric.ssim", "SSIM", "", True, ".3f", headline=False),
+    MetricInfo("metric.lpips_feat", "feature-LPIPS", "", False, ".3f"),
+    MetricInfo("metric.color_drift", "color_drift", "Delta E", False, ".2f"),
+    MetricInfo("metric.color_drift_worst", "color_drift (worst tile)", "Delta E", False, ".2f", headline=False),
+    MetricInfo("metric.seam_structure", "seam_structure", "(1 = seamless)", False, ".2f"),
+    MetricInfo("metric.disc_count", "suns counted", "", False, ".2f", ("scenes",), headline=False),
+    MetricInfo("metric.one_disc", "share with exactly one sun", "", True, ".2f", ("scenes",)),
+    MetricInfo("metric.horizon_err", "horizon error", "px", False, ".2f", ("scenes",)),
+)
+METRIC_BY_COLUMN = {m.column: m for m in METRICS}
+COST_COLUMNS: tuple[str, ...] = ("time.total", "peak_mb.total", "count.unet_evaluations")
+
+#: Named comparisons (b, a): "is b better than a?". Every method is also compared with Lanczos, the resize it starts from.
+NAMED_COMPARISONS: tuple[tuple[str, str], ...] = (
+    ("usdu", "naive_tiles"), ("usdu+seamfix", "usdu"), ("usdu+cn", "usdu"), ("multidiffusion", "usdu"),
+    ("mixture", "multidiffusion"), ("multidiffusion+cn", "multidiffusion"), ("mixture+cn", "mixture"),
+    ("mixture+wavelet", "mixture"), ("mixture+inversion", "mixture"),
+)
+
+#: The fixed wording of every sentence (verdict objects -> text).
+WORDING = {
+    "better": "{b} is better than {a} on {metric}",
+    "worse": "{b} is worse than {a} on {metric}",
+    "no difference shown": "{b} vs {a} on {metric}: no difference shown",
+    "best": "best mean {metric}: {b}, {value}",
+    "tie": "best mean {metric}: {k} methods tied at {value} ({methods})",
+    "few": " (fewer than {min_n} pairs decide nothing)",
+    "best_vs": "against the runner-up {a}",
+    "cost": "{b}: {time} s, peak {mem} MB, {evals} UNet evaluations per image",
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A verdict object: b against a on one metric, with the interval it rests on."""
+
+    dataset: str
+    factor: int
+    metric: str  # a METRICS column
+    b: str
+    a: str
+    interval: Interval  # of b - a, at `level`
+    level: float  # the Holm level the verdict was read at
+    family_size: int
+    verdict: str
+    kind: str = "named"  # named | vs_lanczos | best_vs_runner_up
+
+    def sentence(self) -> str:
+        info = METRIC_BY_COLUMN[self.metric]
+        head = WORDING[self.verdict].format(b=self.b, a=self.a, metric=info.label)
+        few = WORDING["few"].format(min_n=MIN_PAIRS) if self.interval.n < MIN_PAIRS else ""
+        return f"{head}{few}: {self.b} - {self.a} = {format_interval(self.interval, info, self.level, self.family_size, paired=True)}"
+
+
+def format_interval(iv: Interval, info: MetricInfo, level: float = LEVEL, family_size: int = 1, *, paired: bool = False) -> str:
+    """'-0.42 dB [-0.61, -0.20] (n=8, paired expanded percentile bootstrap over (image, seed), 99.8% Holm level of 21)'."""
+    unit = f" {info.unit}" if info.unit and not info.unit.startswith("(") else ""
+    f = info.fmt
+    if math.isnan(iv.lo) or math.isnan(iv.hi):
+        body = f"{iv.estimate:{f}}{unit} (n={iv.n}, no interval)"
+        return body
+    where = f"{'paired ' if paired else ''}{INTERVAL_NAME}"
+    lev = f"{100 * level:.1f}% Holm level of {family_size}" if family_size > 1 else f"{100 * level:.0f}%"
+    return f"{iv.estimate:{'+' if paired else ''}{f}}{unit} [{iv.lo:{f}}, {iv.hi:{f}}] (n={iv.n}, {where}, {lev})"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def load_runs(path: str | Path) -> pd.DataFrame:
+    """The runs table (runs.jsonl: one JSON object per line, appended as the benchmark goes)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "runs.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def ok_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "ok"] if "status" in runs else runs
+
+
+def summary_table(runs: pd.DataFrame, *, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """One row per dataset, factor, method and column (metrics and cost): n, mean, ci_lo, ci_hi, level, interval, failed."""
+    ok = ok_rows(runs)
+    rows = []
+    for (ds, factor, method), sub in ok.groupby(["dataset", "factor", "method"], sort=False):
+        failed = int(((runs["dataset"] == ds) & (runs["factor"] == factor) & (runs["method"] == method)
+                      & (runs["status"] != "ok")).sum())
+        for col in [m.column for m in METRICS if ds in m.datasets] + list(COST_COLUMNS):
+            if col not in sub:
+                continue
+            iv = bootstrap_ci(sub[col].to_numpy(dtype=float), level=LEVEL, n_boot=n_boot, method=CI_METHOD)
+            rows.append({"dataset": ds, "factor": int(factor), "method": method, "column": col, "n": iv.n,
+                         "mean": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "level": LEVEL, "interval": INTERVAL_NAME,
+                         "failed": failed})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    order = {m: i for i, m in enumerate(METHOD_LABELS)}
+    out["_o"] = out["method"].map(lambda m: order.get(m, len(order)))
+    return out.sort_values(["dataset", "factor", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _per_pair(sub: pd.DataFrame, method: str, col: str) -> pd.Series:
+    s = sub[sub["method"] == method]
+    return s.set_index(list(PAIR_KEYS))[col] if len(s) else pd.Series(dtype=float)
+
+
+def holm_intervals(pairs: Sequence[tuple[pd.Series, pd.Series]], higher_is_better: bool, *, alpha: float = 1 - LEVEL,
+                   n_boot: int = N_BOOT, min_n: int = MIN_PAIRS) -> list[tuple[Interval, float, str]]:
+    """Holm's step-down over one family of paired comparisons (a, b) -> [(interval of b - a, level, verdict)].
+
+    With r hypotheses left, every interval is taken at level 1 - alpha / r; those that exclude
+    zero are rejected (their verdict "better" / "worse" read at that level) and the rest are
+    tested again with r smaller; when none is rejected the procedure stops and the rest are
+    "no difference shown" at the last level. Rejecting all that pass at once equals Holm's
+    one-at-a-time order, since an interval's level only loosens as r falls.
+    """
+    out: list[tuple[Interval, float, str] | None] = [None] * len(pairs)
+    left = list(range(len(pairs)))
+    while left:
+        level = 1 - alpha / len(left)
+        ivs = {i: paired_difference(pairs[i][0], pairs[i][1], level=level, n_boot=n_boot, method=CI_METHOD) for i in left}
+        decided = {i: verdict(iv, higher_is_better=higher_is_better, min_n=min_n) for i, iv in ivs.items()}
+        rejected = [i for i in left if decided[i] != "no difference shown"]
+        for i in (rejected or left):
+            out[i] = (ivs[i], level, decided[i])
+        if not rejected:
+            break
+        left = [i for i in left if i not in rejected]
+    return [o for o in out if o is not None]
+
+
+def family(sub: pd.DataFrame, info: MetricInfo) -> list[tuple[str, str, str]]:
+    """(b, a, kind) compared in one family: every method vs Lanczos, the named pairs, the best mean vs the runner-up."""
+    methods = [m for m in METHOD_LABELS if m in set(sub["method"])] + sorted(set(sub["method"]) - set(METHOD_LABELS))
+    pairs = [(m, LANCZOS, "vs_lanczos") for m in methods if m != LANCZOS and LANCZOS in methods]
+    pairs += [(b, a, "named") for b, a in NAMED_COMPARISONS if a in methods and b in methods]
+    means = sub.groupby("method")[info.column].mean().dropna()
+    if len(means) >= 2:
+        ranked = means.sort_values(ascending=not info.higher_is_better, kind="stable")
+        best, second = ranked.index[0], ranked.index[1]
+        if not any({b, a} == {best, second} for b, a, _ in pairs):
+            pairs.append((best, second, "best_vs_runner_up"))
+    return pairs
+
+
+def comparisons_table(runs: pd.DataFrame, *, factors: Iterable[int] = (4,), n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Every family's comparisons with their Holm-level intervals and verdicts (headline metrics, `factors`)."""
+    ok = ok_rows(runs)
+    rows = []
+    for (ds, factor), sub in ok.groupby(["dataset", "factor"], sort=True):
+        if int(factor) not in set(factors):
+            continue
+        for info in METRICS:
+            if not info.headline or ds not in info.datasets or info.column not in sub or sub[info.column].isna().all():
+                continue
+            fam = family(sub, info)
+            pairs = [(_per_pair(sub, a, info.column), _per_pair(sub, b, info.column)) for b, a, _ in fam]
+            for (b, a, kind), (iv, level, v) in zip(fam, holm_intervals(pairs, info.higher_is_better, n_boot=n_boot)):
+                rows.append({"dataset": ds, "factor": int(factor), "column": info.column, "b": b, "a": a, "kind": kind,
+                             "estimate": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "n": iv.n, "level": level,
+                             "family_size": len(fam), "interval": f"paired {INTERVAL_NAME}", "verdict": v})
+    return pd.DataFrame(rows)
+
+
+def build_tables(results: str | Path, *, n_boot: int = N_BOOT) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, comparisons) from results/upscale/runs.jsonl."""
+    runs = load_runs(results)
+    return summary_table(runs, n_boot=n_boot), comparisons_table(runs, n_boot=n_boot)
+
+
+def write_tables(results: str | Path, *, n_boot: int = N_BOOT) -> tuple[Path, Path, Path]:
+    """Write summary.csv, comparisons.csv and findings.md next to runs.jsonl; returns their paths."""
+    results = Path(results)
+    summary, comps = build_tables(results, n_boot=n_boot)
+    paths = results / "summary.csv", results / "comparisons.csv", results / "findings.md"
+    summary.to_csv(paths[0], index=False, float_format="%.6g")
+    comps.to_csv(paths[1], index=False, float_format="%.6g")
+    summary, comps = pd.read_csv(paths[0]), pd.read_csv(paths[1])  # render from what was written, as the test does
+    paths[2].write_text(render_findings(summary, comps))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def comparisons_from_table(comps: pd.DataFrame) -> list[Comparison]:
+    """The verdict objects of a comparisons table."""
+    out = []
+    for r in comps.itertuples(index=False):
+        iv = Interval(float(r.estimate), float(r.ci_lo), float(r.ci_hi), int(r.n), float(r.level), str(r.interval))
+        out.append(Comparison(r.dataset, int(r.factor), r.column, r.b, r.a, iv, float(r.level), int(r.family_size),
+                              r.verdict, r.kind))
+    return out
+
+
+def _summary_interval(row: pd.Series) -> Interval:
+    return Interval(float(row["mean"]), float(row["ci_lo"]), float(row["ci_hi"]), int(row["n"]), float(row["level"]), str(row["interval"]))
+
+
+def best_lines(summary: pd.DataFrame, comps: list[Comparison], dataset: str, factor: int) -> list[str]:
+    """Per headline metric: the best mean with its interval, and its verdict against the runner-up."""
+    lines = []
+    s = summary[(summary["dataset"] == dataset) & (summary["factor"] == factor)]
+    for info in METRICS:
+        if not info.headline or dataset not in info.datasets:
+            continue
+        sub = s[s["column"] == info.column].dropna(subset=["mean"])
+        if sub.empty:
+            continue
+        ranked = sub.sort_values("mean", ascending=not info.higher_is_better, kind="stable")
+        top = ranked.iloc[0]
+        tied = ranked[np.isclose(ranked["mean"], top["mean"], rtol=0, atol=1e-9)]["method"].tolist()
+        if len(tied) > 1:
+            lines.append("- " + WORDING["tie"].format(metric=info.label, k=len(tied), methods=", ".join(tied),
+                                                       value=f"{top['mean']:{info.fmt}}") + ".")
+            continue
+        line = WORDING["best"].format(metric=info.label, b=top["method"], value=format_interval(_summary_interval(top), info))
+        if len(ranked) > 1:
+            second = ranked.iloc[1]["method"]
+            c = next((c for c in comps if c.dataset == dataset and c.factor == factor and c.metric == info.column
+                      and {c.a, c.b} == {top["method"], second}), None)
+            if c is not None:
+                line += f"; {WORDING['best_vs'].format(a=second)}: {c.sentence()}"
+        lines.append(f"- {line}.")
+    return lines
+
+
+def cost_lines(summary: pd.DataFrame, dataset: str, factor: int) -> list[str]:
+    s = summary[(summary["dataset"] == dataset) & (summary["factor"] == factor)]
+    lines = []
+    for method in [m for m in METHOD_LABELS if m in set(s["method"])]:
+        v = s[s["method"] == method].set_index("column")["mean"]
+        evals = v.get("count.unet_evaluations", float("nan"))
+        lines.append("- " + WORDING["cost"].format(b=method, time=f"{v.get('time.total', float('nan')):.3g}",
+                                                   mem=f"{v.get('peak_mb.total', float('nan')):.0f}",
+                                                   evals="0" if method in (BICUBIC, LANCZOS) else f"{evals:.0f}") + ".")
+    return lines
+
+
+def render_findings(summary: pd.DataFrame, comps: pd.DataFrame) -> str:
+    """results/upscale/findings.md: every sentence notebook 08 and the README print, from the two tables."""
+    verdicts = comparisons_from_table(comps) if len(comps) else []
+    out = ["# Upscale benchmark: findings", "",
+           "Rendered by mdtools.analysis.upscale_findings from summary.csv and comparisons.csv (do not edit by hand).",
+           f"Intervals: 95% {INTERVAL_NAME} (mdtools.stats, method '{CI_METHOD}'); comparisons are paired on "
+           "(image, seed) and Holm-corrected within each family (one dataset, factor and metric), each read at its "
+           "Holm level; an interval that spans zero is 'no difference shown'.", ""]
+    for (ds, factor), _ in summary.groupby(["dataset", "factor"], sort=True):
+        factor = int(factor)
+        out += [f"## {ds}, {factor}x", "", "### Which method wins", ""]
+        out += best_lines(summary, verdicts, ds, factor) or ["- no runs."]
+        mine = [c for c in verdicts if c.dataset == ds and c.factor == factor]
+        if mine:
+            out += ["", "### Comparisons", ""]
+            for c in mine:
+                if c.kind != "best_vs_runner_up":
+                    out.append(f"- {c.sentence()}.")
+        out += ["", "### Cost (mean per image)", ""] + cost_lines(summary, ds, factor) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def readme_lines(findings: str, dataset: str = "scenes", factor: int = 4) -> list[str]:
+    """The README's Upscaling numbers: the 'Which method wins' lines of one dataset and factor, verbatim from findings.md."""
+    lines = findings.splitlines()
+    try:
+        start = lines.index(f"## {dataset}, {factor}x")
+    except ValueError:
+        return []
+    out = []
+    for line in lines[start + 1:]:
+        if line.startswith("## ") or line.startswith("### Comparisons"):
+            break
+        if line.startswith("- "):
+            out.append(line)
+    return out
+
+
+__all__ = [
+    "BICUBIC", "CI_METHOD", "COST_COLUMNS", "Comparison", "INTERVAL_NAME", "LANCZOS", "LEVEL", "METHOD_LABELS", "METRICS",
+    "MetricInfo", "NAMED_COMPARISONS", "PAIR_KEYS", "WORDING", "build_tables", "comparisons_from_table", "comparisons_table",
+    "format_interval", "holm_intervals", "load_runs", "readme_lines", "render_findings", "summary_table", "write_tables",
+]
