@@ -1,9 +1,12 @@
-"""`make demo`: naive tiles vs uniform overlap vs gaussian overlap on the embedded toy model.
+"""`make demo`: naive tiles vs uniform overlap vs gaussian overlap on the embedded toy model, and one 4x upscale.
 
 Runs experiments/quickstart.yaml into results/demo/quickstart/ (git-ignored, so a new
 clone really generates; resumable like any experiment), writes its report, then copies the
 three panoramas to results/demo/ with a labelled side-by-side comparison. The committed
-reference run that notebook 01 reads lives in results/quickstart/.
+reference run that notebook 01 reads lives in results/quickstart/. Then the scenes panorama
+(experiments/quickstart_scenes.yaml) and one 4x upscale of a scene (`run_upscale`): bicubic,
+Ultimate SD Upscale and mdtools' tiled upscale (Mixture of Diffusers with the embedded tile
+ControlNet), each measured against the scene it was downsampled from.
 """
 
 from __future__ import annotations
@@ -95,8 +98,65 @@ def run_scenes(experiment: str, out_dir: Path, demo: Path) -> list[Item]:
     return items
 
 
+#: The demo's upscale: a 128 x 256 scene (2 x 1 windows of the toy model) from a 32 x 64 source, 4x.
+UPSCALE_SIZE = (128, 256)
+UPSCALE_FACTOR = 4
+UPSCALE_SEED = 3
+UPSCALE_SETTINGS = {"strength": 0.4, "steps": 20, "guidance_scale": 5.0, "overlap": 32}
+UPSCALE_CONTROLNET = "toy-scenes-tile"
+
+
+def _upscale_title(label: str, m: dict) -> str:
+    return (f"{label}: PSNR {m['psnr']:.2f} dB vs the truth, color_drift {m['color_drift']:.2f}, "
+            f"seam_structure {m['seam_structure']:.2f} (1 = seamless)")
+
+
+def upscale_figures(image, truth, lines) -> dict[str, float]:
+    """PSNR against the truth, color_drift against it (NaN when the metric is absent), seam_structure on `lines`."""
+    from .metrics import METRICS, evaluate, psnr, seam_structure
+
+    cd = float(evaluate(image, None, metrics=["color_drift"], reference=truth)["color_drift"]) if "color_drift" in METRICS else float("nan")
+    return {"psnr": float(psnr(image, truth)), "color_drift": cd, "seam_structure": float(seam_structure(image, lines))}
+
+
+def run_upscale(demo: Path, *, size: tuple[int, int] = UPSCALE_SIZE, seed: int = UPSCALE_SEED,
+                settings: dict | None = None, md=None) -> list[Item]:
+    """One 4x upscale of a scene three ways, with PSNR against the truth, color_drift and seams; images in `demo`."""
+    import numpy as np
+    from PIL import Image
+
+    from .toy import EMBEDDED_CONTROLNETS
+    from .toy.scenes import make_scene, sample_params
+
+    settings = {**UPSCALE_SETTINGS, **(settings or {})}
+    if md is None:
+        from .pipeline import MultiDiffusionPipeline
+
+        md = MultiDiffusionPipeline.from_pretrained("toy-scenes")
+    arr, labels = make_scene(sample_params(np.random.default_rng(seed)), *size)
+    truth = Image.fromarray(np.round(arr * 255).astype(np.uint8))
+    low = truth.resize((size[1] // UPSCALE_FACTOR, size[0] // UPSCALE_FACTOR), Image.BICUBIC)
+    win = int(md.native_window)
+    grid = {"x": tuple(range(win, size[1], win)), "y": tuple(range(win, size[0], win))}
+    cn = UPSCALE_CONTROLNET if (EMBEDDED_CONTROLNETS[UPSCALE_CONTROLNET] / "config.json").is_file() else None
+    mine = "mdtools mixture + tile ControlNet" if cn else "mdtools mixture"
+    outs = {"truth": (truth, grid), "bicubic": (low.resize(truth.size, Image.BICUBIC), grid)}
+    common = dict(scale=UPSCALE_FACTOR, prompt=labels.prompt, seed=seed, progress=False, **settings)
+    usdu = md.upscale(low, method="usdu", **{k: v for k, v in common.items() if k != "overlap"})
+    outs["Ultimate SD Upscale"] = (usdu.image, grid)
+    res = md.upscale(low, method="mixture", controlnet=cn, **common)
+    outs[mine] = (res.image, res.plan)  # seams at its views' edges
+    items = []
+    for label, (img, lines) in outs.items():
+        path = demo / f"upscale_{label.split()[0].lower() if label != mine else 'mdtools'}.png"
+        img.save(path)
+        items.append((label, path, upscale_figures(img, truth, lines)))
+    comparison_png(items, demo / "upscale_comparison.png", _upscale_title)
+    return items
+
+
 def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "results/demo/quickstart",
-             scenes: str | None = SCENES_EXPERIMENT) -> int:
+             scenes: str | None = SCENES_EXPERIMENT, upscale: bool = True) -> int:
     t0 = time.perf_counter()
     exp = load_experiment(experiment)
     out_dir = Path(out)
@@ -110,6 +170,9 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
     if items:
         comparison_png(items, demo / "comparison.png")
     scene_items = run_scenes(scenes, Path(out).parent / "scenes", demo) if scenes and Path(scenes).is_file() else []
+    t_up = time.perf_counter()
+    up_items = run_upscale(demo) if upscale else []
+    t_up = time.perf_counter() - t_up
     print("\nmdtools demo done in {:.0f} s".format(time.perf_counter() - t0))
     for label, path, m in items:
         print(f"  image     {path}  seam_structure={m.get('seam_structure', float('nan')):.2f} (1 = seamless)")
@@ -123,4 +186,14 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
         print(f"  scene     {path}  {_suns_title(label, m)}")
     if scene_items:
         print(f"  compare   {demo / 'scenes_comparison.png'}  (notebook notebooks/07_coherence.ipynb)")
+    print_upscale(up_items, demo, t_up)
     return 0
+
+
+def print_upscale(items: list[Item], demo: Path, seconds: float) -> None:
+    """The upscale lines of the demo's summary: each image's path and figures, the comparison and its time."""
+    for label, path, m in items:
+        print(f"  upscale   {path}  {_upscale_title(label, m)}")
+    if items:
+        print(f"  compare   {demo / 'upscale_comparison.png'}  (one 4x upscale of a scene: {seconds:.0f} s; "
+              "benchmark: notebooks/08_upscale.ipynb)")

@@ -1,0 +1,49 @@
+"""`make demo`'s upscale part: one 4x upscale of a scene beside bicubic and Ultimate SD Upscale, with its figures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mdtools.demo import UPSCALE_FACTOR, print_upscale, run_upscale
+
+
+@pytest.fixture(scope="module")
+def upscaled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    # 4 steps at strength 0.4: one denoising step, enough to run every path fast
+    return out, run_upscale(out, size=(128, 128), settings={"steps": 4})
+
+
+def test_upscale_demo_writes_every_image_and_the_comparison(upscaled):
+    out, items = upscaled
+    labels = [label for label, _, _ in items]
+    assert labels[:3] == ["truth", "bicubic", "Ultimate SD Upscale"] and labels[3].startswith("mdtools mixture")
+    for _, path, m in items:
+        assert path.is_file() and Image.open(path).size == (128, 128)
+        assert set(m) == {"psnr", "color_drift", "seam_structure"}
+    assert (out / "upscale_comparison.png").is_file()
+
+
+def test_upscale_demo_psnr_is_against_the_truth(upscaled):
+    """The printed PSNR equals 10 log10(1 / MSE) of the saved image against the saved truth (NumPy)."""
+    _, items = upscaled
+    truth = np.asarray(Image.open(items[0][1]), dtype=np.float64) / 255
+    assert math.isinf(items[0][2]["psnr"])
+    for _, path, m in items[1:]:
+        mse = np.mean((np.asarray(Image.open(path), dtype=np.float64) / 255 - truth) ** 2)
+        assert m["psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-6)
+    low = Image.open(items[0][1]).resize((128 // UPSCALE_FACTOR,) * 2, Image.BICUBIC)
+    assert np.array_equal(np.asarray(low.resize((128, 128), Image.BICUBIC)), np.asarray(Image.open(items[1][1])))
+
+
+def test_upscale_demo_prints_paths_and_figures(upscaled, capsys):
+    out, items = upscaled
+    print_upscale(items, out, 12.3)
+    text = capsys.readouterr().out
+    for label, path, m in items:
+        assert str(path) in text and f"PSNR {m['psnr']:.2f} dB" in text and f"seam_structure {m['seam_structure']:.2f}" in text
+    assert "upscale_comparison.png" in text and "12 s" in text
