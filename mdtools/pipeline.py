@@ -463,6 +463,12 @@ class MultiDiffusionPipeline:
         r.extra["vae_tiling"] = (vae_opts if vae_opts is None
                                  else {**vae_opts, "circular": str(call.plan.circular), **vae_report})
 
+    def upscale(self, image: Any, **kwargs: Any) -> Any:
+        """Upscale an existing image in tiles: `mdtools.upscale.upscale(self, image, **kwargs)` (docs/upscale.md)."""
+        from .upscale import upscale
+
+        return upscale(self, image, **kwargs)
+
 
 def _state_record(states: StateFile | None, run: Run, resume: Any, changed: list[str], viewer: Previewer | None,
                   shard: Any) -> dict:
