@@ -25,9 +25,9 @@ Departures (docs/upscalers.md lists each with its reference): the per-tile img2i
 img2img (= diffusers' StableDiffusionImg2ImgPipeline: `int(steps*strength)` steps of the pipeline's
 scheduler), not ComfyUI's KSampler (a schedule of int(steps/denoise) steps, §7); the tile defaults
 to the model's native window (the port's 512 is SD 1.5's); the port never applies
-`seam_fix_denoise` (it sets `p.denoising_strength`, while its sampler reads `p.denoise`, the redraw
-denoise), so the default None does the same and a number applies it as A1111 does; processing sizes
-round to the model's size multiple (8 for SD/SDXL, 16 for SD3/FLUX) instead of 8.
+`seam_fix_denoise` (the script sets `p.denoising_strength`, USDU-A:…:274, while the port's sampler
+reads `p.denoise`, the redraw denoise), so the default None does the same and a number applies it
+as A1111 does; processing sizes round to the model's size multiple (8 for SD/SDXL, 16 for SD3/FLUX).
 """
 
 from __future__ import annotations
