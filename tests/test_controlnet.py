@@ -247,7 +247,7 @@ def test_view_batch_size_invariance_and_batch_of_prompts(sd):
 def test_supported_methods_run_with_the_controlnet(sd, method, extra):
     pipe, cn = sd
     md = MultiDiffusionPipeline.from_pipe(pipe)
-    kw = dict(height=64, width=128, overlap=32, num_inference_steps=3, output_type="latent", progress=False,
+    kw = dict(height=64, width=128, overlap=32, num_inference_steps=2, output_type="latent", progress=False,
               method=method, generator=2)
     kw.update(extra)
     if kw.get("regions") == "one":
@@ -359,6 +359,35 @@ def test_bad_input_fails_before_any_model_call(sd, sdxl, bad, match):
         h1.remove()
         h2.remove()
     assert calls == [] and te == []
+
+
+def test_controlnet_of_another_text_width_is_refused(sd):
+    from diffusers import ControlNetModel
+
+    from .conftest import tiny_unet
+
+    pipe, _ = sd
+    other = ControlNetModel.from_unet(tiny_unet(cross_dim=16), conditioning_embedding_out_channels=(4, 8, 8, 8))
+    with pytest.raises(mdtools.ConfigError, match="its cross_attention_dim is 16, the model's is 32"):
+        MultiDiffusionPipeline.from_pipe(pipe)(PROMPT, controlnet=other, control_image=control(64, 64), height=64,
+                                              width=64, overlap=0, progress=False)
+
+
+def test_pil_control_image_of_the_canvas_aspect_is_resized_as_diffusers_does(sd):
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image
+
+    pipe, cn = sd
+    md = MultiDiffusionPipeline.from_pipe(pipe)
+    small = Image.fromarray((control(32, 48, seed=2)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).convert("RGBA")
+    kw = dict(controlnet=cn, height=64, width=96, overlap=32, num_inference_steps=2, generator=0, output_type="latent",
+              progress=False)
+    a = md(PROMPT, control_image=small, **kw).latents
+    resized = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False).preprocess(small, 64, 96)
+    b = md(PROMPT, control_image=resized, **kw).latents
+    assert diff(a, b) == 0.0
+    with pytest.raises(mdtools.ConfigError, match="convert it to 8-bit RGB"):
+        md(PROMPT, control_image=Image.new("I;16", (96, 64)), **kw)
 
 
 def test_union_needs_a_mode_in_range(sdxl):
