@@ -34,6 +34,7 @@ from .models import (
     flux_cfg_passes,
     load_pipeline,
     model_options,
+    prepare_control,
     read_model_kind,
     read_native_window,
     read_scale_factor,
@@ -302,6 +303,13 @@ class MultiDiffusionPipeline:
         preview: Any = None,
         preview_every: int = 1,
         model_options: dict[str, Any] | None = None,
+        control_image: Any = None,
+        controlnet: Any = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
+        control_mode: int | list[int] | None = None,
         **model_kwargs: Any,
     ) -> MultiDiffusionOutput:
         """Generate a `height` x `width` canvas with MultiDiffusion or another method.
@@ -325,6 +333,12 @@ class MultiDiffusionPipeline:
         `preview` / `preview_every`: live previews (mdtools.preview). Returns
         MultiDiffusionOutput(images, latents, plan, record).
 
+        ControlNet (docs/controlnet.md), under diffusers' names and meanings: `control_image` at the
+        canvas size (cropped to each view, whose ControlNet runs on its own crop), `controlnet` (default:
+        the wrapped pipeline's; a ControlNetModel, ControlNetUnionModel, MultiControlNetModel, a list, a
+        folder or an embedded name such as "toy-scenes-tile"), `controlnet_conditioning_scale`,
+        `control_guidance_start` / `control_guidance_end`, `guess_mode`, `control_mode` (Union ids).
+
         Options of one model kind go in `model_options` (or as keywords, their old form):
         `sdxl_view_crops`, `class_labels` (pixel UNets), and for the transformers `positions`,
         `flow_mu`, `true_cfg_scale`, `max_sequence_length` (mdtools.models.MODEL_OPTIONS and
@@ -347,6 +361,10 @@ class MultiDiffusionPipeline:
         plan = call.plan
         vae_opts = self.vae_tiling_options(vae_tiling, plan) if output_type != "latent" else None
         self._check_inputs(call, meth, prompt, init_latents, metrics, output_type)
+        control = prepare_control(self, meth, call, controlnet=controlnet, control_image=control_image,
+                                  controlnet_conditioning_scale=controlnet_conditioning_scale, guess_mode=guess_mode,
+                                  control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end,
+                                  control_mode=control_mode)
         if isinstance(generator, int):
             generator = torch.Generator("cpu").manual_seed(generator)
         states, resumed, changed = self._state_files(call, meth, state_path, state_every, resume,
@@ -358,6 +376,7 @@ class MultiDiffusionPipeline:
         with rec.phase("total"):
             with rec.phase("encode_prompt"):
                 adapter = self._adapter(prompt, negative_prompt, guidance_scale, guidance_rescale, call, meth, opts)
+                adapter.control = control
             dtype = adapter.pos.dtype if hasattr(adapter, "pos") else self.dtype  # as diffusers: embeds' dtype
             run = Run(self, call, adapter, kernel=call.kernel, generator=generator, recorder=rec, callback=callback,
                       progress=progress, eta=eta, diagnostics=diagnostics, diagnostics_map=diagnostics_map,
@@ -447,6 +466,8 @@ class MultiDiffusionPipeline:
         r.extra["method"] = meth.describe()
         r.extra["method_draws"] = _jsonable(meth.draws)
         r.extra["cost"] = cost.to_dict()
+        control = getattr(run.adapter, "control", None)
+        r.extra["controlnet"] = None if control is None else control.describe()
         r.extra["stages"] = run.n_stages
         if call.regions:
             r.extra["regions"] = [{"prompt": g.prompt, "box": g.box, "mask": g.mask is not None} for g in call.regions]
@@ -462,6 +483,12 @@ class MultiDiffusionPipeline:
         r.extra["finite"] = bool(torch.isfinite(latents).all())
         r.extra["vae_tiling"] = (vae_opts if vae_opts is None
                                  else {**vae_opts, "circular": str(call.plan.circular), **vae_report})
+
+    def upscale(self, image: Any, **kwargs: Any) -> Any:
+        """Upscale an existing image in tiles: `mdtools.upscale.upscale(self, image, **kwargs)` (docs/upscale.md)."""
+        from .upscale import upscale
+
+        return upscale(self, image, **kwargs)
 
 
 def _state_record(states: StateFile | None, run: Run, resume: Any, changed: list[str], viewer: Previewer | None,

@@ -67,7 +67,7 @@ class CallSpec:
 
 
 #: the kinds of work Cost prices by their floating-point operations, per call (per evaluation for the model)
-FLOP_KINDS = ("unet_evaluation", "vae_decode", "vae_encode", "loss", "backward")
+FLOP_KINDS = ("unet_evaluation", "controlnet_evaluation", "vae_decode", "vae_encode", "loss", "backward")
 
 
 @dataclass
@@ -99,6 +99,11 @@ class Cost:
     vae_encode_seconds: float = 0.0
     loss_calls: int = 0
     loss_seconds: float = 0.0
+    #: ControlNet forwards, and samples through one ControlNet (a view with CFG counts 2, guess mode 1;
+    #: each ControlNet of a MultiControlNet counts); their seconds are a part of unet_seconds
+    controlnet_calls: int = 0
+    controlnet_evaluations: int = 0
+    controlnet_seconds: float = 0.0
     #: FLOPs of one unit of each kind of FLOP_KINDS (one model evaluation, one decode, ...), counted once
     flops: dict[str, float] = field(default_factory=dict)
 
@@ -110,7 +115,8 @@ class Cost:
     def unet_equivalents(self) -> float:
         """Denoising work in no-grad UNet evaluations: evaluations count 1, other work its FLOPs over
         one evaluation's. NaN when other work ran whose FLOPs were not counted."""
-        other = {"vae_decode": self.vae_decode_calls, "vae_encode": self.vae_encode_calls, "loss": self.loss_calls,
+        other = {"controlnet_evaluation": self.controlnet_evaluations, "vae_decode": self.vae_decode_calls,
+                 "vae_encode": self.vae_encode_calls, "loss": self.loss_calls,
                  "backward": self.backward_calls}
         total = float(self.unet_evaluations + self.unet_grad_evaluations)
         for kind, n in other.items():
@@ -278,6 +284,8 @@ class Run(StepContext):
         self.resumed_at: tuple[int, int] | None = None  # (stage, step) a resumed run continued from
         if getattr(md, "shard", None) is not None:
             md.shard.reset()
+        if getattr(adapter, "control", None) is not None:
+            adapter.control.bind(self)  # its keep schedule and canvas size follow this loop's stage
 
     # ---- the model ----------------------------------------------------------------------------
     @property
@@ -477,6 +485,12 @@ class Run(StepContext):
             self.cost.unet_calls += f.forward_calls
             self.cost.unet_evaluations += f.model_evaluations
             self.cost.unet_seconds += f.forward_seconds
+        control = getattr(self.adapter, "control", None)
+        if control is not None:
+            self.cost.controlnet_calls += control.calls
+            self.cost.controlnet_evaluations += control.evaluations
+            self.cost.controlnet_seconds += control.seconds
+            self.cost.flops.update(control.flops)  # both counted without nesting: the cleanest prices
         shard = getattr(self.md, "shard", None)
         if shard is not None:  # the canvas's work is every rank's: counts summed (seconds stay this rank's)
             counts = torch.tensor([self.cost.unet_calls, self.cost.unet_evaluations], dtype=torch.float64)

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"analysis"},
     {"comfy", "sweep", "refine"},
     {"pipeline"},
-    {"call"},
+    {"call", "upscale"},
     {"methods", "models"},
     {"sampling", "toy", "state", "preview"},
     {"fusion", "vae", "metrics", "distributed"},

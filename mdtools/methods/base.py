@@ -123,6 +123,8 @@ class Method:
             raise ConfigError(f"method {self.name!r} runs its own stages; init_latents (img2img) is not supported")
         if call.circular and not self.supports_circular:
             raise ConfigError(f"method {self.name!r} does not support circular canvases; use circular=False")
+        if self.image_space and not call.img2img:
+            raise ConfigError(f"{self.name} upscales an existing image; use md.upscale(...)")
 
     def needs_cfg(self, call: CallSpec) -> bool:
         """Whether the model runs with classifier-free guidance (as diffusers: scale > 1)."""
@@ -175,3 +177,21 @@ class Method:
     def end(self, ctx: StepContext, latents: torch.Tensor) -> torch.Tensor:
         """Called at the end of each denoising loop; returns the loop's result."""
         return latents
+
+    # ---- image-space methods (image_space = True) -----------------------------------------
+    def upscale_image(self, md: Any, image: torch.Tensor, *, prompt: str | None, negative_prompt: str | None,
+                      strength: float, steps: int, guidance_scale: float, seed: int, controlnet: Any = None,
+                      control_image: torch.Tensor | None = None, controlnet_conditioning_scale: float = 1.0,
+                      progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Refine an image tile by tile in pixels (methods with `image_space = True`; `md.upscale` calls it).
+
+        `md` is the pipeline (duck-typed: `md(...)`, `md.decode`, `md.vae`, `md.native_window`);
+        `image` is (1, 3, H, W) float in [0, 1], already resized to the canvas; `control_image`
+        likewise (or None). Each tile is a one-view img2img call of `md` at `strength` with
+        `steps` and `guidance_scale`, its noise drawn from `seed`; a `controlnet` gets the
+        control image cropped to the tile. Returns the refined image ((1, 3, H, W) in [0, 1])
+        and the counts for the record: unet_evaluations, vae_encodes, vae_decodes, tiles, and
+        the method's own (e.g. seam_fix_jobs). Bad values raise ConfigError before any model call.
+        """
+        raise ConfigError(f"method {self.name!r} denoises latents in the sampling loop; it has no image-space "
+                          "upscale_image (md.upscale runs it as a tiled img2img)")

@@ -70,6 +70,9 @@ class DemoFusionMethod(Method):
 
     name = "demofusion"
     kernel_from_call = False  # its own view sets and weights per stage
+    no_controlnet = ("its dilated global views sample the canvas with a stride and its jittered views reach over "
+                     "the edge, which have no control-image crop; use multidiffusion, mixture, spotdiffusion or "
+                     "global_pass")
     PARAMS = {
         "stages": Param(None, lambda v: v is None or (is_int(v) and v >= 1), "an integer >= 1, e.g. 2",
                         "number of stages S (default: native windows along the longer side)"),

@@ -81,6 +81,16 @@ def _vae(img, plan, ref, opts):
     return Score(out["mean_drift"], details=out)
 
 
+def _drift(img, plan, ref, opts):
+    tiles = [v.pixel_box(plan.scale) for v in plan.views] if plan is not None else None
+    return F.color_drift(img, ref, tiles)
+
+
+def _drift_worst(img, plan, ref, opts):
+    s = _drift(img, plan, ref, opts)
+    return Score(s.details["worst_tile"], details=s.details)
+
+
 METRICS: dict[str, MetricSpec] = {
     s.name: s for s in (
         MetricSpec("seam_score", _seam, False, "ratio (1 = seamless)",
@@ -109,6 +119,12 @@ METRICS: dict[str, MetricSpec] = {
                    description="PSNR against reference"),
         MetricSpec("ssim", lambda i, p, r, o: F.ssim(i, r), True, "similarity (1 = identical)", needs_reference=True,
                    description="SSIM against reference"),
+        MetricSpec("color_drift", _drift, False, "Delta E 2000", needs_reference=True,
+                   description="mean CIEDE2000 between the heavily blurred image and the blurred reference resized to "
+                               "its size (sigma = min side / 32): colour drift of an upscale vs its source; details hold "
+                               "the worst tile"),
+        MetricSpec("color_drift_worst", _drift_worst, False, "Delta E 2000", needs_reference=True,
+                   description="color_drift's largest tile mean (tiles: the plan's views, else a 4 x 4 grid)"),
         MetricSpec("tv", lambda i, p, r, o: F.total_variation(i), None, "intensity per pixel",
                    description="mean absolute neighbour difference (x + y)"),
         MetricSpec("vae_seam", _vae, False, "intensity (0-1)", needs_reference=True,
@@ -149,7 +165,8 @@ def evaluate(
 
     `image`: PIL image, HxWx3 uint8/float array or (1,)3xHxW tensor in [0, 1]. `plan`: the
     TilePlan that made it (seam lines, crop size). `reference`: the image to compare with
-    for psnr/ssim, or the one-piece decode for vae_seam. Default metrics: seam_score,
+    for psnr/ssim, or the one-piece decode for vae_seam; for color_drift the source image
+    at any size (resized to the image's). Default metrics: seam_score,
     seam_score_lab, wrap_seam_score (only for circular plans), tv, plus psnr and ssim when
     a reference is given. `options`: band, crop, lpips_net, style_features, tiles,
     reference_images (a list of images for kid_featnet, e.g. single-window generations of the

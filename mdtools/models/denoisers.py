@@ -12,7 +12,7 @@ view's guided prediction is the denoiser output MultiDiffusion averages.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -43,6 +43,8 @@ class _GuidedAdapter:
         # as diffusers: scale <= 1 means a single conditional pass (unless a view asks for more)
         self.cfg = guidance_scale > 1.0 if cfg is None else cfg
         self.evaluations_per_sample = 2 if self.cfg else 1
+        #: mdtools.models.controlnet.ViewControl: ControlNet residuals of each view's own crop (SD, SDXL)
+        self.control: Any = None
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cond: torch.Tensor | None,
                  cfg_half: int) -> torch.Tensor:
@@ -138,14 +140,11 @@ class SDAdapter(_GuidedAdapter):
         tc = self.timestep_cond
         if tc is not None:
             tc = _tile_cond(tc, x.shape[0] // tc.shape[0])
-        return self.unet(
-            x,
-            t,
-            encoder_hidden_states=self._embeds(n, cond, cfg_half),
-            timestep_cond=tc,
-            added_cond_kwargs=self._added(views, cond, cfg_half),
-            return_dict=False,
-        )[0]
+        kw = dict(encoder_hidden_states=self._embeds(n, cond, cfg_half), timestep_cond=tc,
+                  added_cond_kwargs=self._added(views, cond, cfg_half))
+        if self.control is not None:
+            return self.control.unet_call(self.unet, x, t, views, cfg_half, **kw)
+        return self.unet(x, t, **kw, return_dict=False)[0]
 
 
 class SDXLAdapter(SDAdapter):

@@ -13,10 +13,12 @@ definitions, units and blind spots.
     reference    `psnr`, `ssim`, `total_variation`
     consistency  `intra_lpips`, `intra_style`, `intra_color` over window crops
     kid          `kid` and its MMD estimate
+    color_drift  `color_drift` (low-frequency CIEDE2000 against the source)
 """
 
 from __future__ import annotations
 
+from .color_drift import color_drift, drift_map
 from .consistency import (
     LPIPS_BACKBONES,
     STYLE_BACKBONES,
@@ -46,6 +48,7 @@ from .structure import DEFAULT_DEPTH, DEFAULT_STRUCT_SEGMENT, decorrelation_prof
 from .vae_seam import vae_seam
 
 __all__ = [
+    "color_drift", "drift_map",
     "Box", "DEFAULT_BAND", "DEFAULT_DEPTH", "DEFAULT_GRID", "DEFAULT_SEGMENT", "DEFAULT_STRUCT_SEGMENT", "LPIPS_BACKBONES",
     "Lines", "LinesLike", "Mode", "STYLE_BACKBONES", "SeamStats", "control_lines", "conv_features", "crop_grid",
     "decorrelation_profile", "gram_matrix", "intra_color", "intra_lpips", "intra_style", "kid", "kid_from_features",
