@@ -50,17 +50,19 @@ from mdtools.instrument import Recorder  # noqa: E402
 MODEL = "toy-scenes"
 CONTROLNET = "toy-scenes-tile"
 DATASETS = ("scenes", "textures")
-#: (height, width) of the truth per dataset: 2 x 2 windows of the 128 px model for scenes; a held-out
-#: texture stripe is 144+ px wide, so textures are 2 x 1 windows
-SIZES = {"scenes": (256, 256), "textures": (256, 128)}
+#: (height, width) of the truth per dataset, 2 x 1 windows of the 128 px model (3 views at 32 px overlap):
+#: scenes one window tall (each view sees the whole sky-to-ground height, as in a panorama: on a 256 px tall
+#: canvas the toy model paints a horizon in every view row), textures one window wide (a held-out stripe
+#: is 144+ px wide)
+SIZES = {"scenes": (128, 256), "textures": (256, 128)}
 SCENE_SEED0, TEXTURE_SEED0 = 10_000, 20_000  # image i draws from default_rng(SEED0 + i)
 #: the settings every diffusion method shares (`--strength` etc. override)
-DEFAULTS = {"strength": 0.4, "steps": 20, "guidance": 5.0, "overlap": 32}
+DEFAULTS = {"strength": 0.3, "steps": 10, "guidance": 5.0, "overlap": 32}
 #: label -> upscale() keywords (the shared settings are added); bicubic and Lanczos are plain PIL resizes
 METHOD_KWARGS: dict[str, dict[str, Any]] = {
     "naive_tiles": {"method": "naive_tiles"},
     "usdu": {"method": "usdu"},
-    "usdu+seamfix": {"method": "usdu", "method_params": {"seam_fix_mode": "half_tile"}},
+    "usdu+seamfix": {"method": "usdu", "method_params": {"seam_fix": "half_tile"}},
     "usdu+cn": {"method": "usdu", "controlnet": CONTROLNET},
     "multidiffusion": {"method": "multidiffusion"},
     "multidiffusion+cn": {"method": "multidiffusion", "controlnet": CONTROLNET},
@@ -132,7 +134,7 @@ def measure(out: torch.Tensor, truth: Truth, lines: Any, plan: Any) -> dict[str,
     m["metric.ssim"] = ssim_wang(out, truth.tensor)
     m["metric.lpips_feat"] = float(lpips_distance(feature_maps(out), feature_maps(truth.tensor))[0])
     try:
-        cd = evaluate(out, plan, metrics=["color_drift"], reference=truth.tensor)["color_drift"]
+        cd = evaluate(out, None, metrics=["color_drift"], reference=truth.tensor)["color_drift"]  # worst of a fixed 4 x 4 grid
         m["metric.color_drift"] = float(cd)
         m["metric.color_drift_worst"] = float(worst_tile(cd.details))
     except Exception as exc:  # the metric lands with helper "up"; a row says why it is missing
@@ -308,9 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     ap.add_argument("--guidance", type=float, default=DEFAULTS["guidance"])
     ap.add_argument("--overlap", type=int, default=DEFAULTS["overlap"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: on a shared, oversubscribed machine more threads only spin)")
     ap.add_argument("--retry-failed", action="store_true")
     ap.add_argument("--no-tables", action="store_true", help="do not render summary / comparisons / findings")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     runs = out / "runs.jsonl"
