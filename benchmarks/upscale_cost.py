@@ -33,7 +33,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "usdu": {"method": "usdu"},
 }
 SETTINGS = {"strength": 0.4, "steps": 20, "guidance_scale": 5.0, "seed": 0, "overlap": 32}
-SIZES = ((256, 256), (256, 512))  # outputs (height, width); sources are a quarter of each side
+SIZES = ((128, 256), (256, 512))  # outputs (height, width); sources are a quarter of each side
 FIELDS = ["method", "out_height", "out_width", "repeat", "status", "error", "time.total", "time.resize", "time.encode",
           "time.denoise", "time.decode", "peak_mb", "model_evaluations", "vae_encodes", "vae_decodes", "cpu_threads",
           "load_before", "load_after"]
@@ -55,6 +55,7 @@ def source(size: tuple[int, int]) -> Any:
 
 def one(md: Any, label: str, size: tuple[int, int], repeat: int) -> dict[str, Any]:
     import torch
+
     from mdtools.upscale import upscale
 
     low, prompt = source(size)
@@ -82,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/bench/upscale_cost.csv")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded per row)")
     ap.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES], help="HxW outputs, e.g. 256x512")
     args = ap.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    import torch
+
+    torch.set_num_threads(args.threads)
     from tqdm.auto import tqdm
 
     from mdtools import MultiDiffusionPipeline
