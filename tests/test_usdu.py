@@ -347,7 +347,7 @@ def test_a_controlnet_without_pipeline_support_is_refused_or_cropped_per_tile(md
     from diffusers import ControlNetModel
 
     torch.manual_seed(0)
-    cn = ControlNetModel.from_unet(md.pipe.unet, conditioning_embedding_out_channels=(8, 16)).eval()
+    cn = ControlNetModel.from_unet(md.pipe.unet, conditioning_embedding_out_channels=(4, 8, 8, 8)).eval()
     control = torch.rand(1, 3, 64, 128)
     calls = []
 
@@ -359,13 +359,17 @@ def test_a_controlnet_without_pipeline_support_is_refused_or_cropped_per_tile(md
             return getattr(self.inner, k)
 
         def __call__(self, *a, control_image=None, **k):
-            calls.append(control_image)
+            calls.append((control_image, k.get("controlnet"), k.get("controlnet_conditioning_scale")))
             return self.inner(*a, control_image=control_image, **k)
 
     out, _ = meth.upscale_image(Spy(md), image, prompt=PROMPT, negative_prompt=None, strength=0.5, steps=2,
-                                guidance_scale=1.0, seed=0, controlnet=cn, control_image=control)
+                                guidance_scale=1.0, seed=0, controlnet=cn, control_image=control,
+                                controlnet_conditioning_scale=0.7)
     assert len(calls) == 2 and out.shape == (1, 3, 64, 128)
-    assert torch.equal(calls[1], F.interpolate(control[:, :, 0:64, 48:128], size=(64, 80), mode="nearest-exact"))
+    # crops (0, 0, 80, 64) and (48, 0, 128, 64), each resized nearest-exact to the 80 x 80 processing size
+    for (got, net, scale), (x1, x2) in zip(calls, ((0, 80), (48, 128))):
+        assert torch.equal(got, F.interpolate(control[:, :, 0:64, x1:x2], size=(80, 80), mode="nearest-exact"))
+        assert net is cn and scale == 0.7
 
 
 def test_pil_round_trip_is_the_ports_truncation():
