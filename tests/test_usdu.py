@@ -257,6 +257,21 @@ def test_tiles_are_sequential_later_tiles_crop_the_redrawn_canvas(md, monkeypatc
     assert (np.asarray(to_pil(out)) == (255, 0, 0)).all() and counts["tiles"] == 2
 
 
+def test_chess_order_runs_in_upscale_image(md, monkeypatch):
+    regions = []
+
+    def record(self, tile, strength, region, canvas):
+        regions.append(region[:2])
+        return tile
+
+    monkeypatch.setattr(TileSampler, "__call__", record)
+    get_method("usdu", tile_width=64, padding=0, mask_blur=0, order="chess").upscale_image(
+        md, smooth_image(128, 192), prompt=PROMPT, negative_prompt=None, strength=0.5, steps=2, guidance_scale=1.0,
+        seed=0)
+    # padding 0: each crop starts at its tile; even (xi + yi) first: (0,0) (2,0) (1,1), then (1,0) (0,1) (2,1)
+    assert regions == [(0, 0), (128, 0), (64, 64), (64, 0), (0, 64), (128, 64)]
+
+
 @pytest.mark.parametrize("mode, n_fix, fix_denoise", [("band_pass", 2, 0.5), ("half_tile", 4, None),
                                                        ("half_tile_intersections", 5, 0.75)])
 def test_seam_fix_runs_after_the_redraw_with_its_strength_and_sizes(md, monkeypatch, mode, n_fix, fix_denoise):
