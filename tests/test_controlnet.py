@@ -243,6 +243,7 @@ def test_view_batch_size_invariance_and_batch_of_prompts(sd):
     ("multidiffusion", {}), ("mixture", {}), ("spotdiffusion", {"overlap": 0}),
     ("global_pass", {"method_params": {"factor": 2, "strength": 0.5}, "width": 256}),
     ("multidiffusion", {"regions": "one"}),
+    ("syncdiffusion", {"method_params": {"loss": "mse"}}),
 ])
 def test_supported_methods_run_with_the_controlnet(sd, method, extra):
     pipe, cn = sd
@@ -274,7 +275,7 @@ def test_spotdiffusion_crops_the_control_image_where_its_shifted_windows_are(sd)
     assert diff(a.roll(-3, dims=3), b) <= 1e-4
 
 
-@pytest.mark.parametrize("method", ["demofusion", "syncdiffusion"])
+@pytest.mark.parametrize("method", ["demofusion"])
 def test_refused_methods_say_why(sd, method):
     pipe, cn = sd
     md = MultiDiffusionPipeline.from_pipe(pipe)
@@ -284,7 +285,7 @@ def test_refused_methods_say_why(sd, method):
     try:
         with pytest.raises(mdtools.ConfigError, match=f"method '{method}' cannot run a ControlNet: {reason[:30]}"):
             md(PROMPT, controlnet=cn, control_image=control(64, 128), height=64, width=128, overlap=32, method=method,
-               method_params={"loss": "mse"} if method == "syncdiffusion" else None, progress=False)
+               progress=False)
     finally:
         handle.remove()
     assert calls == []
