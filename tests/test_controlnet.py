@@ -336,6 +336,7 @@ def _count_calls(module):
     (dict(control_mode=3), "control_mode applies to a ControlNetUnionModel only"),
     (dict(controlnet="sdxl"), "controlnet is for another model family: its addition_embed_type is text_time"),
     (dict(controlnet="nowhere"), "neither an embedded name"),
+    (dict(controlnet="coarse"), r"its control image downsampling .* is 2, the model's is 8"),
     (dict(controlnet_conditioning_scale=[1.0, 2.0]), "controlnet_conditioning_scale has 2 entries for 1 ControlNet"),
 ])
 def test_bad_input_fails_before_any_model_call(sd, sdxl, bad, match):
@@ -347,6 +348,10 @@ def test_bad_input_fails_before_any_model_call(sd, sdxl, bad, match):
         kw["controlnet"] = [cn, cn]
     elif kw["controlnet"] == "sdxl":
         kw["controlnet"] = sdxl[1]
+    elif kw["controlnet"] == "coarse":  # a control embedding that downsamples 2x, not the VAE's 8x
+        from diffusers import ControlNetModel
+
+        kw["controlnet"] = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(4, 8))
     elif kw["controlnet"] == "nowhere":
         kw["controlnet"] = "/no/such/controlnet"
     if kw["controlnet"] is None:

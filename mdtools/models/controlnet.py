@@ -278,8 +278,9 @@ def _nets(controlnet: Any) -> tuple[list[Any], bool]:
     return [controlnet], False
 
 
-def check_family(net: Any, kind: str, unet: Any) -> None:
-    """A ControlNet must condition this model: its class, and its config against the denoiser's."""
+def check_family(net: Any, kind: str, unet: Any, vae_scale: int | None = None) -> None:
+    """A ControlNet must condition this model: its class, and its config against the denoiser's (and, for a
+    pixel-space control image, its conditioning embedding must downsample by the VAE's factor)."""
     cls = type(net).__name__
     if cls in UNSUPPORTED_CONTROLNETS:
         raise ConfigError(f"controlnet: {cls} (FLUX, latent-space control of packed tokens) is not supported per view "
@@ -308,6 +309,10 @@ def check_family(net: Any, kind: str, unet: Any) -> None:
                  ("in_channels", cn.in_channels, uc.in_channels),
                  ("block_out_channels", list(cn.block_out_channels), list(uc.block_out_channels)),
                  ("addition_embed_type", cn.addition_embed_type, uc.addition_embed_type)]
+        if vae_scale is not None:  # the conditioning embedding has one stride-2 convolution per step after the first
+            down = 2 ** (len(cn.conditioning_embedding_out_channels) - 1)
+            pairs.append(("control image downsampling (2^(len(conditioning_embedding_out_channels) - 1))", down,
+                          vae_scale))
     for key, a, b in pairs:
         if a != b:
             raise ConfigError(f"controlnet is for another model family: its {key} is {a}, the model's is {b} "
@@ -408,7 +413,7 @@ def prepare_control(md: Any, meth: Any, call: Any, *, controlnet: Any, control_i
                       for c in controlnet]
     nets, from_multi = _nets(controlnet)
     for net in nets:
-        check_family(net, md.family.kind, md.unet)
+        check_family(net, md.family.kind, md.unet, md.vae_scale_factor)
     n = len(nets)
     images = control_image if isinstance(control_image, (list, tuple)) and n > 1 else [control_image]
     if n > 1 and not isinstance(control_image, (list, tuple)):
