@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mdtools import MultiDiffusionPipeline, Region
-from mdtools.methods import generation_methods
 from mdtools.errors import ConfigError
+from mdtools.methods import generation_methods
 from mdtools.models import FAMILIES, read_model_kind, read_native_window
 
 PROMPT = "a photo of a beach"
