@@ -10,12 +10,14 @@ measures the result against the truth: the run's metrics get the truth as `refer
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from .config import RunConfig
+
+if TYPE_CHECKING:  # config imports this module for its checks; the annotation only needs the name
+    from .config import RunConfig
 
 
 def truth_and_source(cfg: RunConfig, scale: int) -> tuple[np.ndarray, Any, str]:
