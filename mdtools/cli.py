@@ -1,4 +1,4 @@
-"""Command line: `mdtools generate | train-toy | demo | run | report`.
+"""Command line: `mdtools generate | upscale | train-toy | demo | run | report`.
 
 Every argument is validated before a model is loaded, so a typo costs a second, not a
 model load.
@@ -115,6 +115,75 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale_arg(v: str) -> Any:
+    """--scale 4, 2.5 or HxW pixels (e.g. 512x1024)."""
+    if "x" in v:
+        h, _, w = v.partition("x")
+        try:
+            return (int(h), int(w))
+        except ValueError:
+            raise ConfigError(f"--scale {v!r} must be a factor (2, 4, 2.5) or HEIGHTxWIDTH pixels, e.g. 512x1024") from None
+    try:
+        f = float(v)
+    except ValueError:
+        raise ConfigError(f"--scale {v!r} must be a factor (2, 4, 2.5) or HEIGHTxWIDTH pixels, e.g. 512x1024") from None
+    return int(f) if f.is_integer() else f
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    import inspect
+
+    import torch
+
+    from .models import DTYPES, FLOW_KINDS
+    from .pipeline import MultiDiffusionPipeline
+    from .sweep.config import read_model_configs
+    from .upscale import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH, NOISE_INVERSION_DEFAULTS, check_upscale
+
+    # --- all checks first -------------------------------------------------------------
+    out = Path(args.out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConfigError(f"--out {args.out!r} must end in one of {list(IMAGE_SUFFIXES)}, e.g. upscaled.png")
+    inv: Any = None
+    flags = {k: ("inversion_steps" if k == "steps" else k) for k in NOISE_INVERSION_DEFAULTS}
+    given = {k: getattr(args, a) for k, a in flags.items() if getattr(args, a) is not None}
+    if args.noise_inversion or given:
+        inv = given or True
+    if args.controlnet is not None and "control_image" not in inspect.signature(MultiDiffusionPipeline.__call__).parameters:
+        raise ConfigError("--controlnet: this version's pipeline takes no ControlNet yet; upscale without it")
+    path, vsf, native, kind = read_model_configs(args.model)
+    settings = dict(scale=_scale_arg(args.scale), method=args.method,
+                    strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
+                    method_params=_kernel_params(args.method_param, "--method-param", "seam_fix_mode='band_pass'"),
+                    prompt=args.prompt, negative_prompt=args.negative_prompt, upscaler=args.upscaler,
+                    color_fix=args.color_fix, color_fix_tiles=args.color_fix_tiles, noise_inversion=inv,
+                    steps=DEFAULT_STEPS if args.steps is None else args.steps,
+                    guidance_scale=DEFAULT_GUIDANCE if args.guidance is None else args.guidance, window=args.window,
+                    overlap=args.overlap)
+    chk = check_upscale(args.image, **settings, vae_scale_factor=vsf,
+                        size_multiple=vsf * (2 if kind in FLOW_KINDS else 1), native_window=native or 512)
+    for note in chk.notes:
+        print(f"note: {note}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # --- load and run -----------------------------------------------------------------------
+    md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=device)
+    extra = {"controlnet": args.controlnet} if args.controlnet is not None else {}
+    res = md.upscale(args.image, **settings, seed=args.seed, progress=True, **extra)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res.image.save(out)
+    rec_path = out.with_suffix(".json")
+    rec = dict(res.record, args={k: v for k, v in vars(args).items() if k != "func"})
+    rec_path.write_text(json.dumps(rec, indent=1, default=str))
+    ph = res.record["phases"]
+    times = ", ".join(f"{k} {ph[k]['seconds']:.1f} s" for k in ("encode", "invert", "denoise", "decode", "color_fix")
+                      if k in ph)
+    h, w = chk.canvas
+    print(f"wrote {out} ({chk.source.shape[-1]}x{chk.source.shape[-2]} -> {w}x{h}, method {args.method}, strength "
+          f"{chk.strength}, {res.record['counts'].get('model_evaluations', 0)} model evaluations; {times}; total "
+          f"{ph['total']['seconds']:.1f} s) and its record {rec_path}")
+    return 0
+
+
 def cmd_train_toy(args: argparse.Namespace, rest: list[str]) -> int:
     from .toy.train import main as train_main
 
@@ -204,6 +273,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preview-every", type=int, default=0, metavar="K",
                    help="write a cheap RGB preview of the canvas to <out stem>.preview.png every K steps (0: off)")
     g.set_defaults(func=cmd_generate)
+
+    u = sub.add_parser("upscale", help="upscale an image in tiles (img2img with MultiDiffusion-style fusion; docs/upscale.md)")
+    u.add_argument("image", help="the image to upscale (.png/.jpg/.webp; RGBA, grey, 16-bit and palette are converted)")
+    u.add_argument("--scale", default="2", help="factor (2, 4, 2.5) or HEIGHTxWIDTH pixels (default 2)")
+    u.add_argument("--out", required=True, help="image path (.png/.jpg/.webp); the record goes next to it as .json")
+    u.add_argument("--model", default="toy-scenes",
+                   help="'toy-scenes' (embedded, default), 'toy', 'arch:<preset>', a diffusers folder or a hub id")
+    u.add_argument("--prompt", default="", help="the text prompt (default empty)")
+    u.add_argument("--negative-prompt", default=None)
+    u.add_argument("--strength", type=float, default=None, help="denoising strength in (0, 1] (default 0.35)")
+    u.add_argument("--method", default="multidiffusion",
+                   help="any method with img2img (multidiffusion, mixture, ...) or an image-space one (usdu, naive_tiles)")
+    u.add_argument("--method-param", action="append", default=[], metavar="NAME=VALUE", help="a parameter of the method")
+    u.add_argument("--upscaler", default="lanczos", help="lanczos (default) or bicubic")
+    u.add_argument("--controlnet", default=None, help="a ControlNet: 'toy-scenes-tile' (embedded) or a folder")
+    u.add_argument("--color-fix", default=None, help="wavelet or adain (StableSR's); default none")
+    u.add_argument("--color-fix-tiles", action="store_true", help="apply the colour fix per view instead of the whole image")
+    u.add_argument("--noise-inversion", action="store_true",
+                   help="A1111 Tiled Diffusion's noise inversion (defaults: 10 steps, retouch 1, renoise 1, kernel 64)")
+    u.add_argument("--steps", type=int, default=None, help="sampling steps (default 20; strength x steps run)")
+    u.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 7)")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--window", type=int, default=None, help="pixels; default: the model's native size")
+    u.add_argument("--overlap", type=int, default=None, help="pixels; default 8 latent px (64 for SD), at most half the window")
+    u.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    u.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
+    for key, kind, hint in (("steps", int, "inversion steps (default 10)"), ("retouch", float, "default 1"),
+                            ("renoise_strength", float, "default 1"), ("renoise_kernel", int, "pixels (default 64)")):
+        flag = "--inversion-steps" if key == "steps" else "--" + key.replace("_", "-")
+        u.add_argument(flag, dest=key if key != "steps" else "inversion_steps", type=kind, default=None,
+                       help=f"noise inversion: {hint}; implies --noise-inversion")
+    u.set_defaults(func=cmd_upscale)
 
     r = sub.add_parser("run", help="run an experiment file (resumable; finished runs are skipped)")
     r.add_argument("experiment", help="experiments/NAME.yaml")

@@ -197,3 +197,16 @@ def test_controlnet_refused_clearly_until_the_pipeline_takes_it(md):
         pytest.skip("the pipeline takes ControlNet: covered by test_controlnet_gets_the_resized_source")
     with pytest.raises(ConfigError, match="no ControlNet yet"):
         upscale(md, _src(), scale=2, overlap=32, controlnet="toy-scenes-tile", progress=False)
+
+
+def test_cli_refuses_bad_input_before_loading_and_writes_nothing(tmp_path, capsys):
+    from mdtools.cli import main
+
+    src = tmp_path / "in.png"
+    _src().save(src)
+    out = tmp_path / "out.png"
+    for extra, match in ((["--scale", "1.9"], "nearest valid size"), (["--strength", "0"], "strength must be in"),
+                         (["--method", "demofusion"], "does not support img2img"), (["--scale", "2x"], "HEIGHTxWIDTH")):
+        assert main(["upscale", str(src), "--out", str(out), "--model", "toy-scenes", *extra]) == 2
+        assert match in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".json").exists()

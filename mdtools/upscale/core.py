@@ -119,6 +119,94 @@ def _control(md: Any, controlnet: Any, control_image: Any, src: torch.Tensor, ca
     return out if many else out[0]
 
 
+@dataclass
+class UpscaleCheck:
+    """What `check_upscale` validated: the source, its conversions, the canvas, the settings, the plan."""
+
+    source: torch.Tensor
+    notes: list[str]
+    canvas: tuple[int, int]
+    strength: float
+    inversion: dict[str, Any] | None
+    method: Any
+    image_space: bool
+    plan: Any
+    call_kw: dict[str, Any]
+    call: Any = None  # the img2img CallSpec (latent methods)
+
+    def estimate(self) -> dict[str, float]:
+        """Expected model evaluations: the img2img's (the method's estimate) plus the inversion's
+        (steps x views, no CFG); image-space methods: views x int(steps x strength) x CFG."""
+        if self.call is not None:
+            work = dict(self.method.estimate(self.call))
+        else:
+            cfg = 2 if self.call_kw["guidance_scale"] > 1 else 1
+            work = {"unet_evaluations": self.plan.n_views * int(self.call_kw["num_inference_steps"] * self.strength) * cfg}
+        if self.inversion is not None:
+            work["unet_evaluations"] = work.get("unet_evaluations", 0) + self.inversion["steps"] * self.plan.n_views
+        return work
+
+
+def check_upscale(image: Any, *, scale: Any = 2, strength: float = DEFAULT_STRENGTH, method: Any = "multidiffusion",
+                  method_params: dict | None = None, prompt: Any = "", negative_prompt: Any = None,
+                  upscaler: Any = "lanczos", color_fix: str | None = None, color_fix_tiles: bool = False,
+                  noise_inversion: Any = None, steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+                  window: Any = None, overlap: Any = None, kernel: Any = None, kernel_params: dict | None = None,
+                  view_batch_size: int = 4, vae_scale_factor: int = 8, size_multiple: int = 8,
+                  native_window: int = 512) -> UpscaleCheck:
+    """Every check of `upscale` that needs no model (the CLI and experiment files call it before loading):
+    the image (read, converted, noted), strength, scale -> canvas, window, method, colour fix, inversion."""
+    src, notes = load_image(image)
+    strength = _check_strength(strength)
+    if color_fix is not None and color_fix not in COLOR_FIXES:
+        raise ConfigError(f"color_fix={color_fix!r} is not a colour fix; choose one of {list(COLOR_FIXES)} or None")
+    if not isinstance(color_fix_tiles, bool):
+        raise ConfigError(f"color_fix_tiles must be True (per view) or False (whole image), got {color_fix_tiles!r}")
+    if not callable(upscaler) and upscaler not in UPSCALERS:
+        raise ConfigError(f"upscaler={upscaler!r} is not known; choose one of {list(UPSCALERS)} or pass a callable "
+                          "image -> image (an upscale model)")
+    inv = check_noise_inversion(noise_inversion)
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 and int(steps * strength) < 1:
+        raise ConfigError(f"steps={steps} at strength={strength} gives {int(steps * strength)} denoising steps "
+                          f"(int(steps * strength), as diffusers); use steps >= {math.ceil(1 / strength)}")
+    name = method if isinstance(method, str) else getattr(method, "name", None)
+    cls = METHODS.get(name) if isinstance(method, str) else type(method)
+    if isinstance(method, str) and cls is None:
+        raise ConfigError(f"method={method!r} is not a known method; choose one of {sorted(METHODS)}")
+    image_space = bool(getattr(cls, "image_space", False))
+    if not image_space and not getattr(cls, "supports_img2img", True):
+        ok = sorted(n for n, c in METHODS.items() if c.supports_img2img or getattr(c, "image_space", False))
+        raise ConfigError(f"method {name!r} does not support img2img, so it cannot upscale an image; use one of {ok}")
+    if image_space and inv is not None:
+        raise ConfigError(f"noise_inversion inverts a latent canvas; method {name!r} works on pixel tiles: "
+                          "use noise_inversion=None or a latent method such as 'mixture'")
+    vsf, multiple = vae_scale_factor, size_multiple
+    hw = canvas_size(tuple(src.shape[-2:]), scale, multiple)
+    win = native_window if window is None else window
+    wh, ww = (win, win) if isinstance(win, int) else tuple(win)
+    if hw[0] < wh or hw[1] < ww:
+        need = max(math.ceil(wh / src.shape[-2]), math.ceil(ww / src.shape[-1]))
+        raise ConfigError(f"the image is too small for the window: {src.shape[-1]}x{src.shape[-2]} px x scale {scale!r} "
+                          f"gives a {hw[1]}x{hw[0]} canvas (width x height), smaller than the {ww}x{wh} px window; "
+                          f"use scale >= {need} or a window <= the canvas (e.g. window={min(hw) // multiple * multiple})")
+    ov = overlap if overlap is not None else default_overlap(vsf, min(wh, ww))
+    call_kw = dict(prompt=prompt, negative_prompt=negative_prompt, height=hw[0], width=hw[1], window=win, overlap=ov,
+                   kernel=kernel, kernel_params=kernel_params, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, view_batch_size=view_batch_size)
+    meth_obj = get_method(method, **(method_params or {}))
+    if not image_space:
+        call, _ = prepare_call(**call_kw, circular=False, output_type="latent", scale=vsf, method=meth_obj,
+                               strength=strength, img2img=True)
+        plan = call.plan
+    else:
+        from ..plan import plan_views
+
+        call = None
+        plan = plan_views(hw[0], hw[1], window=win, overlap=ov, scale=vsf)
+    return UpscaleCheck(source=src, notes=notes, canvas=hw, strength=strength, inversion=inv, method=meth_obj,
+                        image_space=image_space, plan=plan, call_kw=call_kw, call=call)
+
+
 def upscale(
     md: Any,
     image: Any,
@@ -166,58 +254,20 @@ def upscale(
     if unknown:
         raise TypeError(f"upscale() got unexpected keyword argument(s) {unknown}")
     # ---- every check, before any model call ----------------------------------------------------
-    notes: list[str] = []
-    src, conv = load_image(image)
-    notes += conv
-    strength = _check_strength(strength)
-    if color_fix is not None and color_fix not in COLOR_FIXES:
-        raise ConfigError(f"color_fix={color_fix!r} is not a colour fix; choose one of {list(COLOR_FIXES)} or None")
-    if not isinstance(color_fix_tiles, bool):
-        raise ConfigError(f"color_fix_tiles must be True (per view) or False (whole image), got {color_fix_tiles!r}")
-    if not callable(upscaler) and upscaler not in UPSCALERS:
-        raise ConfigError(f"upscaler={upscaler!r} is not known; choose one of {list(UPSCALERS)} or pass a callable "
-                          "image -> image (an upscale model)")
-    inv = check_noise_inversion(noise_inversion)
-    if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 and int(steps * strength) < 1:
-        raise ConfigError(f"steps={steps} at strength={strength} gives {int(steps * strength)} denoising steps "
-                          f"(int(steps * strength), as diffusers); use steps >= {math.ceil(1 / strength)}")
     if getattr(md, "vae", None) is None:
         raise ConfigError("upscale needs a latent model with a VAE; this pipeline works in pixel space")
-    name = method if isinstance(method, str) else getattr(method, "name", None)
-    cls = METHODS.get(name) if isinstance(method, str) else type(method)
-    if isinstance(method, str) and cls is None:
-        raise ConfigError(f"method={method!r} is not a known method; choose one of {sorted(METHODS)}")
-    image_space = bool(getattr(cls, "image_space", False))
-    if not image_space and not getattr(cls, "supports_img2img", True):
-        ok = sorted(n for n, c in METHODS.items() if c.supports_img2img or getattr(c, "image_space", False))
-        raise ConfigError(f"method {name!r} does not support img2img, so it cannot upscale an image; use one of {ok}")
-    if image_space and inv is not None:
-        raise ConfigError(f"noise_inversion inverts a latent canvas; method {name!r} works on pixel tiles: "
-                          "use noise_inversion=None or a latent method such as 'mixture'")
     vsf = md.vae_scale_factor
-    multiple = vsf * int(getattr(md.family, "patch", 1) or 1)
-    hw = canvas_size(tuple(src.shape[-2:]), scale, multiple)
-    win = md.native_window if window is None else window
-    wh, ww = (win, win) if isinstance(win, int) else tuple(win)
-    if hw[0] < wh or hw[1] < ww:
-        need = max(math.ceil(wh / src.shape[-2]), math.ceil(ww / src.shape[-1]))
-        raise ConfigError(f"the image is too small for the window: {src.shape[-1]}x{src.shape[-2]} px x scale {scale!r} "
-                          f"gives a {hw[1]}x{hw[0]} canvas (width x height), smaller than the {ww}x{wh} px window; "
-                          f"use scale >= {need} or a window <= the canvas (e.g. window={min(hw) // multiple * multiple})")
-    ov = overlap if overlap is not None else _default_overlap(md, min(wh, ww))
-    call_kw = dict(prompt=prompt, negative_prompt=negative_prompt, height=hw[0], width=hw[1], window=win, overlap=ov,
-                   kernel=kernel, kernel_params=kernel_params, num_inference_steps=steps,
-                   guidance_scale=guidance_scale, view_batch_size=view_batch_size)
-    meth_obj = get_method(method, **(method_params or {}))
+    chk = check_upscale(image, scale=scale, strength=strength, method=method, method_params=method_params,
+                        prompt=prompt, negative_prompt=negative_prompt, upscaler=upscaler, color_fix=color_fix,
+                        color_fix_tiles=color_fix_tiles, noise_inversion=noise_inversion, steps=steps,
+                        guidance_scale=guidance_scale, window=window, overlap=overlap, kernel=kernel,
+                        kernel_params=kernel_params, view_batch_size=view_batch_size, vae_scale_factor=vsf,
+                        size_multiple=vsf * int(getattr(md.family, "patch", 1) or 1), native_window=md.native_window)
+    src, notes, hw, inv, meth_obj, image_space, plan, call_kw = (chk.source, chk.notes, chk.canvas, chk.inversion,
+                                                                 chk.method, chk.image_space, chk.plan, chk.call_kw)
+    strength = chk.strength
     if not image_space:
-        call, _ = prepare_call(**call_kw, circular=False, output_type="latent", scale=vsf, method=meth_obj,
-                               strength=strength, img2img=True)
-        md.family.check_call(hw[0], hw[1], win, vsf, _family_opts(md))
-        plan = call.plan
-    else:
-        from ..plan import plan_views
-
-        plan = plan_views(hw[0], hw[1], window=win, overlap=ov, scale=vsf)
+        md.family.check_call(hw[0], hw[1], call_kw["window"], vsf, _family_opts(md))
     if inv is not None:
         check_inversion_model(getattr(md.pipe.scheduler.config, "prediction_type", None), md.family.kind in _flow_kinds())
     cn_kwargs = {k: v for k, v in control_kwargs.items() if v is not None}
@@ -303,6 +353,7 @@ def upscale(
     if not image_space and res.record is not None:
         record["denoise_record"] = {"counts": res.record.counts, "cost": res.record.extra.get("cost"),
                                     "method": res.record.extra.get("method")}
+        record["extra"]["cost"] = res.record.extra.get("cost")  # the denoising's cost, for sweep tables
     out_cpu = out.detach().float().cpu()
     return UpscaleResult(image=to_pil(out_cpu), tensor=out_cpu, record=record, plan=plan)
 
@@ -336,9 +387,9 @@ def _invert(md: Any, init: torch.Tensor, canvas: torch.Tensor, plan: Any, inv: d
     return noise.to(md.dtype), n, sch
 
 
-def _default_overlap(md: Any, window: int) -> int:
+def default_overlap(vae_scale_factor: int, window: int) -> int:
     """A1111 Tiled Diffusion's img2img overlap, 8 latent px (64 px for SD's factor 8), at most half the window."""
-    f = md.vae_scale_factor
+    f = vae_scale_factor
     return min(8 * f, window // 2 // f * f)
 
 
@@ -359,5 +410,6 @@ def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-__all__ = ["CONTROLNET_KEYS", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEFAULT_STRENGTH", "UpscaleResult", "canvas_size",
+__all__ = ["UpscaleCheck", "check_upscale", "default_overlap",
+           "CONTROLNET_KEYS", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "DEFAULT_STRENGTH", "UpscaleResult", "canvas_size",
            "upscale"]
