@@ -335,8 +335,8 @@ class MultiDiffusionPipeline:
 
         ControlNet (docs/controlnet.md), under diffusers' names and meanings: `control_image` at the
         canvas size (cropped to each view, whose ControlNet runs on its own crop), `controlnet` (default:
-        the wrapped pipeline's; a ControlNetModel, ControlNetUnionModel, MultiControlNetModel, a list, a
-        folder or an embedded name such as "toy-scenes-tile"), `controlnet_conditioning_scale`,
+        the wrapped pipeline's; a ControlNetModel, ControlNetUnionModel, SD3ControlNetModel, a Multi... of
+        them, a list, a folder or an embedded name such as "toy-scenes-tile"), `controlnet_conditioning_scale`,
         `control_guidance_start` / `control_guidance_end`, `guess_mode`, `control_mode` (Union ids).
 
         Options of one model kind go in `model_options` (or as keywords, their old form):

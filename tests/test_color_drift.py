@@ -49,6 +49,8 @@ SHARMA = np.array([
     [2.0776, 0.0795, -1.1350, 0.9033, -0.0636, -0.5514, 0.9082],
 ])
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_ciede2000_matches_sharma_pairs():
     lab = torch.tensor(SHARMA, dtype=torch.float64)

@@ -9,6 +9,8 @@ import torch
 from mdtools.errors import ConfigError
 from mdtools.upscale import adain_fix, color_fix, tile_weight, wavelet_fix
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def np_blur(x: np.ndarray, r: int) -> np.ndarray:
     """StableSR's wavelet_blur: replicate pad r, 3x3 [1 2 1]^T[1 2 1]/16 with dilation r, per channel."""

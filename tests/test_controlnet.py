@@ -243,6 +243,7 @@ def test_view_batch_size_invariance_and_batch_of_prompts(sd):
     ("multidiffusion", {}), ("mixture", {}), ("spotdiffusion", {"overlap": 0}),
     ("global_pass", {"method_params": {"factor": 2, "strength": 0.5}, "width": 256}),
     ("multidiffusion", {"regions": "one"}),
+    ("syncdiffusion", {"method_params": {"loss": "mse"}}),
 ])
 def test_supported_methods_run_with_the_controlnet(sd, method, extra):
     pipe, cn = sd
@@ -274,7 +275,7 @@ def test_spotdiffusion_crops_the_control_image_where_its_shifted_windows_are(sd)
     assert diff(a.roll(-3, dims=3), b) <= 1e-4
 
 
-@pytest.mark.parametrize("method", ["demofusion", "syncdiffusion"])
+@pytest.mark.parametrize("method", ["demofusion"])
 def test_refused_methods_say_why(sd, method):
     pipe, cn = sd
     md = MultiDiffusionPipeline.from_pipe(pipe)
@@ -284,7 +285,7 @@ def test_refused_methods_say_why(sd, method):
     try:
         with pytest.raises(mdtools.ConfigError, match=f"method '{method}' cannot run a ControlNet: {reason[:30]}"):
             md(PROMPT, controlnet=cn, control_image=control(64, 128), height=64, width=128, overlap=32, method=method,
-               method_params={"loss": "mse"} if method == "syncdiffusion" else None, progress=False)
+               progress=False)
     finally:
         handle.remove()
     assert calls == []
@@ -335,6 +336,7 @@ def _count_calls(module):
     (dict(control_mode=3), "control_mode applies to a ControlNetUnionModel only"),
     (dict(controlnet="sdxl"), "controlnet is for another model family: its addition_embed_type is text_time"),
     (dict(controlnet="nowhere"), "neither an embedded name"),
+    (dict(controlnet="coarse"), r"its control image downsampling .* is 2, the model's is 8"),
     (dict(controlnet_conditioning_scale=[1.0, 2.0]), "controlnet_conditioning_scale has 2 entries for 1 ControlNet"),
 ])
 def test_bad_input_fails_before_any_model_call(sd, sdxl, bad, match):
@@ -346,6 +348,10 @@ def test_bad_input_fails_before_any_model_call(sd, sdxl, bad, match):
         kw["controlnet"] = [cn, cn]
     elif kw["controlnet"] == "sdxl":
         kw["controlnet"] = sdxl[1]
+    elif kw["controlnet"] == "coarse":  # a control embedding that downsamples 2x, not the VAE's 8x
+        from diffusers import ControlNetModel
+
+        kw["controlnet"] = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(4, 8))
     elif kw["controlnet"] == "nowhere":
         kw["controlnet"] = "/no/such/controlnet"
     if kw["controlnet"] is None:
@@ -400,3 +406,86 @@ def test_union_needs_a_mode_in_range(sdxl):
         md(PROMPT, **kw)
     with pytest.raises(mdtools.ConfigError, match=r"control_mode \[9\] is out of range.*6 control types"):
         md(PROMPT, control_mode=9, **kw)
+
+
+# ---- SD3: latent-space control ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sd3():
+    from diffusers import SD3ControlNetModel, SD3Transformer2DModel
+
+    from .test_dit import make_sd3_pipe
+
+    pipe = make_sd3_pipe()
+    torch.manual_seed(2)  # two layers: the last one is context-pre-only and takes no control samples
+    pipe.transformer = SD3Transformer2DModel.from_config({**pipe.transformer.config, "num_layers": 2}).eval()
+    with torch.no_grad():  # a near-deterministic posterior (std e^-15): diffusers samples, mdtools takes the mode
+        conv = pipe.vae.encoder.conv_out
+        conv.weight[16:] = 0
+        conv.bias[16:] = -30.0
+    torch.manual_seed(3)
+    cn = SD3ControlNetModel.from_config({**pipe.transformer.config, "num_layers": 1, "extra_conditioning_channels": 0})
+    return pipe, randomize_zeros(cn, seed=3)
+
+
+def test_sd3_one_window_equals_diffusers_sd3_controlnet_pipeline(sd3, monkeypatch):
+    from diffusers import StableDiffusion3ControlNetPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    pipe, cn = sd3
+    ref = StableDiffusion3ControlNetPipeline(**{k: v for k, v in pipe.components.items()
+                                                if k not in ("image_encoder", "feature_extractor")}, controlnet=cn)
+    ref.set_progress_bar_config(disable=True)
+    from PIL import Image
+
+    # a PIL image: diffusers' SD3 ControlNet pipeline normalises PIL images to [-1, 1] but passes tensors as they are
+    ctl = Image.fromarray((control(32, 32, seed=4)[0].permute(1, 2, 0).numpy() * 255).astype("uint8"))
+    kw = dict(height=32, width=32, num_inference_steps=3, guidance_scale=4.0, output_type="latent",
+              controlnet_conditioning_scale=0.8, control_guidance_end=0.7)
+    with monkeypatch.context() as m:  # diffusers encodes the control with a posterior sample, mdtools with its mode
+        m.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+        want = ref(PROMPT, control_image=ctl, generator=torch.Generator().manual_seed(2), **kw).images
+    md = MultiDiffusionPipeline.from_pipe(ref)
+    out = md(PROMPT, control_image=ctl, window=32, overlap=0, generator=torch.Generator().manual_seed(2),
+             progress=False, **kw)
+    assert diff(out.latents, want) <= 1e-5
+    plain = md(PROMPT, controlnet=None, window=32, overlap=0, generator=2, progress=False,
+               **{k: v for k, v in kw.items() if "control" not in k}).latents
+    assert diff(plain, want) > 1e-3
+    assert out.record.extra["cost"]["controlnet_evaluations"] == 2 * 2 and out.record.extra["controlnet"]["vae_encodes"] == 1
+
+
+def test_sd3_two_views_crop_the_latent_control(sd3):
+    """The canvas's control image is VAE-encoded once and each view's ControlNet gets its latent box of it
+    (as ComfyUI-TiledDiffusion slices latent-space hints), duplicated for CFG."""
+    pipe, cn = sd3
+    md = MultiDiffusionPipeline.from_pipe(pipe)
+    ctl = control(32, 64, seed=5)
+    seen = []
+    handle = cn.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["controlnet_cond"].clone()),
+                                          with_kwargs=True)
+    try:
+        md(PROMPT, controlnet=cn, control_image=ctl, height=32, width=64, window=32, overlap=0, num_inference_steps=1,
+           guidance_scale=4.0, view_batch_size=1, output_type="latent", progress=False, generator=1)
+    finally:
+        handle.remove()
+    with torch.no_grad():  # force_zeros_for_pooled_projection: no shift factor, as diffusers' SD3 ControlNet pipeline
+        lat = pipe.vae.encode(2 * ctl - 1).latent_dist.mode() * pipe.vae.config.scaling_factor
+    assert len(seen) == 2
+    for got, box in zip(seen, (slice(0, 16), slice(16, 32))):
+        assert got.shape == (2, 16, 16, 16) and diff(got, torch.cat([lat[..., box]] * 2)) <= 1e-6
+
+
+def test_sd3_refuses_guess_mode_and_flux_controlnets(sd3):
+    from diffusers import FluxControlNetModel
+
+    pipe, cn = sd3
+    md = MultiDiffusionPipeline.from_pipe(pipe)
+    kw = dict(control_image=control(32, 32), height=32, width=32, window=32, overlap=0, progress=False)
+    with pytest.raises(mdtools.ConfigError, match="guess_mode applies to SD / SDXL ControlNets"):
+        md(PROMPT, controlnet=cn, guess_mode=True, **kw)
+    flux_cn = FluxControlNetModel(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                  axes_dims_rope=(2, 2, 4))
+    with pytest.raises(mdtools.ConfigError, match="FluxControlNetModel .* is not supported per view yet"):
+        md(PROMPT, controlnet=flux_cn, **kw)

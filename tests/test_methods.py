@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import mdtools
 from mdtools import ConfigError, MultiDiffusionPipeline
-from mdtools.methods import METHODS, Region, get_method
+from mdtools.methods import METHODS, Region, generation_methods, get_method
 
 from .conftest import make_sd_pipe
 
@@ -407,7 +407,7 @@ FAST = {"syncdiffusion": {"loss": "mse", "sync_steps": 1}, "demofusion": {"stage
 SCHEDULERS = ["ddim", "dpmpp_2m", "euler", "euler_a", "heun", "unipc", "pndm", "lms"]
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(generation_methods()))
 def test_every_method_runs_with_every_scheduler(md, name):
     # the costly methods (gradients, stages) on a two-window canvas, to keep the suite fast
     width = 128 if name in ("syncdiffusion", "demofusion") else 192
@@ -421,7 +421,7 @@ def test_every_method_runs_with_every_scheduler(md, name):
         assert out.latents.shape == (1, 4, 8, width // 8)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(generation_methods()))
 def test_view_batch_size_does_not_change_the_result(md, name):
     md.set_scheduler("ddim")
     overlap = 0 if name == "spotdiffusion" else 32
@@ -432,7 +432,7 @@ def test_view_batch_size_does_not_change_the_result(md, name):
     assert rel(a, b) <= 1e-4
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(generation_methods()))
 def test_circular_canvases_where_the_method_allows_them(md, name):
     md.set_scheduler("ddim")
     overlap = 0 if name == "spotdiffusion" else 32
@@ -473,7 +473,9 @@ def test_bad_method_inputs_are_config_errors_before_any_model_call(md, monkeypat
 
 
 def test_method_registry_and_describe():
-    assert set(METHODS) == {"multidiffusion", "mixture", "syncdiffusion", "spotdiffusion", "global_pass", "demofusion"}
+    assert set(METHODS) == {"multidiffusion", "mixture", "syncdiffusion", "spotdiffusion", "global_pass", "demofusion",
+                            "usdu", "naive_tiles"}
+    assert set(generation_methods()) == set(METHODS) - {"usdu", "naive_tiles"}
     m = get_method("syncdiffusion", weight=5.0)
     assert m.describe()["weight"] == 5.0 and m.describe()["loss"] == "lpips"
     assert get_method(m) is m

@@ -11,8 +11,9 @@ import json
 import pytest
 import torch
 
-from mdtools import METHODS, MultiDiffusionPipeline, Region
+from mdtools import MultiDiffusionPipeline, Region
 from mdtools.errors import ConfigError
+from mdtools.methods import generation_methods
 from mdtools.models import FAMILIES, read_model_kind, read_native_window
 
 PROMPT = "a photo of a beach"
@@ -75,7 +76,7 @@ def test_one_window_image_equals_pixart_sigma_pipeline(pixart_pipe):
     assert (out.images - ref).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("method", [*METHODS, "regions"])
+@pytest.mark.parametrize("method", [*generation_methods(), "regions"])
 def test_every_method_runs_on_pixart(pixart_pipe, method):
     extra: dict = {"method": method}
     overlap = 32

@@ -177,7 +177,10 @@ def test_controlnet_gets_the_resized_source(md):
     torch.manual_seed(0)
     cn = ControlNetModel(block_out_channels=(16, 32), layers_per_block=1, in_channels=4, cross_attention_dim=32,
                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), norm_num_groups=8,
-                         attention_head_dim=4, conditioning_embedding_out_channels=(8, 16)).eval()
+                         attention_head_dim=4, conditioning_embedding_out_channels=(8, 8, 8, 16)).eval()
+    with torch.no_grad():  # a fresh ControlNet's zero convolutions output nothing: give them weights
+        for p in cn.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     kw = dict(scale=2, prompt="a photo", steps=3, overlap=32, progress=False, seed=1)
     plain = upscale(md, _src(), **kw)
     with_cn = upscale(md, _src(), controlnet=cn, **kw)
@@ -194,3 +197,16 @@ def test_controlnet_refused_clearly_until_the_pipeline_takes_it(md):
         pytest.skip("the pipeline takes ControlNet: covered by test_controlnet_gets_the_resized_source")
     with pytest.raises(ConfigError, match="no ControlNet yet"):
         upscale(md, _src(), scale=2, overlap=32, controlnet="toy-scenes-tile", progress=False)
+
+
+def test_cli_refuses_bad_input_before_loading_and_writes_nothing(tmp_path, capsys):
+    from mdtools.cli import main
+
+    src = tmp_path / "in.png"
+    _src().save(src)
+    out = tmp_path / "out.png"
+    for extra, match in ((["--scale", "1.9"], "nearest valid size"), (["--strength", "0"], "strength must be in"),
+                         (["--method", "demofusion"], "does not support img2img"), (["--scale", "2x"], "HEIGHTxWIDTH")):
+        assert main(["upscale", str(src), "--out", str(out), "--model", "toy-scenes", *extra]) == 2
+        assert match in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".json").exists()

@@ -257,6 +257,21 @@ def test_tiles_are_sequential_later_tiles_crop_the_redrawn_canvas(md, monkeypatc
     assert (np.asarray(to_pil(out)) == (255, 0, 0)).all() and counts["tiles"] == 2
 
 
+def test_chess_order_runs_in_upscale_image(md, monkeypatch):
+    regions = []
+
+    def record(self, tile, strength, region, canvas):
+        regions.append(region[:2])
+        return tile
+
+    monkeypatch.setattr(TileSampler, "__call__", record)
+    get_method("usdu", tile_width=64, padding=0, mask_blur=0, order="chess").upscale_image(
+        md, smooth_image(128, 192), prompt=PROMPT, negative_prompt=None, strength=0.5, steps=2, guidance_scale=1.0,
+        seed=0)
+    # padding 0: each crop starts at its tile; even (xi + yi) first: (0,0) (2,0) (1,1), then (1,0) (0,1) (2,1)
+    assert regions == [(0, 0), (128, 0), (64, 64), (64, 0), (0, 64), (128, 64)]
+
+
 @pytest.mark.parametrize("mode, n_fix, fix_denoise", [("band_pass", 2, 0.5), ("half_tile", 4, None),
                                                        ("half_tile_intersections", 5, 0.75)])
 def test_seam_fix_runs_after_the_redraw_with_its_strength_and_sizes(md, monkeypatch, mode, n_fix, fix_denoise):
@@ -347,7 +362,7 @@ def test_a_controlnet_without_pipeline_support_is_refused_or_cropped_per_tile(md
     from diffusers import ControlNetModel
 
     torch.manual_seed(0)
-    cn = ControlNetModel.from_unet(md.pipe.unet, conditioning_embedding_out_channels=(8, 16)).eval()
+    cn = ControlNetModel.from_unet(md.pipe.unet, conditioning_embedding_out_channels=(4, 8, 8, 8)).eval()
     control = torch.rand(1, 3, 64, 128)
     calls = []
 
@@ -359,13 +374,17 @@ def test_a_controlnet_without_pipeline_support_is_refused_or_cropped_per_tile(md
             return getattr(self.inner, k)
 
         def __call__(self, *a, control_image=None, **k):
-            calls.append(control_image)
+            calls.append((control_image, k.get("controlnet"), k.get("controlnet_conditioning_scale")))
             return self.inner(*a, control_image=control_image, **k)
 
     out, _ = meth.upscale_image(Spy(md), image, prompt=PROMPT, negative_prompt=None, strength=0.5, steps=2,
-                                guidance_scale=1.0, seed=0, controlnet=cn, control_image=control)
+                                guidance_scale=1.0, seed=0, controlnet=cn, control_image=control,
+                                controlnet_conditioning_scale=0.7)
     assert len(calls) == 2 and out.shape == (1, 3, 64, 128)
-    assert torch.equal(calls[1], F.interpolate(control[:, :, 0:64, 48:128], size=(64, 80), mode="nearest-exact"))
+    # crops (0, 0, 80, 64) and (48, 0, 128, 64), each resized nearest-exact to the 80 x 80 processing size
+    for (got, net, scale), (x1, x2) in zip(calls, ((0, 80), (48, 128))):
+        assert torch.equal(got, F.interpolate(control[:, :, 0:64, x1:x2], size=(80, 80), mode="nearest-exact"))
+        assert net is cn and scale == 0.7
 
 
 def test_pil_round_trip_is_the_ports_truncation():

@@ -123,7 +123,7 @@ class Method:
             raise ConfigError(f"method {self.name!r} runs its own stages; init_latents (img2img) is not supported")
         if call.circular and not self.supports_circular:
             raise ConfigError(f"method {self.name!r} does not support circular canvases; use circular=False")
-        if self.image_space and not call.img2img:
+        if self.image_space:  # never run by the denoising loop, with or without init_latents
             raise ConfigError(f"{self.name} upscales an existing image; use md.upscale(...)")
 
     def needs_cfg(self, call: CallSpec) -> bool:

@@ -153,9 +153,6 @@ class SyncDiffusionMethod(Method):
 
     name = "syncdiffusion"
     calibration_kinds = ("loss_calls",)
-    no_controlnet = ("its gradient step differentiates view predictions through the VAE outside the fused call, "
-                     "and ControlNet residuals in that graph are not tested; use multidiffusion, mixture, "
-                     "spotdiffusion or global_pass")
     not_distributable = ("its gradient step runs the model and VAE per view outside the fused call (an anchor view every "
                          "view depends on)")
     PARAMS = {

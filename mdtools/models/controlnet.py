@@ -8,7 +8,9 @@ ControlNet runs on the view's latent crop with that crop, and its residuals go i
 call, exactly as diffusers' StableDiffusion(XL)ControlNet(Img2Img)Pipeline does for one image:
 control duplicated for CFG unless guess mode (then the ControlNet sees the conditional half and the
 unconditional half gets zeros), `controlnet_keep` over the loop's (img2img-truncated) timesteps,
-guess-mode logspace scales and `global_pool_conditions` inside the diffusers model.
+guess-mode logspace scales and `global_pool_conditions` inside the diffusers model. SD3 ControlNets take
+the VAE-encoded control image (latent-space control): it is encoded once per stage canvas and each view
+gets its latent box (`ViewControl.transformer_call`). FLUX ControlNets are refused (not done).
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from ..plan import View
 CONTROLNET_KINDS: dict[str, tuple[str, ...]] = {
     "ControlNetModel": ("sd", "sdxl"),
     "ControlNetUnionModel": ("sdxl",),
+    "SD3ControlNetModel": ("sd3",),
 }
-#: latent-space ControlNets of the transformers: recognised and refused with the reason (not done yet)
-LATENT_CONTROLNETS = ("SD3ControlNetModel", "SD3MultiControlNetModel", "FluxControlNetModel", "FluxMultiControlNetModel")
+#: ControlNets that take the VAE-encoded control image (latent-space control, cropped in latent space)
+LATENT_CONTROLNETS = ("SD3ControlNetModel",)
+#: recognised and refused with the reason (not done yet)
+UNSUPPORTED_CONTROLNETS = ("FluxControlNetModel", "FluxMultiControlNetModel")
 #: relative difference of aspect ratio under which a control image is resized to the canvas (as diffusers does)
 ASPECT_TOLERANCE = 0.01
 
@@ -51,25 +56,30 @@ class ControlUnit:
     ends: list[float]
     modes: list[int] | None = None
     from_multi: bool = False
+    #: SD3: the control image is VAE-encoded (per stage canvas size) and cropped in latent space
+    latent: bool = False
     _resized: dict[tuple[int, int], list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def keep(self, i: int, n: int) -> list[float]:
         """diffusers' controlnet_keep at step i of n: 1 inside [start, end] of the loop, else 0."""
         return [1.0 - float(i / n < s or (i + 1) / n > e) for s, e in zip(self.starts, self.ends)]
 
-    def at(self, size: tuple[int, int]) -> list[torch.Tensor]:
-        """The control images at a stage's canvas size in pixels (resized once for a low-res stage)."""
-        if tuple(self.images[0].shape[-2:]) == size:
-            return self.images
+    def at(self, size: tuple[int, int], encode: Any = None) -> list[torch.Tensor]:
+        """The control images at a stage's canvas size in pixels (resized once for a low-res stage);
+        for a latent ControlNet their latents (`encode`), computed once per size."""
         if size not in self._resized:
-            self._resized[size] = [F.interpolate(im.float(), size=size, mode="bilinear", align_corners=False,
-                                                 antialias=True).to(im.dtype) for im in self.images]
+            ims = [im if tuple(im.shape[-2:]) == size else
+                   F.interpolate(im.float(), size=size, mode="bilinear", align_corners=False, antialias=True).to(im.dtype)
+                   for im in self.images]
+            self._resized[size] = [encode(im, self.net) for im in ims] if self.latent else ims
         return self._resized[size]
 
 
-def crop_views(image: torch.Tensor, views: Sequence[View], scale: int, batch: int) -> torch.Tensor:
-    """(B or 1, 3, H, W) control image -> (len(views) * batch, 3, h * scale, w * scale) crops, view-major;
-    rows and columns are taken modulo the image (views crossing a wrapped edge)."""
+def crop_views(image: torch.Tensor, views: Sequence[View], scale: int, batch: int, *, latent: bool = False) -> torch.Tensor:
+    """(B or 1, C, H, W) control image -> (len(views) * batch, C, h * scale, w * scale) crops, view-major
+    (`latent`: a latent control, cropped at the views' latent boxes); rows and columns are taken modulo
+    the image (views crossing a wrapped edge)."""
+    scale = 1 if latent else scale
     H, W = image.shape[-2:]
     if image.shape[0] == 1 and batch > 1:
         image = image.repeat_interleave(batch, dim=0)
@@ -91,8 +101,9 @@ class ViewControl:
     Counts ControlNet evaluations (samples through one ControlNet), calls and seconds, and the
     FLOPs of one ControlNet and one UNet evaluation (counted once), read into the run's Cost."""
 
-    def __init__(self, units: list[ControlUnit], *, guess_mode: bool, scale: int, names: list[str]):
+    def __init__(self, units: list[ControlUnit], *, guess_mode: bool, scale: int, names: list[str], vae: Any = None):
         self.units = units
+        self.vae = vae
         self.guess_mode = guess_mode
         self.scale = scale
         self.names = names
@@ -100,6 +111,7 @@ class ViewControl:
         self.calls = 0
         self.evaluations = 0
         self.seconds = 0.0
+        self.encodes = 0  # VAE encodes of latent control images (SD3)
         self.flops: dict[str, float] = {}
 
     def bind(self, ctx: Any) -> None:
@@ -112,12 +124,64 @@ class ViewControl:
                 "conditioning_scale": [x.scales if x.modes else x.scales[0] for x in u],
                 "guidance_start": [x.starts if x.modes else x.starts[0] for x in u],
                 "guidance_end": [x.ends if x.modes else x.ends[0] for x in u],
-                "control_mode": [x.modes for x in u] if any(x.modes for x in u) else None}
+                "control_mode": [x.modes for x in u] if any(x.modes for x in u) else None,
+                "vae_encodes": self.encodes}
 
     def _step(self) -> tuple[int, int, tuple[int, int]]:
         stage = self.ctx.stage
         plan = stage.plan
         return stage.step, len(stage.timesteps), (plan.latent_height * self.scale, plan.latent_width * self.scale)
+
+    def encode(self, image: torch.Tensor, net: Any) -> torch.Tensor:
+        """[0, 1] control image -> the latent control of an SD3 ControlNet, as diffusers' SD3 ControlNet
+        pipeline (shift factor not applied for InstantX nets, `force_zeros_for_pooled_projection`) but with the
+        posterior mode instead of a sample (a sample would differ between views' CFG halves and runs)."""
+        vae = self.vae
+        lat = vae.encode((2 * image - 1).to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+        shift = 0.0 if net.config.force_zeros_for_pooled_projection else (vae.config.shift_factor or 0.0)
+        self.encodes += 1
+        return (lat - shift) * vae.config.scaling_factor
+
+    def transformer_call(self, transformer: Any, views: Sequence[View], cfg_half: int, **kw: Any) -> torch.Tensor:
+        """SD3: the view batch's transformer output with the summed block samples of its ControlNets."""
+        i, n, size = self._step()
+        x = kw["hidden_states"]
+        batch = x.shape[0] // (len(views) * (1 if cfg_half < 0 else 2))
+        blocks: list[torch.Tensor] | None = None
+        for unit in self.units:
+            scale = unit.scales[0] * unit.keep(i, n)[0]
+            if scale == 0.0:
+                continue
+            crop = crop_views(unit.at(size, self.encode)[0], views, self.scale, batch, latent=True)
+            crop = crop.to(device=x.device, dtype=unit.net.dtype)
+            if cfg_half >= 0:
+                crop = torch.cat([crop, crop])
+            cfg = unit.net.config
+            pooled = torch.zeros_like(kw["pooled_projections"]) if cfg.force_zeros_for_pooled_projection \
+                else kw["pooled_projections"]
+            ehs = kw["encoder_hidden_states"] if cfg.joint_attention_dim is not None else None
+            out = self._timed(unit.net, x.shape[0], hidden_states=x, timestep=kw["timestep"], encoder_hidden_states=ehs,
+                              pooled_projections=pooled, controlnet_cond=crop, conditioning_scale=scale,
+                              return_dict=False)[0]
+            blocks = list(out) if blocks is None else [a + b for a, b in zip(blocks, out)]
+        return transformer(**kw, block_controlnet_hidden_states=blocks, return_dict=False)[0]
+
+    def _timed(self, net: Any, rows: int, *args: Any, **kw: Any) -> Any:
+        """One ControlNet forward, timed and counted (its FLOPs once)."""
+        t0 = time.perf_counter()
+        if "controlnet_evaluation" not in self.flops:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out = net(*args, **kw)
+            self.flops["controlnet_evaluation"] = counter.get_total_flops() / rows
+        else:
+            out = net(*args, **kw)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        self.evaluations += rows
+        return out
 
     def residuals(self, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], embeds: torch.Tensor,
                   added: dict | None, cfg_half: int) -> dict[str, Any]:
@@ -161,19 +225,7 @@ class ViewControl:
             onehot = torch.zeros(num).scatter_(0, torch.tensor(unit.modes), 1)
             kw.update(controlnet_cond=crops, control_type=onehot.reshape(1, -1).to(x.device, embeds.dtype).repeat(x.shape[0], 1),
                       control_type_idx=unit.modes, conditioning_scale=scales, from_multi=unit.from_multi)
-        t0 = time.perf_counter()
-        if "controlnet_evaluation" not in self.flops:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            counter = FlopCounterMode(display=False)
-            with counter:
-                out = unit.net(x, t, **kw)
-            self.flops["controlnet_evaluation"] = counter.get_total_flops() / x.shape[0]
-        else:
-            out = unit.net(x, t, **kw)
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
-        self.evaluations += x.shape[0]
+        out = self._timed(unit.net, x.shape[0], x, t, **kw)
         return out[0], out[1]
 
     def unet_call(self, unet: Any, x: torch.Tensor, t: torch.Tensor, views: Sequence[View], cfg_half: int,
@@ -219,29 +271,48 @@ def load_controlnet(name: str | os.PathLike, *, device: Any = None, dtype: Any =
 def _nets(controlnet: Any) -> tuple[list[Any], bool]:
     """(list of single ControlNets, whether they come from a Multi...Union model)."""
     cls = type(controlnet).__name__
-    if cls in ("MultiControlNetModel", "MultiControlNetUnionModel"):
+    if cls in ("MultiControlNetModel", "MultiControlNetUnionModel", "SD3MultiControlNetModel"):
         return list(controlnet.nets), cls == "MultiControlNetUnionModel"
     if isinstance(controlnet, (list, tuple)):
         return list(controlnet), False
     return [controlnet], False
 
 
-def check_family(net: Any, kind: str, unet: Any) -> None:
-    """A ControlNet must condition this model: its class, text width, latent channels and blocks."""
+def check_family(net: Any, kind: str, unet: Any, vae_scale: int | None = None) -> None:
+    """A ControlNet must condition this model: its class, and its config against the denoiser's (and, for a
+    pixel-space control image, its conditioning embedding must downsample by the VAE's factor)."""
     cls = type(net).__name__
-    if cls in LATENT_CONTROLNETS:
-        raise ConfigError(f"controlnet: {cls} (latent-space control of SD3/FLUX) is not supported per view yet; "
-                          "use an SD 1.x/2.x or SDXL ControlNetModel / ControlNetUnionModel")
+    if cls in UNSUPPORTED_CONTROLNETS:
+        raise ConfigError(f"controlnet: {cls} (FLUX, latent-space control of packed tokens) is not supported per view "
+                          "yet; use an SD 1.x/2.x / SDXL ControlNetModel, an SDXL ControlNetUnionModel or an "
+                          "SD3ControlNetModel")
     if cls not in CONTROLNET_KINDS:
         raise ConfigError(f"controlnet: a {cls} is not a ControlNet mdtools runs; give a diffusers ControlNetModel, "
-                          "ControlNetUnionModel, MultiControlNetModel, a list of them, or a folder / embedded name")
+                          "ControlNetUnionModel, SD3ControlNetModel, a Multi... of them, a list, a folder or an "
+                          "embedded name")
     if kind not in CONTROLNET_KINDS[cls]:
         raise ConfigError(f"controlnet: a {cls} conditions {'/'.join(CONTROLNET_KINDS[cls])} models, this one is {kind!r}")
     cn, uc = net.config, unet.config
-    pairs = [("cross_attention_dim", cn.cross_attention_dim, uc.cross_attention_dim),
-             ("in_channels", cn.in_channels, uc.in_channels),
-             ("block_out_channels", list(cn.block_out_channels), list(uc.block_out_channels)),
-             ("addition_embed_type", cn.addition_embed_type, uc.addition_embed_type)]
+    if cls in LATENT_CONTROLNETS:
+        if getattr(net, "pos_embed", None) is None:
+            raise ConfigError("controlnet: this SD3ControlNetModel has no position embedding of its own "
+                              "(use_pos_embed=False, SD3.5 8b); wrap it in diffusers' StableDiffusion3ControlNetPipeline "
+                              "first, which gives it the transformer's, then use MultiDiffusionPipeline.from_pipe")
+        pairs = [("in_channels", cn.in_channels, uc.in_channels), ("patch_size", cn.patch_size, uc.patch_size),
+                 ("pooled_projection_dim", cn.pooled_projection_dim, uc.pooled_projection_dim),
+                 ("inner width (heads x head dim)", cn.num_attention_heads * cn.attention_head_dim,
+                  uc.num_attention_heads * uc.attention_head_dim)]
+        if cn.joint_attention_dim is not None:
+            pairs.append(("joint_attention_dim", cn.joint_attention_dim, uc.joint_attention_dim))
+    else:
+        pairs = [("cross_attention_dim", cn.cross_attention_dim, uc.cross_attention_dim),
+                 ("in_channels", cn.in_channels, uc.in_channels),
+                 ("block_out_channels", list(cn.block_out_channels), list(uc.block_out_channels)),
+                 ("addition_embed_type", cn.addition_embed_type, uc.addition_embed_type)]
+        if vae_scale is not None:  # the conditioning embedding has one stride-2 convolution per step after the first
+            down = 2 ** (len(cn.conditioning_embedding_out_channels) - 1)
+            pairs.append(("control image downsampling (2^(len(conditioning_embedding_out_channels) - 1))", down,
+                          vae_scale))
     for key, a, b in pairs:
         if a != b:
             raise ConfigError(f"controlnet is for another model family: its {key} is {a}, the model's is {b} "
@@ -327,11 +398,14 @@ def prepare_control(md: Any, meth: Any, call: Any, *, controlnet: Any, control_i
         return None  # a ControlNet pipeline wrapped for plain generation: no control image, no ControlNet
     if meth.no_controlnet:
         raise ConfigError(f"method {meth.name!r} cannot run a ControlNet: {meth.no_controlnet}")
-    if md.family.kind not in ("sd", "sdxl"):
-        raise ConfigError(f"controlnet: per-view ControlNet runs on SD 1.x/2.x and SDXL models; {md.family.kind!r} "
-                          "ControlNets (latent-space control) are not supported yet")
+    if md.family.kind not in ("sd", "sdxl", "sd3"):
+        raise ConfigError(f"controlnet: per-view ControlNet runs on SD 1.x/2.x, SDXL and SD3 models; {md.family.kind!r} "
+                          "ControlNets are not supported yet")
     if not isinstance(guess_mode, bool):
         raise ConfigError(f"guess_mode must be true or false, got {guess_mode!r}")
+    if guess_mode and md.family.kind == "sd3":
+        raise ConfigError("guess_mode applies to SD / SDXL ControlNets (diffusers' SD3 ControlNet pipeline has none); "
+                          "use guess_mode=False")
     if isinstance(controlnet, (str, os.PathLike)):
         controlnet = load_controlnet(controlnet, device=md.device, dtype=md.dtype)
     elif isinstance(controlnet, (list, tuple)):
@@ -339,7 +413,7 @@ def prepare_control(md: Any, meth: Any, call: Any, *, controlnet: Any, control_i
                       for c in controlnet]
     nets, from_multi = _nets(controlnet)
     for net in nets:
-        check_family(net, md.family.kind, md.unet)
+        check_family(net, md.family.kind, md.unet, md.vae_scale_factor)
     n = len(nets)
     images = control_image if isinstance(control_image, (list, tuple)) and n > 1 else [control_image]
     if n > 1 and not isinstance(control_image, (list, tuple)):
@@ -354,7 +428,7 @@ def prepare_control(md: Any, meth: Any, call: Any, *, controlnet: Any, control_i
              for net, img, mode, s, a, b in zip(nets, images, modes, scales, starts, ends)]
     guess = guess_mode or bool(getattr(nets[0].config, "global_pool_conditions", False))
     names = [str(getattr(net.config, "_name_or_path", "") or type(net).__name__) for net in nets]
-    return ViewControl(units, guess_mode=guess, scale=md.vae_scale_factor, names=names)
+    return ViewControl(units, guess_mode=guess, scale=md.vae_scale_factor, names=names, vae=md.vae)
 
 
 def _unit(net: Any, image: Any, mode: Any, scale: Any, start: Any, end: Any, from_multi: bool, call: Any,
@@ -393,8 +467,8 @@ def _unit(net: Any, image: Any, mode: Any, scale: Any, start: Any, end: Any, fro
     batches = {t.shape[0] for t in tensors}
     if any(b not in (1, call.batch) for b in batches):
         raise ConfigError(f"control_image has a batch of {sorted(batches)}; give 1 image or one per prompt ({call.batch})")
-    return ControlUnit(net, tensors, sc, st, en, modes, from_multi)
+    return ControlUnit(net, tensors, sc, st, en, modes, from_multi, latent=type(net).__name__ in LATENT_CONTROLNETS)
 
 
-__all__ = ["CONTROLNET_KINDS", "LATENT_CONTROLNETS", "ControlUnit", "ViewControl", "check_family", "control_tensor",
+__all__ = ["CONTROLNET_KINDS", "LATENT_CONTROLNETS", "UNSUPPORTED_CONTROLNETS", "ControlUnit", "ViewControl", "check_family", "control_tensor",
            "crop_views", "load_controlnet", "prepare_control"]

@@ -226,8 +226,11 @@ class SD3Adapter(SDAdapter):
                  cfg_half: int) -> torch.Tensor:
         n = len(views)
         # timestep on the 0..1000 scale, one per sample, as the diffusers pipeline passes it
-        return self.unet(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=self._embeds(n, cond, cfg_half),
-                         pooled_projections=self._pooled(n, cond, cfg_half), return_dict=False)[0]
+        kw = dict(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=self._embeds(n, cond, cfg_half),
+                  pooled_projections=self._pooled(n, cond, cfg_half))
+        if self.control is not None:  # SD3 ControlNet: block samples of each view's latent control crop
+            return self.control.transformer_call(self.unet, views, cfg_half, **kw)
+        return self.unet(**kw, return_dict=False)[0]
 
 
 class PixArtAdapter(SDAdapter):

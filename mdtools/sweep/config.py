@@ -9,6 +9,12 @@ An experiment file (experiments/*.yaml, read with yaml.safe_load) has:
     zip: [{canvas.height: [256, 512], canvas.width: [1024, 512]}]              # move together
     seeds: [0, 1, 2]
 
+A run with an `upscale:` block (UpscaleConfig) upscales an image instead of generating one:
+the ground truth is rendered (a scene of the scenes generator, or an image file) at the
+canvas size, downsampled by `upscale.downsample`, and upscaled back with `md.upscale`; the
+metrics compare the result with the truth (psnr, ssim, color_drift, ...). Its keys sweep like
+any other, e.g. `sweep: {upscale.strength: [0.2, 0.35, 0.5]}`.
+
 Every run is `base` with the swept values set at their dotted key paths. All runs are
 validated before any runs: unknown keys and bad values are reported together, each with
 its key path and a valid value.
@@ -30,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..choices import DtypeName, SyncStrategy
 from ..errors import ConfigError
 from ..plan import Circular
+from ..upscale import COLOR_FIXES, DEFAULT_STRENGTH, NOISE_INVERSION_DEFAULTS, UPSCALERS
 
 
 class _Strict(BaseModel):
@@ -140,6 +147,59 @@ class RegionConfig(_Strict):
     negative_prompt: Optional[str] = None
 
 
+#: how an upscale run's ground truth is reduced to its source (PIL filters, antialiased)
+DOWNSAMPLE_FILTERS = ("bicubic", "lanczos", "box")
+
+
+class UpscaleConfig(_Strict):
+    """`upscale:` block: the truth (a rendered scene, or `image`: a file) at the canvas size is
+    downsampled by `downsample` and upscaled back by `scale` (None: the same factor) with
+    `md.upscale` (docs/upscale.md); the run's metrics take the truth as their reference."""
+
+    image: Optional[str] = None  # an image file as the truth; None: a scene of the scenes generator
+    scene_seed: int = 0  # which scene (mdtools.toy.scenes.sample_params with this seed)
+    scene_prompt: bool = True  # prompt with the scene's own prompt instead of the run's `prompt`
+    downsample: int = Field(default=4, ge=1)
+    downsample_filter: str = "bicubic"
+    scale: Optional[float] = Field(default=None, gt=0)  # None: = downsample (back to the truth's size)
+    strength: float = Field(default=DEFAULT_STRENGTH, gt=0, le=1)
+    upscaler: str = "lanczos"
+    color_fix: Optional[str] = None
+    color_fix_tiles: bool = False
+    noise_inversion: Union[bool, dict[str, Union[int, float]]] = False
+    controlnet: Optional[str] = None  # an embedded ControlNet name ('toy-scenes-tile') or a folder
+
+    @field_validator("downsample_filter")
+    @classmethod
+    def _filter(cls, v: str) -> str:
+        if v not in DOWNSAMPLE_FILTERS:
+            raise ValueError(f"must be one of {list(DOWNSAMPLE_FILTERS)}, got {v!r}")
+        return v
+
+    @field_validator("upscaler")
+    @classmethod
+    def _upscaler(cls, v: str) -> str:
+        if v not in UPSCALERS:
+            raise ValueError(f"must be one of {list(UPSCALERS)}, got {v!r}")
+        return v
+
+    @field_validator("color_fix")
+    @classmethod
+    def _color_fix(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in COLOR_FIXES:
+            raise ValueError(f"must be one of {list(COLOR_FIXES)} or null, got {v!r}")
+        return v
+
+    @field_validator("noise_inversion")
+    @classmethod
+    def _inversion(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            bad = sorted(set(v) - set(NOISE_INVERSION_DEFAULTS))
+            if bad:
+                raise ValueError(f"unknown key(s) {bad}; valid keys: {sorted(NOISE_INVERSION_DEFAULTS)}")
+        return v
+
+
 class OutputConfig(_Strict):
     preview_max_side: int = Field(default=1024, gt=0)
     save_full: bool = False
@@ -172,6 +232,7 @@ class RunConfig(_Strict):
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_RUN_METRICS))
     diagnostics: bool = True
     output: OutputConfig = OutputConfig()
+    upscale: Optional[UpscaleConfig] = None  # an upscale run (see the module docstring)
 
     @field_validator("device")
     @classmethod
@@ -207,7 +268,7 @@ class RunConfig(_Strict):
         """Stable id: a hash of the resolved config (key order and formatting do not matter).
 
         Keys added after results were recorded (method, regions, bootstrap_steps,
-        checkpoint_config, vae.park) are left out of the hash while at their defaults, so
+        checkpoint_config, vae.park, upscale) are left out of the hash while at their defaults, so
         earlier run ids stay valid."""
         d = self.model_dump(mode="json")
         if d.get("method") == {"name": "multidiffusion"}:
@@ -220,6 +281,8 @@ class RunConfig(_Strict):
             d.pop("checkpoint_config", None)
         if isinstance(d.get("vae"), dict) and d["vae"].get("park") is None:
             d["vae"].pop("park", None)
+        if d.get("upscale") is None:
+            d.pop("upscale", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -291,6 +354,10 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
+        if not isinstance(ann, type):  # Optional[Block]: the block inside
+            import typing
+
+            ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
@@ -425,7 +492,12 @@ def validate_runs(raw: list[dict[str, Any]], *, where: str = "") -> list[RunConf
             bad = [m for m in cfg.metrics if m not in METRICS]
             if bad:
                 raise ConfigError(f"metrics: unknown {bad}; choose from {sorted(METRICS)}")
-            prepare_run(cfg, mc.scale, mc.native)
+            if cfg.upscale is not None:
+                from .upscale_runs import check_upscale_run
+
+                check_upscale_run(cfg, mc.scale, mc.native, 2 if mc.kind is not None else 1)
+            else:
+                prepare_run(cfg, mc.scale, mc.native)
         except ConfigError as e:
             errors.append(f"{tag}{e}")
             continue

@@ -37,6 +37,10 @@ def estimate_work(cfg: RunConfig, scale: int, native: int | None, kind: str | No
 
     if kind is True:
         kind = model_kind(cfg)
+    if cfg.upscale is not None:  # img2img at the run's strength, plus noise inversion
+        from .upscale_runs import check_upscale_run
+
+        return check_upscale_run(cfg, scale, native, 2 if kind is not None else 1).estimate()
     passes = FAMILIES[kind](None).cfg_passes(MODEL_OPTIONS, None) if kind in FAMILIES else None
     call, meth = prepare_run(cfg, scale, native, cfg_passes=passes)
     return meth.estimate(call)

@@ -72,6 +72,8 @@ def run_one(md: Any, cfg: RunConfig, images_dir: Path | dict[str, bytes], state_
     resumes from it the next time (the file is removed when the run finishes)."""
     from ..metrics import evaluate
 
+    if cfg.upscale is not None:
+        return _run_upscale(md, cfg, images_dir)
     kw = cfg.call_kwargs(md.vae_scale_factor)
     state = None if state_dir is None else Path(state_dir) / f"{cfg.run_id()}.state"
     original_scheduler = md.pipe.scheduler
@@ -101,6 +103,30 @@ def run_one(md: Any, cfg: RunConfig, images_dir: Path | dict[str, bytes], state_
         return result
     with_metrics = evaluate(img, out.plan, metrics=cfg.metrics)
     result["metrics"] = _plain_metrics(with_metrics)
+    result["images"] = _save_images(img, cfg, images_dir)
+    result["status"] = STATUS_OK
+    return result
+
+
+def _run_upscale(md: Any, cfg: RunConfig, images_dir: Path | dict[str, bytes]) -> dict[str, Any]:
+    """An upscale run (mdtools.sweep.upscale_runs): its metrics take the ground truth as reference."""
+    from ..metrics import evaluate
+    from .upscale_runs import run_upscale
+
+    original_scheduler = md.pipe.scheduler
+    if cfg.sampler.scheduler:
+        md.set_scheduler(cfg.sampler.scheduler)
+    try:
+        img, plan, record, truth = run_upscale(md, cfg)
+    finally:
+        md.pipe.scheduler = original_scheduler
+    result: dict[str, Any] = {"record": record, "plan": plan.summary(),
+                              "seam_lines": {k: list(v) for k, v in plan.seam_lines.items()}}
+    if not np.isfinite(img).all():
+        result["status"] = STATUS_NAN
+        result["error"] = "non-finite values in the upscaled image"
+        return result
+    result["metrics"] = _plain_metrics(evaluate(img, plan, metrics=cfg.metrics, reference=truth))
     result["images"] = _save_images(img, cfg, images_dir)
     result["status"] = STATUS_OK
     return result

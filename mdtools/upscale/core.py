@@ -132,6 +132,19 @@ class UpscaleCheck:
     image_space: bool
     plan: Any
     call_kw: dict[str, Any]
+    call: Any = None  # the img2img CallSpec (latent methods)
+
+    def estimate(self) -> dict[str, float]:
+        """Expected model evaluations: the img2img's (the method's estimate) plus the inversion's
+        (steps x views, no CFG); image-space methods: views x int(steps x strength) x CFG."""
+        if self.call is not None:
+            work = dict(self.method.estimate(self.call))
+        else:
+            cfg = 2 if self.call_kw["guidance_scale"] > 1 else 1
+            work = {"unet_evaluations": self.plan.n_views * int(self.call_kw["num_inference_steps"] * self.strength) * cfg}
+        if self.inversion is not None:
+            work["unet_evaluations"] = work.get("unet_evaluations", 0) + self.inversion["steps"] * self.plan.n_views
+        return work
 
 
 def check_upscale(image: Any, *, scale: Any = 2, strength: float = DEFAULT_STRENGTH, method: Any = "multidiffusion",
@@ -188,9 +201,10 @@ def check_upscale(image: Any, *, scale: Any = 2, strength: float = DEFAULT_STREN
     else:
         from ..plan import plan_views
 
+        call = None
         plan = plan_views(hw[0], hw[1], window=win, overlap=ov, scale=vsf)
     return UpscaleCheck(source=src, notes=notes, canvas=hw, strength=strength, inversion=inv, method=meth_obj,
-                        image_space=image_space, plan=plan, call_kw=call_kw)
+                        image_space=image_space, plan=plan, call_kw=call_kw, call=call)
 
 
 def upscale(
@@ -339,6 +353,7 @@ def upscale(
     if not image_space and res.record is not None:
         record["denoise_record"] = {"counts": res.record.counts, "cost": res.record.extra.get("cost"),
                                     "method": res.record.extra.get("method")}
+        record["extra"]["cost"] = res.record.extra.get("cost")  # the denoising's cost, for sweep tables
     out_cpu = out.detach().float().cpu()
     return UpscaleResult(image=to_pil(out_cpu), tensor=out_cpu, record=record, plan=plan)
 
