@@ -10,7 +10,7 @@ import torch
 
 from mdtools.errors import ConfigError
 from mdtools.toy import EMBEDDED_CONTROLNETS, TOY_SCENES_MODEL_DIR, TOY_SCENES_TILE_DIR
-from mdtools.toy.train_controlnet import TileTrainConfig, degrade, render_card, train_tile_controlnet
+from mdtools.toy.train_controlnet import EvalConfig, TileTrainConfig, degrade, render_card, train_tile_controlnet
 
 WEIGHTS = TOY_SCENES_TILE_DIR / "diffusion_pytorch_model.safetensors"
 
@@ -89,6 +89,13 @@ def test_degrade_is_the_enlarged_low_resolution_image():
 def test_bad_config_is_refused_naming_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
         TileTrainConfig(**kw)
+
+
+@pytest.mark.parametrize("kw, field", [({"n_scenes": 1}, "n_scenes"), ({"strengths": (0.0,)}, "strengths"),
+                                       ({"factor": 3}, "factor"), ({"samples": (99,)}, "samples")])
+def test_bad_evaluation_is_refused_naming_the_field(kw, field):
+    with pytest.raises(ConfigError, match=field):
+        EvalConfig(**kw)
 
 
 def test_two_step_training_writes_a_loadable_controlnet(tmp_path):

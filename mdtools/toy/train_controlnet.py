@@ -331,6 +331,18 @@ class EvalConfig:
     n_boot: int = 10_000
     samples: tuple[int, ...] = field(default=(0, 5, 9, 14))  # scene indices shown in samples.png
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_scenes, int) or self.n_scenes < 2:
+            raise ConfigError(f"n_scenes must be an int >= 2 for an interval (the card uses 16), got {self.n_scenes!r}")
+        for name in ("steps", "n_boot"):
+            check_positive_int(name, getattr(self, name), example=getattr(EvalConfig, name))
+        if self.factor not in (2, 4, 8):
+            raise ConfigError(f"factor must be 2, 4 or 8 (the card uses 4), got {self.factor!r}")
+        if not self.strengths or any(not 0 < s <= 1 for s in self.strengths):
+            raise ConfigError(f"strengths must lie in (0, 1] (e.g. (0.5, 1.0)), got {self.strengths!r}")
+        if any(not 0 <= i < self.n_scenes for i in self.samples):
+            raise ConfigError(f"samples must be scene indices below n_scenes={self.n_scenes}, got {self.samples!r}")
+
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10.0 * np.log10(1.0 / max(float(np.mean((a.astype(np.float64) - b) ** 2)), 1e-12)))
