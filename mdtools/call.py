@@ -72,6 +72,9 @@ def prepare_call(
     plan = plan_views(height, width, window=window, overlap=overlap, scale=scale, circular=circular)
     if img2img and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise ConfigError(f"strength must be in (0, 1] (e.g. 0.6), got {strength!r}")
+    if img2img and int(num_inference_steps * strength) < 1:  # diffusers' img2img runs int(steps * strength) steps
+        raise ConfigError(f"strength={strength} with num_inference_steps={num_inference_steps} runs no denoising step "
+                          f"(int(steps x strength) = 0); use strength >= {1 / num_inference_steps:.3g} or more steps")
     if isinstance(bootstrap_steps, bool) or not isinstance(bootstrap_steps, int) or bootstrap_steps < 0:
         raise ConfigError(f"bootstrap_steps must be an integer >= 0 (e.g. 20), got {bootstrap_steps!r}")
     regs = check_regions(regions, height, width)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mdtools import ConfigError, MultiDiffusionPipeline, cli
 
@@ -23,6 +24,8 @@ BAD_CALLS = [
     (dict(prompt=["a", "b"], negative_prompt=["c"]), r"negative_prompt has 1 entries but prompt has 2"),
     (dict(output_type="jpeg"), r"output_type='jpeg' is not valid; choose one of \['pil', 'np', 'pt', 'latent'\]"),
     (dict(guidance_rescale=2.0), r"guidance_rescale must be in \[0, 1\]"),
+    (dict(init_latents="zeros", strength=0.04, num_inference_steps=20),
+     r"strength=0.04 with num_inference_steps=20 runs no denoising step .* use strength >= 0.05"),
 ]
 
 
@@ -32,6 +35,8 @@ def test_pipeline_rejects_bad_input_before_compute(sd_pipe, monkeypatch, kwargs,
     monkeypatch.setattr(md, "_adapter", lambda *a, **k: pytest.fail("compute started before validation"))
     kwargs = {"prompt": "a beach", "height": 64, "width": 128, "overlap": 32, **kwargs}
     prompt = kwargs.pop("prompt")
+    if isinstance(kwargs.get("init_latents"), str):  # clean latents of the canvas size
+        kwargs["init_latents"] = torch.zeros(1, 4, kwargs["height"] // 8, kwargs["width"] // 8)
     with pytest.raises(ConfigError, match=match):
         md(prompt, **kwargs)
 
