@@ -37,6 +37,8 @@ INTERVAL_NAME = "expanded percentile bootstrap over (image, seed)"
 
 #: The methods of the benchmark, in table order (labels; benchmarks/upscale_truth.py maps each to its upscale call).
 BICUBIC, LANCZOS = "bicubic", "lanczos"
+#: the plain resizes (no model); "best among the diffusion methods" leaves them out
+PIXEL_METHODS: tuple[str, ...] = (BICUBIC, LANCZOS)
 METHOD_LABELS: tuple[str, ...] = (
     BICUBIC, LANCZOS, "naive_tiles", "usdu", "usdu+seamfix", "usdu+cn", "multidiffusion", "multidiffusion+cn",
     "mixture", "mixture+cn", "mixture+wavelet", "mixture+inversion",
@@ -83,10 +85,14 @@ WORDING = {
     "worse": "{b} is worse than {a} on {metric}",
     "no difference shown": "{b} vs {a} on {metric}: no difference shown",
     "best": "best mean {metric}: {b}, {value}",
+    "best_diffusion": "best mean {metric} among the diffusion methods: {b}, {value}",
     "tie": "best mean {metric}: {k} methods tied at {value} ({methods})",
+    "tie_diffusion": "best mean {metric} among the diffusion methods: {k} methods tied at {value} ({methods})",
     "few": " (fewer than {min_n} pairs decide nothing)",
     "best_vs": "against the runner-up {a}",
-    "cost": "{b}: {time} s, peak {mem} MB, {evals} UNet evaluations per image",
+    "vs_lanczos": "{metric}: shown better than Lanczos (Holm): {better}; shown worse: {worse}",
+    "cost": "{b}: {time} s, {evals} UNet evaluations per image (peak resident memory of the whole process, models "
+            "included: {mem} MB)",
 }
 
 
@@ -103,7 +109,7 @@ class Comparison:
     level: float  # the Holm level the verdict was read at
     family_size: int
     verdict: str
-    kind: str = "named"  # named | vs_lanczos | best_vs_runner_up
+    kind: str = "named"  # named | vs_lanczos | best_vs_runner_up | best_diffusion_vs_runner_up
 
     def sentence(self) -> str:
         info = METRIC_BY_COLUMN[self.metric]
@@ -198,15 +204,16 @@ def family(sub: pd.DataFrame, info: MetricInfo) -> list[tuple[str, str, str]]:
     pairs = [(m, LANCZOS, "vs_lanczos") for m in methods if m != LANCZOS and LANCZOS in methods]
     pairs += [(b, a, "named") for b, a in NAMED_COMPARISONS if a in methods and b in methods]
     means = sub.groupby("method")[info.column].mean().dropna()
-    if len(means) >= 2:
-        ranked = means.sort_values(ascending=not info.higher_is_better, kind="stable")
-        best, second = ranked.index[0], ranked.index[1]
-        if not any({b, a} == {best, second} for b, a, _ in pairs):
-            pairs.append((best, second, "best_vs_runner_up"))
+    for kind, pool in (("best_vs_runner_up", means), ("best_diffusion_vs_runner_up", means.drop(list(PIXEL_METHODS), errors="ignore"))):
+        if len(pool) >= 2:
+            ranked = pool.sort_values(ascending=not info.higher_is_better, kind="stable")
+            best, second = ranked.index[0], ranked.index[1]
+            if not any({b, a} == {best, second} for b, a, _ in pairs):
+                pairs.append((best, second, kind))
     return pairs
 
 
-def comparisons_table(runs: pd.DataFrame, *, factors: Iterable[int] = (4,), n_boot: int = N_BOOT) -> pd.DataFrame:
+def comparisons_table(runs: pd.DataFrame, *, factors: Iterable[int] = (4, 2), n_boot: int = N_BOOT) -> pd.DataFrame:
     """Every family's comparisons with their Holm-level intervals and verdicts (headline metrics, `factors`)."""
     ok = ok_rows(runs)
     rows = []
@@ -261,30 +268,50 @@ def _summary_interval(row: pd.Series) -> Interval:
 
 
 def best_lines(summary: pd.DataFrame, comps: list[Comparison], dataset: str, factor: int) -> list[str]:
-    """Per headline metric: the best mean with its interval, and its verdict against the runner-up."""
+    """Per headline metric: the best mean with its interval and its verdict against the runner-up, overall and
+    among the diffusion methods (the plain resizes left out)."""
     lines = []
     s = summary[(summary["dataset"] == dataset) & (summary["factor"] == factor)]
     for info in METRICS:
         if not info.headline or dataset not in info.datasets:
             continue
         sub = s[s["column"] == info.column].dropna(subset=["mean"])
-        if sub.empty:
-            continue
         ranked = sub.sort_values("mean", ascending=not info.higher_is_better, kind="stable")
-        top = ranked.iloc[0]
-        tied = ranked[np.isclose(ranked["mean"], top["mean"], rtol=0, atol=1e-9)]["method"].tolist()
-        if len(tied) > 1:
-            lines.append("- " + WORDING["tie"].format(metric=info.label, k=len(tied), methods=", ".join(tied),
-                                                       value=f"{top['mean']:{info.fmt}}") + ".")
-            continue
-        line = WORDING["best"].format(metric=info.label, b=top["method"], value=format_interval(_summary_interval(top), info))
-        if len(ranked) > 1:
-            second = ranked.iloc[1]["method"]
-            c = next((c for c in comps if c.dataset == dataset and c.factor == factor and c.metric == info.column
-                      and {c.a, c.b} == {top["method"], second}), None)
-            if c is not None:
-                line += f"; {WORDING['best_vs'].format(a=second)}: {c.sentence()}"
-        lines.append(f"- {line}.")
+        for key, pool in (("best", sub), ("best_diffusion", sub[~sub["method"].isin(PIXEL_METHODS)])):
+            if pool.empty or (key == "best_diffusion" and ranked.iloc[0]["method"] not in PIXEL_METHODS):
+                continue  # the diffusion line only where a plain resize has the best mean
+            line = _best_line(pool, comps, dataset, factor, info, key)
+            lines.append(f"- {line}.")
+    return lines
+
+
+def _best_line(pool: pd.DataFrame, comps: list[Comparison], dataset: str, factor: int, info: MetricInfo, key: str) -> str:
+    ranked = pool.sort_values("mean", ascending=not info.higher_is_better, kind="stable")
+    top = ranked.iloc[0]
+    tied = ranked[np.isclose(ranked["mean"], top["mean"], rtol=0, atol=1e-9)]["method"].tolist()
+    if len(tied) > 1:
+        tie = "tie" if key == "best" else "tie_diffusion"
+        return WORDING[tie].format(metric=info.label, k=len(tied), methods=", ".join(tied), value=f"{top['mean']:{info.fmt}}")
+    line = WORDING[key].format(metric=info.label, b=top["method"], value=format_interval(_summary_interval(top), info))
+    if len(ranked) > 1:
+        second = ranked.iloc[1]["method"]
+        c = next((c for c in comps if c.dataset == dataset and c.factor == factor and c.metric == info.column
+                  and {c.a, c.b} == {top["method"], second}), None)
+        if c is not None:
+            line += f"; {WORDING['best_vs'].format(a=second)}: {c.sentence()}"
+    return line
+
+
+def lanczos_lines(comps: list[Comparison], dataset: str, factor: int) -> list[str]:
+    """Per headline metric: which methods are shown better / worse than Lanczos (the resize they all start from)."""
+    lines = []
+    for info in METRICS:
+        mine = [c for c in comps if c.dataset == dataset and c.factor == factor and c.metric == info.column
+                and c.kind == "vs_lanczos" and c.a == LANCZOS]
+        if mine:
+            better = ", ".join(c.b for c in mine if c.verdict == "better") or "none"
+            worse = ", ".join(c.b for c in mine if c.verdict == "worse") or "none"
+            lines.append("- " + WORDING["vs_lanczos"].format(metric=info.label, better=better, worse=worse) + ".")
     return lines
 
 
@@ -314,9 +341,10 @@ def render_findings(summary: pd.DataFrame, comps: pd.DataFrame) -> str:
         out += best_lines(summary, verdicts, ds, factor) or ["- no runs."]
         mine = [c for c in verdicts if c.dataset == ds and c.factor == factor]
         if mine:
+            out += ["", "### Against Lanczos", ""] + lanczos_lines(verdicts, ds, factor)
             out += ["", "### Comparisons", ""]
             for c in mine:
-                if c.kind != "best_vs_runner_up":
+                if not c.kind.endswith("_vs_runner_up"):
                     out.append(f"- {c.sentence()}.")
         out += ["", "### Cost (mean per image)", ""] + cost_lines(summary, ds, factor) + [""]
     return "\n".join(out).rstrip() + "\n"
@@ -340,6 +368,6 @@ def readme_lines(findings: str, dataset: str = "scenes", factor: int = 4) -> lis
 
 __all__ = [
     "BICUBIC", "CI_METHOD", "COST_COLUMNS", "Comparison", "INTERVAL_NAME", "LANCZOS", "LEVEL", "METHOD_LABELS", "METRICS",
-    "MetricInfo", "NAMED_COMPARISONS", "PAIR_KEYS", "WORDING", "build_tables", "comparisons_from_table", "comparisons_table",
+    "MetricInfo", "NAMED_COMPARISONS", "PAIR_KEYS", "PIXEL_METHODS", "WORDING", "build_tables", "comparisons_from_table", "comparisons_table",
     "format_interval", "holm_intervals", "load_runs", "readme_lines", "render_findings", "summary_table", "write_tables",
 ]
