@@ -374,8 +374,8 @@ def finish(out: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def write_grid(out: Path, dataset: str = "scenes", factor: int = 4, crop: int = 128) -> Path | None:
-    """A small PNG: the top-left `crop` px of image 0 for the GRID methods, side by side, each titled."""
+def write_grid(out: Path, dataset: str = "scenes", factor: int = 4) -> Path | None:
+    """A small PNG: image 0 of the GRID methods (truth first), side by side, each titled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,10 +385,9 @@ def write_grid(out: Path, dataset: str = "scenes", factor: int = 4, crop: int = 
     paths = [(m, p) for m, p in paths if p.is_file()]
     if len(paths) < 2:
         return None
-    fig, axes = plt.subplots(1, len(paths), figsize=(2.0 * len(paths), 2.3))
+    fig, axes = plt.subplots(1, len(paths), figsize=(2.0 * len(paths), 1.25))
     for ax, (m, p) in zip(axes, paths):
-        im = Image.open(p).convert("RGB")
-        ax.imshow(im.crop((0, 0, min(crop * 2, im.width), min(crop * 2, im.height))), interpolation="nearest")
+        ax.imshow(Image.open(p).convert("RGB"), interpolation="nearest")
         ax.set_title(m, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
