@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
@@ -166,11 +164,6 @@ def test_bad_images(md, tmp_path):
     assert r.image.size == (96, 64)
 
 
-def _takes_controlnet() -> bool:
-    return "control_image" in inspect.signature(MultiDiffusionPipeline.__call__).parameters
-
-
-@pytest.mark.skipif(not _takes_controlnet(), reason="md(...) has no control_image yet (helper cn's ControlNet change)")
 def test_controlnet_gets_the_resized_source(md):
     from diffusers import ControlNetModel
 
@@ -190,13 +183,6 @@ def test_controlnet_gets_the_resized_source(md):
     assert any("control image" in n for n in with_cn.record["upscale"]["notes"])
     with pytest.raises(ConfigError, match="must match the source"):
         upscale(md, _src(), controlnet=cn, control_image=_src(40, 40), **kw)
-
-
-def test_controlnet_refused_clearly_until_the_pipeline_takes_it(md):
-    if _takes_controlnet():
-        pytest.skip("the pipeline takes ControlNet: covered by test_controlnet_gets_the_resized_source")
-    with pytest.raises(ConfigError, match="no ControlNet yet"):
-        upscale(md, _src(), scale=2, overlap=32, controlnet="toy-scenes-tile", progress=False)
 
 
 def test_cli_refuses_bad_input_before_loading_and_writes_nothing(tmp_path, capsys):
