@@ -192,7 +192,12 @@ def test_cli_refuses_bad_input_before_loading_and_writes_nothing(tmp_path, capsy
     _src().save(src)
     out = tmp_path / "out.png"
     for extra, match in ((["--scale", "1.9"], "nearest valid size"), (["--strength", "0"], "strength must be in"),
-                         (["--method", "demofusion"], "does not support img2img"), (["--scale", "2x"], "HEIGHTxWIDTH")):
+                         (["--method", "demofusion"], "does not support img2img"), (["--scale", "2x"], "HEIGHTxWIDTH"),
+                         (["--scale", "4", "--controlnet", "nowhere"], "neither an embedded name"),
+                         (["--control-image", str(src)], "--control-image needs --controlnet"),
+                         (["--scale", "4", "--controlnet", "toy-scenes-tile", "--control-image", str(tmp_path / "odd.png")],
+                          "it must match the source")):
+        _src(40, 40).save(tmp_path / "odd.png")
         assert main(["upscale", str(src), "--out", str(out), "--model", "toy-scenes", *extra]) == 2
         assert match in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".json").exists()
