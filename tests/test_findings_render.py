@@ -166,3 +166,17 @@ def test_readme_markers_round_trip():
     assert findings.readme_section(new) == "new\nlines" and new.startswith("a\n") and new.endswith("\nb")
     with pytest.raises(ConfigError, match="markers"):
         findings.readme_section("no markers")
+
+
+class _TwiceRenderer(findings.Renderer):
+    def f_twice(self, pos, o, flt):
+        return str(2 * int(pos[0]))
+
+
+def test_a_template_may_name_its_own_renderer(results, tmp_path):
+    t = tmp_path / "08.md"
+    t.write_text("<!-- renderer: tests.test_findings_render._TwiceRenderer -->\n{{ twice 21 }} {{ seeds exp }}\n")
+    assert findings.render_file(t, results) == "42 8"
+    t.write_text("<!-- renderer: mdtools.stats.Interval -->\nx\n")
+    with pytest.raises(ConfigError, match="not a subclass"):
+        findings.render_file(t, results)

@@ -25,6 +25,9 @@ Functions (EXP: a folder of results/ with runs.parquet; FILE: a CSV under result
   (`verdicts.Comparison`), in the fixed wording.
 - `const NAME`: a named threshold of the analysis (VISIBLE_SEAM, SEAM_MARGIN, MIN_PAIRS, ALPHA).
 - `claim ID [part=verdict|head|evidence|statement]`: a verdict of `analysis.article_claims` (`head`: its first clause).
+
+A template may start with `<!-- renderer: package.module.Class -->` to be rendered by a `Renderer`
+subclass that adds `f_<name>(self, positional, options, filters)` placeholder functions.
 """
 
 from __future__ import annotations
@@ -289,11 +292,27 @@ def render(text: str, results: str | Path = "results") -> str:
     return Renderer(results).render(text)
 
 
+#: A template's optional first line naming a Renderer subclass with more placeholder functions, e.g.
+#: `<!-- renderer: mdtools.analysis.upscale_findings.UpscaleRenderer -->`; the line is not rendered.
+RENDERER_LINE = re.compile(r"\A<!--\s*renderer:\s*([\w.]+)\.(\w+)\s*-->\n")
+
+
 def render_file(path: str | Path, results: str | Path = "results", *, renderer: Renderer | None = None) -> str:
     """The rendered Markdown of a template file, without a trailing newline. Pass one `renderer` to render
-    several files from the same results (tables, claims and benchmark tables are then read once)."""
+    several files from the same results (tables, claims and benchmark tables are then read once). A template
+    whose first line names another renderer (RENDERER_LINE) is rendered by that class instead."""
+    import importlib
+
+    text = Path(path).read_text(encoding="utf-8")
     r = renderer or Renderer(results)
-    return r.render(Path(path).read_text(encoding="utf-8")).rstrip("\n")
+    m = RENDERER_LINE.match(text)
+    if m:
+        cls = getattr(importlib.import_module(m.group(1)), m.group(2), None)
+        if not (isinstance(cls, type) and issubclass(cls, Renderer)):
+            raise ConfigError(f"{path}: renderer {m.group(1)}.{m.group(2)} is not a subclass of mdtools.analysis.findings.Renderer")
+        r = r if type(r) is cls else cls(r.results)
+        text = text[m.end():]
+    return r.render(text).rstrip("\n")
 
 
 #: README.md holds the rendered "What we measured" between these two lines.
