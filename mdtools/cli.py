@@ -1,4 +1,4 @@
-"""Command line: `mdtools generate | upscale | train-toy | demo | run | report`.
+"""Command line: `mdtools generate | upscale | train-toy | train-toy-controlnet | demo | run | report`.
 
 Every argument is validated before a model is loaded, so a typo costs a second, not a
 model load.
@@ -131,8 +131,6 @@ def _scale_arg(v: str) -> Any:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    import inspect
-
     import torch
 
     from .models import DTYPES, FLOW_KINDS
@@ -149,8 +147,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     given = {k: getattr(args, a) for k, a in flags.items() if getattr(args, a) is not None}
     if args.noise_inversion or given:
         inv = given or True
-    if args.controlnet is not None and "control_image" not in inspect.signature(MultiDiffusionPipeline.__call__).parameters:
-        raise ConfigError("--controlnet: this version's pipeline takes no ControlNet yet; upscale without it")
+    if args.control_image is not None and args.controlnet is None:
+        raise ConfigError("--control-image needs --controlnet (e.g. --controlnet toy-scenes-tile)")
     path, vsf, native, kind = read_model_configs(args.model)
     settings = dict(scale=_scale_arg(args.scale), method=args.method,
                     strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
@@ -162,13 +160,28 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                     overlap=args.overlap)
     chk = check_upscale(args.image, **settings, vae_scale_factor=vsf,
                         size_multiple=vsf * (2 if kind in FLOW_KINDS else 1), native_window=native or 512)
+    control: dict[str, Any] = {}
+    if args.controlnet is not None:
+        from .toy import EMBEDDED_CONTROLNETS
+        from .upscale import load_image
+
+        if args.controlnet not in EMBEDDED_CONTROLNETS and not (Path(args.controlnet) / "config.json").is_file():
+            raise ConfigError(f"--controlnet {args.controlnet!r} is neither an embedded name "
+                              f"({sorted(EMBEDDED_CONTROLNETS)}) nor a diffusers ControlNet folder with config.json")
+        if args.control_image is not None:
+            hw = tuple(load_image(args.control_image, name="control_image")[0].shape[-2:])
+            if hw not in (tuple(chk.canvas), tuple(chk.source.shape[-2:])):
+                raise ConfigError(f"--control-image is {hw[1]}x{hw[0]} px (width x height); it must match the source "
+                                  f"({chk.source.shape[-1]}x{chk.source.shape[-2]}) or the canvas "
+                                  f"({chk.canvas[1]}x{chk.canvas[0]})")
+        control = dict(controlnet=args.controlnet, control_image=args.control_image,
+                       controlnet_conditioning_scale=args.controlnet_scale)
     for note in chk.notes:
         print(f"note: {note}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # --- load and run -----------------------------------------------------------------------
     md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=device)
-    extra = {"controlnet": args.controlnet} if args.controlnet is not None else {}
-    res = md.upscale(args.image, **settings, seed=args.seed, progress=True, **extra)
+    res = md.upscale(args.image, **settings, **control, seed=args.seed, progress=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     res.image.save(out)
     rec_path = out.with_suffix(".json")
@@ -186,6 +199,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 def cmd_train_toy(args: argparse.Namespace, rest: list[str]) -> int:
     from .toy.train import main as train_main
+
+    return train_main(rest)
+
+
+def cmd_train_toy_controlnet(args: argparse.Namespace, rest: list[str]) -> int:
+    from .toy.train_controlnet import main as train_main
 
     return train_main(rest)
 
@@ -288,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--method-param", action="append", default=[], metavar="NAME=VALUE", help="a parameter of the method")
     u.add_argument("--upscaler", default="lanczos", help="lanczos (default) or bicubic")
     u.add_argument("--controlnet", default=None, help="a ControlNet: 'toy-scenes-tile' (embedded) or a folder")
+    u.add_argument("--control-image", default=None,
+                   help="the control image (source or canvas size); default with --controlnet: the resized source")
+    u.add_argument("--controlnet-scale", type=float, default=1.0, help="controlnet_conditioning_scale (default 1)")
     u.add_argument("--color-fix", default=None, help="wavelet or adain (StableSR's); default none")
     u.add_argument("--color-fix-tiles", action="store_true", help="apply the colour fix per view instead of the whole image")
     u.add_argument("--noise-inversion", action="store_true",
@@ -342,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-toy", help="train the embedded toy model (see mdtools/assets/toy-sd/MODEL_CARD.md)",
                        add_help=False)
     t.set_defaults(func=cmd_train_toy, passthrough=True)
+
+    tc = sub.add_parser("train-toy-controlnet", add_help=False,
+                        help="train the embedded tile ControlNet (mdtools/assets/toy-scenes-tile/MODEL_CARD.md)")
+    tc.set_defaults(func=cmd_train_toy_controlnet, passthrough=True)
     return ap
 
 

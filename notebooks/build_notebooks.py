@@ -1,22 +1,34 @@
-"""Write the notebooks from their cell sources and execute them (outputs are committed).
+"""Write the notebooks from their cell sources and execute them (outputs are committed); render README's findings.
 
-    python notebooks/build_notebooks.py            # write + execute all
+    python notebooks/build_notebooks.py            # write + execute all, rewrite README's "What we measured"
     python notebooks/build_notebooks.py --no-exec  # write only
 
 The notebooks stay thin: they load tables from results/ and call mdtools.analysis (plots,
-tables, article_claims). Prose with measured numbers lives in FINDINGS below, written after
-looking at the results; `tests/test_notebooks.py` executes every notebook in CI.
+tables, article_claims). Each notebook's findings cell is rendered from its template
+`notebooks/findings/NN.md` by `mdtools.analysis.findings` (every number and verdict is a
+placeholder filled from results/), and README's "What we measured" from `findings/readme.md`;
+`tests/test_findings_render.py` fails when the committed text differs from its rendering, and
+`make test` executes every notebook (nbmake).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # this checkout's mdtools, not another install's
+
+from mdtools.analysis.findings import Renderer, render_file, with_readme_section  # noqa: E402
+
+FINDINGS_DIR = HERE / "findings"
+#: Notebook cells holding rendered findings carry this tag (tests/test_findings_render.py finds them by it).
+FINDINGS_TAG = "findings"
 
 SETUP = """\
 %matplotlib inline
@@ -41,11 +53,26 @@ def code(text: str) -> nbformat.NotebookNode:
     return nbformat.v4.new_code_cell(text)
 
 
-FINDINGS: dict[str, str] = {}  # filled by findings.py (prose written after the runs)
-try:
-    from findings import FINDINGS  # type: ignore  # noqa: F811
-except ImportError:
-    pass
+_RENDERER: list[Renderer] = []  # one per build: tables, claims and benchmark CSVs are read once
+
+
+def findings(name: str) -> nbformat.NotebookNode:
+    """The findings cell of notebook `name` ('06'), rendered from findings/NN.md and tagged FINDINGS_TAG."""
+    if not _RENDERER:
+        _RENDERER.append(Renderer(ROOT / "results"))
+    cell = md(render_file(FINDINGS_DIR / f"{name}.md", renderer=_RENDERER[0]))
+    cell.metadata["tags"] = [FINDINGS_TAG]
+    return cell
+
+
+def write_readme() -> Path:
+    """Rewrite README.md's block between the findings markers from findings/readme.md."""
+    if not _RENDERER:
+        _RENDERER.append(Renderer(ROOT / "results"))
+    readme = ROOT / "README.md"
+    text = render_file(FINDINGS_DIR / "readme.md", renderer=_RENDERER[0])
+    readme.write_text(with_readme_section(readme.read_text(encoding="utf-8"), text), encoding="utf-8")
+    return readme
 
 
 def nb_quickstart() -> list:
@@ -67,7 +94,7 @@ def nb_quickstart() -> list:
              '    ax.set_title(f\'{row["tiling.kernel"]}, overlap {row["tiling.overlap"]} px: '
              'seam_structure {row["metric.seam_structure"]:.2f}\')\n'
              '    ax.axis("off")'),
-        md(FINDINGS.get("01", "_Findings are written after the runs._")),
+        findings("01"),
     ]
 
 
@@ -83,7 +110,7 @@ def nb_overlap() -> list:
         code("fig = plots.cost_vs_overlap(ok)"),
         code("fig = plots.disagreement_per_step(ok)"),
         code('fr = load_table(R / "frontier")\nfig = plots.frontier(fr)'),
-        md(FINDINGS.get("02", "_Findings are written after the runs._")),
+        findings("02"),
     ]
 
 
@@ -96,7 +123,7 @@ def nb_aspect() -> list:
              'ar.groupby("aspect")[["plan.height", "plan.width", "plan.n_views", "plan.redundancy", '
              '"count.model_evaluations", "time.denoise", "metric.seam_score"]].mean()'),
         code("fig = plots.cost_vs_aspect(ar)"),
-        md(FINDINGS.get("03", "_Findings are written after the runs._")),
+        findings("03"),
     ]
 
 
@@ -126,7 +153,7 @@ def nb_cost() -> list:
              'ra[[c for c in cols if c in ra]].round(2)'),
         code('vf = pd.read_csv(R / "bench" / "vae_fast.csv")\n'
              'vf[["size", "method", "tile_px", "seconds", "decode_peak_mb", "output_mb", "psnr_db", "disk_written_mb"]]'),
-        md(FINDINGS.get("04", "_Findings are written after the runs._")),
+        findings("04"),
     ]
 
 
@@ -142,7 +169,7 @@ def nb_claims() -> list:
         code(SETUP + "\nfrom mdtools.analysis.article_claims import all_verdicts"),
         code('v = all_verdicts(R)\npd.set_option("display.max_colwidth", None)\nv[["claim", "statement", "verdict"]]'),
         code('for _, r in v.iterrows():\n    print(f"{r.claim}: {r.verdict}\\n    evidence: {r.evidence}\\n")'),
-        md(FINDINGS.get("05", "_Findings are written after the runs._")),
+        findings("05"),
     ]
 
 
@@ -153,27 +180,32 @@ def nb_methods() -> list:
            "each at its default and at a cost-matched setting, on a 1:4 panorama (128 x 512 px) and a 2x2-window "
            "square (256 x 256 px), 8 seeds, the embedded toy model (128 px window) on CPU. Cost is the run's measured "
            "UNet-forward equivalents (SyncDiffusion's gradients, backward passes, decodes and loss priced with the "
-           "run's own seconds per evaluation). Intervals: 95% bootstrap over seeds; comparisons are paired on seeds."),
-        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, paired_vs, label_extra\n"
+           "run's own seconds per evaluation, so it follows the machine's load; the findings state counts instead). "
+           "Intervals: 95% expanded bootstrap over seeds, printed with n and method (docs/statistics.md); comparisons "
+           "are paired on seeds, and the notebook's family of comparisons (every setting against the reference on "
+           "every canvas, for seam_structure, seam_score and intra_color) is Holm-corrected together."),
+        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, label_extra\n"
              "m = plots.with_method_label(plots.with_derived(load_table(R / 'methods')), label_extra(load_table(R / 'methods')))"),
         code('t = methods_table(m)\n'
              'cols = ["method.label", "plan.width", "plan.height", "n", "metric.seam_structure", "metric.seam_structure.ci", '
-             '"cost.unet_equivalents", "count.model_evaluations", "time.denoise", "peak_gb.denoise", "peak_gb.sync"]\n'
+             '"count.model_evaluations", "cost.unet_equivalents", "time.denoise", "peak_gb.denoise", "peak_gb.sync", "ci_method"]\n'
              't[[c for c in cols if c in t]]'),
         code("fig = plots.methods_bars(m)"),
         code('for (h, w), sub in m[m["status"] == "ok"].groupby(["plan.height", "plan.width"]):\n'
              '    fig = plots.frontier(sub)\n    fig.axes[0].set_title(f"{w} x {h} px: seam score per measured cost")'),
-        code('ref = "multidiffusion(gaussian, steps=15, overlap=64)"\n'
+        code('from mdtools.analysis.findings import family_table\n'
+             'ref = "multidiffusion(gaussian, steps=15, overlap=64)"\n'
              'pd.set_option("display.max_colwidth", 80)\n'
-             'paired_vs(m, ref, "metric.seam_structure")'),
-        code('paired_vs(m, ref, "metric.intra_color")'),
+             '# the notebook\'s family: every setting against the reference, every canvas, three metrics; Holm over all rows\n'
+             'fam = family_table(m, ref, ["metric.seam_structure", "metric.seam_score", "metric.intra_color"])\n'
+             'fam.round(4)'),
         code('import io\nfrom PIL import Image as PILImage\n'
              'for name in ("method_images_512x128", "method_images_256x256"):\n'
              '    png = R / "methods" / "plots" / f"{name}.png"  # written by mdtools report (previews of seed 0)\n'
              '    if png.exists():\n        im = PILImage.open(png).convert("RGB")\n        im.thumbnail((640, 4000))\n'
              '        buf = io.BytesIO()\n        im.save(buf, format="JPEG", quality=80)\n'
              '        display(Image(data=buf.getvalue(), format="jpeg"))'),
-        md(FINDINGS.get("06", "_Findings are written after the runs._")),
+        findings("06"),
     ]
 
 
@@ -184,8 +216,10 @@ def nb_coherence() -> list:
            "panoramas of 1:4 and 1:8, every method at its default (SyncDiffusion 5 sync steps, DemoFusion 2 stages), 6 seeds. `disc_count` counts suns / moons (1 is "
            "right; `one_disc` is the share of runs with exactly one), `horizon_continuity` and `sky_consistency` are 1 "
            "when the horizon and the sky are as smooth at window seams as elsewhere (higher = broken, docs/metrics.md). "
-           "Intervals: 95% bootstrap over seeds (and prompts); comparisons are paired."),
-        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, paired_vs, label_extra\n"
+           "Intervals: 95% expanded bootstrap over seeds (and prompts), printed with n and method (docs/statistics.md); "
+           "comparisons are paired, and the notebook's family (every method against MultiDiffusion on both canvases, "
+           "for the six metrics below) is Holm-corrected together."),
+        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, label_extra\n"
              "raw = load_table(R / 'coherence')\nc = plots.with_method_label(plots.with_derived(raw), label_extra(raw))"),
         code('import io\nfrom PIL import Image as PILImage\n'
              'for name in ("method_images_512x128", "method_images_1024x128"):\n'
@@ -196,15 +230,21 @@ def nb_coherence() -> list:
         code('t = methods_table(c)\n'
              'cols = ["method.label", "plan.width", "n", "metric.disc_count", "metric.one_disc", "metric.one_disc.ci", '
              '"metric.horizon_continuity", "metric.horizon_continuity.ci", "metric.sky_consistency", '
-             '"metric.sky_consistency.ci", "metric.intra_lpips", "cost.unet_equivalents", "time.denoise"]\n'
+             '"metric.sky_consistency.ci", "metric.intra_lpips", "metric.intra_lpips_featnet", "metric.intra_lpips_featnet.ci", '
+             '"metric.intra_style_featnet", "metric.intra_style_featnet.ci", "count.model_evaluations", "ci_method"]\n'
+             'missing = [x for x in cols if x not in t]\n'
+             'print("not in this table (not measured by this sweep):", missing or "none")\n'
              't[[x for x in cols if x in t]]'),
         code('fig = plots.methods_bars(c, metrics=["metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency", '
              '"cost.unet_equivalents"])'),
-        code('ref = next(x for x in c["method.label"].unique() if x.startswith("multidiffusion"))  # the reference: plain MultiDiffusion\n'
+        code('from mdtools.analysis.findings import family_table\n'
+             'ref = next(x for x in c["method.label"].unique() if x.startswith("multidiffusion"))  # the reference: plain MultiDiffusion\n'
              'pd.set_option("display.max_colwidth", 60)\n'
-             'pd.concat([paired_vs(c, ref, m).assign(metric=m) for m in '
-             '["metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency"]])'),
-        md(FINDINGS.get("07", "_Findings are written after the runs._")),
+             '# the notebook\'s family: every method against the reference, both canvases, six metrics; Holm over all rows\n'
+             'fam = family_table(c, ref, ["metric.disc_error", "metric.one_disc", "metric.horizon_continuity", '
+             '"metric.sky_consistency", "metric.intra_lpips_featnet", "metric.intra_style_featnet"])\n'
+             'fam.round(4)'),
+        findings("07"),
     ]
 
 
@@ -234,9 +274,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-exec", action="store_true")
     ap.add_argument("names", nargs="*", default=list(NOTEBOOKS))
+    ap.add_argument("--no-readme", action="store_true", help="leave README.md's findings section as it is")
     args = ap.parse_args()
     for n in args.names:
         print(build(n, not args.no_exec))
+    if not args.no_readme:
+        print(write_readme())
 
 
 if __name__ == "__main__":

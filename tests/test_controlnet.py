@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -305,14 +307,17 @@ def test_controlnet_from_a_folder_equals_the_object(sd, tmp_path):
     assert b.record.extra["controlnet"]["controlnets"] == [str(tmp_path / "cn")]
 
 
-def test_embedded_name_loads_or_says_it_is_missing(sd):
-    from mdtools.toy import EMBEDDED_CONTROLNETS
+def test_embedded_name_loads_or_says_it_is_missing(sd, tmp_path, monkeypatch):
+    from mdtools.models.controlnet import load_controlnet
+    from mdtools.toy import EMBEDDED_CONTROLNETS, TOY_SCENES_TILE_DIR
 
+    net = load_controlnet("toy-scenes-tile")  # the shipped one, from safetensors
+    assert type(net).__name__ == "ControlNetModel"
+    assert net.config.cross_attention_dim == json.loads((TOY_SCENES_TILE_DIR / "config.json").read_text())[
+        "cross_attention_dim"]
     pipe, _ = sd
     md = MultiDiffusionPipeline.from_pipe(pipe)
-    folder = EMBEDDED_CONTROLNETS["toy-scenes-tile"]
-    if (folder / "config.json").is_file():
-        pytest.skip("the embedded tile ControlNet is installed; tested with the toy model by its own tests")
+    monkeypatch.setitem(EMBEDDED_CONTROLNETS, "toy-scenes-tile", tmp_path / "absent")  # an install without it
     with pytest.raises(mdtools.ConfigError, match="embedded ControlNet is not installed"):
         md(PROMPT, controlnet="toy-scenes-tile", control_image=control(64, 64), height=64, width=64, overlap=0,
            progress=False)

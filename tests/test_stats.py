@@ -12,7 +12,7 @@ from mdtools import stats
 from mdtools.stats import Interval, bootstrap_ci, non_inferior, paired_difference, summarize_groups, verdict
 
 
-def reference_ci(x, *, stat=np.mean, level=0.95, n_boot=10_000, seed=0, expanded=False):
+def reference_ci(x, *, stat=np.mean, level=0.95, n_boot=10_000, seed=0, expanded=True):
     """The documented scheme written out with a Python loop: one index draw, one statistic per row,
     np.percentile of the statistics; the expanded tail from Hesterberg's formula."""
     x = np.asarray(x, dtype=float)
@@ -194,7 +194,9 @@ def test_non_inferiority_needs_min_pairs():
 
 def test_interval_format_and_shift():
     i = Interval(1.234, 1.0, 1.5, 7)
-    assert f"{i:.2f}" == "1.23 [1.00, 1.50] (n=7)"
+    assert f"{i:.2f}" == "1.23 [1.00, 1.50] (n=7, expanded bootstrap)"
+    assert f"{Interval(0.56, 0.41, 0.70, 6, level=0.9, method='paired percentile bootstrap')}" == (
+        "0.56 [0.41, 0.7] (n=6, 0.9 paired percentile bootstrap)")
     s = i.shifted(1.2)
     np.testing.assert_allclose([s.estimate, s.lo, s.hi], [0.034, -0.2, 0.3])
     assert s.n == 7
@@ -208,7 +210,8 @@ def test_summarize_groups_equals_bootstrap_ci_per_group():
                        "x": rng.normal(size=13), "y": rng.normal(size=13)})
     df.loc[2, "y"] = np.nan
     out = summarize_groups(df, ["k"], ["x", "y"], n_boot=4000, seed=1)
-    assert list(out.columns) == ["k", "column", "n", "mean", "ci_lo", "ci_hi"] and len(out) == 6
+    assert list(out.columns) == ["k", "column", "n", "mean", "ci_lo", "ci_hi", "ci_method"] and len(out) == 6
+    assert set(out["ci_method"]) == {"expanded bootstrap, 95%"}
     for _, r in out.iterrows():
         ref = bootstrap_ci(df.loc[df["k"] == r["k"], r["column"]], n_boot=4000, seed=1)
         assert r["n"] == ref.n
@@ -246,7 +249,7 @@ KERNELS_OK = {(k, o): 6.0 if o == 0 else {"uniform": 1.6, "gaussian": 1.2, "cosi
 def test_c2_holds_with_enough_seeds_and_is_not_shown_with_three():
     v = claims.claim_c2(kernel_table(KERNELS_OK, range(8)))
     assert v.verdict == "holds"
-    assert "gaussian -0.40 [" in v.evidence and "(n=8)" in v.evidence and v.numbers["minus_uniform"]["cosine"]["hi"] < 0
+    assert "gaussian -0.40 [" in v.evidence and "(n=8, paired expanded bootstrap)" in v.evidence and v.numbers["minus_uniform"]["cosine"]["hi"] < 0
     few = claims.claim_c2(kernel_table(KERNELS_OK, range(3)))
     assert few.verdict.startswith("not shown: only 3 seeds (verdicts need 6)") and few.verdict.endswith("alone say: holds")
 
@@ -313,3 +316,59 @@ def test_committed_tables_give_intervals_with_n():
     for c in ("C1", "C2", "C5", "C6", "frontier"):
         if c in v.index:
             assert "(n=" in v.loc[c, "evidence"] and "bootstrap" in v.loc[c, "evidence"], c
+
+
+# ---- p-values that invert the intervals, and Holm's correction ---------------------------------
+
+def test_p_value_is_the_t_test_on_the_bootstrap_standard_error():
+    from scipy import stats as st
+
+    rng = np.random.default_rng(11)
+    for t in range(8):
+        n = int(rng.integers(6, 12))
+        a = pd.Series(rng.normal(size=n), index=range(n))
+        b = a + rng.normal(0.5 * rng.normal(), 0.5, size=n)
+        iv = paired_difference(a, b, n_boot=20_000, seed=t)
+        d = (b - a).to_numpy()
+        # the bootstrap SE of a mean tends to s * sqrt((n - 1) / n) / sqrt(n), so p tends to the paired t test's
+        assert iv.p == pytest.approx(st.ttest_1samp(d, 0.0).pvalue, rel=0.08, abs=2e-3)
+        # exact formula on the same bootstrap statistics
+        boot = stats._boot_rows(d[None, :], "mean", 20_000, t)[0]  # paired_difference resamples d in seed order
+        ref = 2 * st.t.sf(abs(d.mean()) / (boot.std() * math.sqrt(n / (n - 1))), n - 1)
+        assert stats.p_value(boot, d.mean(), n) == pytest.approx(ref, rel=1e-12)
+
+
+def test_p_value_edge_cases():
+    assert stats.p_value(np.array([0.3, 0.3, 0.3]), 0.3, 8) == 0.0
+    assert stats.p_value(np.zeros(5), 0.0, 8) == 1.0
+    assert math.isnan(stats.p_value(np.array([1.0]), 1.0, 8))
+    assert math.isnan(bootstrap_ci([1.0]).p)
+
+
+def holm_reference(p, alpha=0.05):
+    """Holm (1979) as published: reject H_(1), H_(2), ... while p_(i) <= alpha / (m - i + 1); stop at the first that is not."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    reject = [False] * len(p)
+    for rank, i in enumerate(order):
+        if p[i] < alpha / (len(p) - rank):
+            reject[i] = True
+        else:
+            break
+    return reject
+
+
+def test_holm_adjusted_p_values():
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    out = stats.holm([0.2, np.nan, 0.01])
+    assert math.isnan(out[1]) and out[[0, 2]].tolist() == pytest.approx([0.2, 0.02])
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        p = rng.uniform(0, 0.08, size=int(rng.integers(1, 12))) ** rng.uniform(0.5, 2)
+        assert list(stats.holm(p) < 0.05) == holm_reference(list(p))
+
+
+def test_verdict_needs_the_holm_adjusted_p():
+    d = Interval(-0.3, -0.5, -0.1, 8)
+    assert verdict(d, higher_is_better=False) == "better"
+    assert verdict(d, higher_is_better=False, p_adjusted=0.01) == "better"
+    assert verdict(d, higher_is_better=False, p_adjusted=0.08) == "no difference shown"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
@@ -166,11 +164,6 @@ def test_bad_images(md, tmp_path):
     assert r.image.size == (96, 64)
 
 
-def _takes_controlnet() -> bool:
-    return "control_image" in inspect.signature(MultiDiffusionPipeline.__call__).parameters
-
-
-@pytest.mark.skipif(not _takes_controlnet(), reason="md(...) has no control_image yet (helper cn's ControlNet change)")
 def test_controlnet_gets_the_resized_source(md):
     from diffusers import ControlNetModel
 
@@ -192,13 +185,6 @@ def test_controlnet_gets_the_resized_source(md):
         upscale(md, _src(), controlnet=cn, control_image=_src(40, 40), **kw)
 
 
-def test_controlnet_refused_clearly_until_the_pipeline_takes_it(md):
-    if _takes_controlnet():
-        pytest.skip("the pipeline takes ControlNet: covered by test_controlnet_gets_the_resized_source")
-    with pytest.raises(ConfigError, match="no ControlNet yet"):
-        upscale(md, _src(), scale=2, overlap=32, controlnet="toy-scenes-tile", progress=False)
-
-
 def test_cli_refuses_bad_input_before_loading_and_writes_nothing(tmp_path, capsys):
     from mdtools.cli import main
 
@@ -206,7 +192,12 @@ def test_cli_refuses_bad_input_before_loading_and_writes_nothing(tmp_path, capsy
     _src().save(src)
     out = tmp_path / "out.png"
     for extra, match in ((["--scale", "1.9"], "nearest valid size"), (["--strength", "0"], "strength must be in"),
-                         (["--method", "demofusion"], "does not support img2img"), (["--scale", "2x"], "HEIGHTxWIDTH")):
+                         (["--method", "demofusion"], "does not support img2img"), (["--scale", "2x"], "HEIGHTxWIDTH"),
+                         (["--scale", "4", "--controlnet", "nowhere"], "neither an embedded name"),
+                         (["--control-image", str(src)], "--control-image needs --controlnet"),
+                         (["--scale", "4", "--controlnet", "toy-scenes-tile", "--control-image", str(tmp_path / "odd.png")],
+                          "it must match the source")):
+        _src(40, 40).save(tmp_path / "odd.png")
         assert main(["upscale", str(src), "--out", str(out), "--model", "toy-scenes", *extra]) == 2
         assert match in capsys.readouterr().err
     assert not out.exists() and not out.with_suffix(".json").exists()

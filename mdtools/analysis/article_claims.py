@@ -18,20 +18,21 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from ..stats import MIN_PAIRS, Interval, bootstrap_ci, non_inferior, paired_difference, pairing_keys, verdict
+from ..stats import ALPHA, DEFAULT_METHOD, MIN_PAIRS, Interval, bootstrap_ci, holm, non_inferior, paired_difference, pairing_keys, verdict
 from .tables import EVALS, SEAM, load_table, ok_runs, with_derived
+from .verdicts import MARGINS
 
 #: A structural seam score above this is called "visible": the p95 of the score on
 #: seamless 256 x 384 crops of ten photographs (0.994 +- 0.121, docs/metrics.md).
 VISIBLE_SEAM = 1.20
-#: "As good as" on the seam score means worse by at most this much: about what a 1 px planted
-#: splice adds (median 0.99 -> 1.08; a 2 px splice gives 1.18, docs/metrics.md).
-SEAM_MARGIN = 0.10
+#: "As good as" on the seam score means worse by at most this much: the metric's margin in
+#: analysis.verdicts.MARGINS (about what a 1 px planted splice adds, docs/metrics.md).
+SEAM_MARGIN = MARGINS[SEAM].value
 #: Intervals behind every verdict: 95%, over seeds, the percentile bootstrap widened for small
 #: n (mdtools.stats.tail_probability), since the plain one covers ~87% at 6 seeds; fewer than
 #: MIN_PAIRS seeds decide nothing.
 LEVEL = 0.95
-CI_METHOD = "expanded"
+CI_METHOD = DEFAULT_METHOD
 #: The performance goal: at the default plan's seam score, at most this share of its model evaluations.
 FRONTIER_COST = 1 / 3
 
@@ -95,7 +96,7 @@ def _decide(decide: Callable[[int], str], *ivs: Interval) -> str:
 
 def _rules() -> str:
     return (f"intervals: {LEVEL:.0%}, {CI_METHOD} percentile bootstrap over seeds, differences paired on common seeds; "
-            f"a verdict needs >= {MIN_PAIRS} seeds")
+            f"a verdict needs >= {MIN_PAIRS} seeds and, within a claim's family of comparisons, a Holm-adjusted p < {ALPHA}")
 
 
 def claim_c1(df: pd.DataFrame, *, kernel: str = "gaussian") -> Verdict:
@@ -181,11 +182,12 @@ def claim_c2(df: pd.DataFrame) -> Verdict:
         if k in level_ci and "uniform" in level_ci:
             kk, uni = _kernel_seeds(df, k, "uniform")
             diffs[k] = _diff(uni, kk)
-    res = {k: verdict(d, higher_is_better=False) for k, d in diffs.items()}
     centre = [k for k in ("gaussian", "cosine") if k in diffs]
+    p_holm = dict(zip(diffs, holm([d.p for d in diffs.values()])))  # the kernels against uniform: one family
+    res = {k: verdict(d, higher_is_better=False, p_adjusted=p_holm[k]) for k, d in diffs.items()}
 
     def decide(m: int) -> str:
-        v = {k: verdict(diffs[k], higher_is_better=False, min_n=m) for k in centre}
+        v = {k: verdict(diffs[k], higher_is_better=False, min_n=m, p_adjusted=p_holm[k]) for k in centre}
         better = [k for k in centre if v[k] == "better"]
         worse = [k for k in centre if v[k] == "worse"]
         if len(better) == len(centre):
@@ -198,7 +200,8 @@ def claim_c2(df: pd.DataFrame) -> Verdict:
 
     verdict_ = _decide(decide, *(diffs[k] for k in centre)) if centre else "not measured: no gaussian / cosine and uniform runs with overlap"
     ev = "mean seam score over overlaps > 0: " + ", ".join(f"{k} {_fmt(v)}" for k, v in level_ci.items())
-    ev += "; paired difference to uniform (< 0 = fewer seams): " + ", ".join(f"{k} {_fmt(d)}: {res[k]}" for k, d in diffs.items())
+    ev += ("; paired difference to uniform (< 0 = fewer seams; Holm over the kernels): "
+           + ", ".join(f"{k} {_fmt(d)}, Holm p {p_holm[k]:.3f}: {res[k]}" for k, d in diffs.items()))
     if stitched is not None:
         hard = {k: _diff(stitched, _per_seed(df[df["tiling.kernel"] == k])) for k in centre}
         ev += "; vs hard stitching (overlap 0): " + ", ".join(f"{k} {_fmt(d)}" for k, d in hard.items())
@@ -484,18 +487,20 @@ def claim_c6(df: pd.DataFrame) -> Verdict:
     df = ok_runs(df)
     col = "metric.intra_color" if "metric.intra_color" in df else SEAM
     on_ = df["global_pass.enabled"].astype(bool)
-    ev, res, diffs = [], {}, {}
+    ev, diffs = [], {}
     for prompt in sorted(df["prompt"].unique()):
         p = df["prompt"] == prompt
         a, b = _per_seed(df[p & ~on_], col), _per_seed(df[p & on_], col)
         diffs[prompt] = _diff(a, b)
-        res[prompt] = verdict(diffs[prompt], higher_is_better=False)
-        ev.append(f"{prompt}: {col.split('.')[-1]} {_fmt(_ci(a))} without, {_fmt(_ci(b))} with the global pass, "
-                  f"difference {_fmt(diffs[prompt])}: {res[prompt]}")
+        ev.append((prompt, a, b))
+    p_holm = dict(zip(diffs, holm([d.p for d in diffs.values()])))  # the prompts: one family
+    res = {p: verdict(d, higher_is_better=False, p_adjusted=p_holm[p]) for p, d in diffs.items()}
+    ev = [f"{prompt}: {col.split('.')[-1]} {_fmt(_ci(a))} without, {_fmt(_ci(b))} with the global pass, "
+          f"difference {_fmt(diffs[prompt])}, Holm p {p_holm[prompt]:.3f}: {res[prompt]}" for prompt, a, b in ev]
     cost = df[on_][EVALS].mean() / df[~on_][EVALS].mean()
 
     def decide(m: int) -> str:
-        v = {p: verdict(d, higher_is_better=False, min_n=m) for p, d in diffs.items()}
+        v = {p: verdict(d, higher_is_better=False, min_n=m, p_adjusted=p_holm[p]) for p, d in diffs.items()}
         better = [p for p in v if v[p] == "better"]
         worse = [p for p in v if v[p] == "worse"]
         if v and len(better) == len(v):
@@ -525,16 +530,18 @@ def claim_c6_scenes(df: pd.DataFrame) -> Verdict:
     name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
     on = pairing_keys(df)
     cols = [c for c in COHERENCE if c in df and df[c].notna().any()]
-    ev, diffs, results = [], {}, {}
+    ev, diffs = [], {}
     for (h, w), sub in df.groupby(["plan.height", "plan.width"]):
         a, b = sub[name.loc[sub.index] == "multidiffusion"], sub[name.loc[sub.index] == "global_pass"]
         for c in cols:
             iv = paired_difference(a, b, on=on, value=c, level=LEVEL, method=CI_METHOD)
             key = f"{w}x{h} {c.split('.')[-1]}"
             diffs[key] = iv
-            results[key] = verdict(iv, higher_is_better=False)
-            ev.append(f"{key}: multidiffusion {_fmt(_ci(a[c]))}, global pass {_fmt(_ci(b[c]))}, "
-                      f"difference {_fmt(iv)}: {results[key]}")
+            ev.append((key, a[c], b[c]))
+    p_holm = dict(zip(diffs, holm([d.p for d in diffs.values()])))  # every canvas and metric: one family
+    results = {k: verdict(d, higher_is_better=False, p_adjusted=p_holm[k]) for k, d in diffs.items()}
+    ev = [f"{key}: multidiffusion {_fmt(_ci(a))}, global pass {_fmt(_ci(b))}, difference {_fmt(diffs[key])}, "
+          f"Holm p {p_holm[key]:.3f}: {results[key]}" for key, a, b in ev]
     if not diffs:
         return Verdict("C6", "A global low-resolution pass fixes cross-window inconsistencies", "not tested",
                        "no global_pass and multidiffusion runs in the coherence table")
@@ -542,7 +549,7 @@ def claim_c6_scenes(df: pd.DataFrame) -> Verdict:
             if "cost.unet_equivalents" in df else float("nan"))
 
     def decide(m: int) -> str:
-        v = {k: verdict(d, higher_is_better=False, min_n=m) for k, d in diffs.items()}
+        v = {k: verdict(d, higher_is_better=False, min_n=m, p_adjusted=p_holm[k]) for k, d in diffs.items()}
         canvases = sorted({k.split()[0] for k in v})
         worse = [k for k in v if v[k] == "worse"]
         better = [k for k in v if v[k] == "better"]

@@ -8,7 +8,11 @@ import pandas as pd
 
 from ..errors import ConfigError
 from . import plots
-from .tables import label_extra, load_table, methods_table, summarize, swept_keys, with_derived, with_method_label
+from .tables import EVALS, label_extra, load_table, methods_table, summarize, swept_keys, with_derived, with_method_label
+
+#: What the "methods" figure of a coherence experiment shows (docs/metrics.md): suns, horizon, sky, Intra-LPIPS / -Style.
+COHERENCE_FIGURES = ("metric.disc_error", "metric.one_disc", "metric.horizon_continuity", "metric.sky_consistency",
+                     "metric.intra_lpips_featnet", "metric.intra_style_featnet")
 
 
 def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:
@@ -47,7 +51,10 @@ def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFram
     if several_methods:
         lab = with_method_label(with_derived(df), label_extra(df))
         lab = lab[lab["status"] == "ok"]
-        todo.append(("methods", lambda d: plots.methods_bars(lab)))
+        # a coherence experiment's figure shows its coherence metrics (and the count-based cost), a methods one its seams
+        coherence = [c for c in COHERENCE_FIGURES if c in lab and lab[c].notna().any()]
+        figures = [*coherence, EVALS] if coherence else [plots.SEAM, plots.COST, "time.denoise"]
+        todo.append(("methods", lambda d: plots.methods_bars(lab, metrics=figures)))
         for (h, w), sub in lab.groupby(["plan.height", "plan.width"]):
             todo.append((f"frontier_methods_{w}x{h}", lambda d, sub=sub: plots.frontier(sub, metric=seam or plots.SEAM)))
             if "preview" in sub and sub["preview"].notna().any() and (out_dir / "images").is_dir():

@@ -16,6 +16,7 @@ from .. import stats
 from ..errors import ConfigError
 from ..methods import METHODS
 from ..sweep.records import build_table
+from .verdicts import MARGINS
 
 SEAM = "metric.seam_structure"  # the structural seam score (docs/metrics.md)
 EVALS = "count.model_evaluations"
@@ -123,7 +124,8 @@ def swept_keys(df: pd.DataFrame) -> list[str]:
 
 def summarize(df: pd.DataFrame, *, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """Per swept setting: run counts per status, mean and std over seeds of the main figures, and for
-    `CI_COLUMNS` `.n` (seeds with a value), `.ci_lo`, `.ci_hi` (`level` percentile bootstrap of the mean)."""
+    `CI_COLUMNS` `.n` (seeds with a value), `.ci_lo`, `.ci_hi` (`level` expanded bootstrap interval of the
+    mean, `mdtools.stats.DEFAULT_METHOD`); the `ci_method` column names the interval."""
     df = with_derived(df)
     by = [k for k in swept_keys(df) if k != "seed" and k in df.columns] or ["config.model"]
     by = [b for b in by if b in df.columns]
@@ -151,7 +153,9 @@ def summarize(df: pd.DataFrame, *, level: float = 0.95, n_boot: int = 10_000, se
     counts = df.groupby(by, dropna=False)["status"].value_counts().unstack(fill_value=0)
     if agg.empty:  # every run failed: the counts are the summary
         return counts.reset_index()
-    return counts.join(agg, how="left").reset_index()
+    out = counts.join(agg, how="left").reset_index()
+    out["ci_method"] = stats.method_label(level=level)
+    return out
 
 
 #: Figures of the methods table: seams, coherence where measured, cost, time, peak memory.
@@ -171,8 +175,9 @@ def label_extra(df: pd.DataFrame) -> list[str]:
 def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "plan.width"), level: float = 0.95,
                   n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """One row per method setting and canvas: n seeds, runs failed, and per figure the mean with its
-    bootstrap interval (`<col>` and `<col>.ci`) for seams, coherence metrics, measured cost
-    (UNet-forward equivalents), time and peak memory (GB; `peak_gb.sync` is SyncDiffusion's gradient phase)."""
+    interval (`<col>` and `<col>.ci`; `ci_method` names it: the expanded bootstrap, `mdtools.stats.DEFAULT_METHOD`)
+    for seams, coherence metrics, measured cost (UNet-forward equivalents), time and peak memory
+    (GB; `peak_gb.sync` is SyncDiffusion's gradient phase)."""
     df = with_derived(df)
     df = df if "method.label" in df else with_method_label(df, label_extra(df))
     if "mem.peak_allocated.sync" in df or "mem.peak_rss.sync" in df:
@@ -191,21 +196,27 @@ def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "pl
             iv = stats.bootstrap_ci(sub[c].to_numpy(dtype=float), level=level, n_boot=n_boot, seed=seed)
             row[c] = iv.estimate
             row[f"{c}.ci"] = f"[{iv.lo:.3g}, {iv.hi:.3g}]" if iv.n >= 2 else "n < 2"
+        row["ci_method"] = stats.method_label(level=level)
         rows.append(row)
     out = pd.DataFrame(rows)
     return out.sort_values([k for k in (*by[::-1], "method.label") if k in out], kind="stable").reset_index(drop=True)
 
 
-def paired_vs(df: pd.DataFrame, reference: str, metric: str, *, higher_is_better: bool = False,
+def paired_vs(df: pd.DataFrame, reference: str, metric: str, *, higher_is_better: bool | None = None,
               by: tuple[str, ...] = ("plan.height", "plan.width"), margin: float = 0.0) -> pd.DataFrame:
     """Every method setting against `reference` (a `method.label`) on the same seeds (and prompts), per canvas:
-    the mean per-seed difference (setting - reference) of `metric` with its 95% bootstrap interval,
-    the number of pairs and the verdict (`mdtools.stats.verdict`: better / worse / no difference shown;
-    lower is better unless `higher_is_better`)."""
-    df = with_derived(df)
+    the mean per-seed difference (setting - reference) of `metric` with its 95% expanded bootstrap interval,
+    the number of pairs, its p-value (`Interval.p`), the Holm-adjusted p over the table's rows (`p_holm`:
+    the rows are one family) and the verdict (`mdtools.stats.verdict` with that p: better / worse / no
+    difference shown). Lower is better unless `higher_is_better` (default: the metric's entry in
+    `analysis.verdicts.MARGINS`, else lower)."""
+    if higher_is_better is None:
+        higher_is_better = MARGINS[metric].higher_is_better if metric in MARGINS else False
+    df = df if metric in df else with_derived(df)
     df = df if "method.label" in df else with_method_label(df, label_extra(df))
-    ok = df[(df["status"] == "ok") & df[metric].notna()]
-    rows = []
+    keep = [c for c in ("method.label", "status", "prompt", "seed", *by, metric) if c in df]
+    ok = df.loc[(df["status"] == "ok") & df[metric].notna(), keep]
+    rows, ivs = [], []
     keys = [b for b in by if b in ok]
     on = stats.pairing_keys(ok)
     for canvas, sub in ok.groupby(keys):
@@ -214,7 +225,14 @@ def paired_vs(df: pd.DataFrame, reference: str, metric: str, *, higher_is_better
             if label == reference:
                 continue
             iv = stats.paired_difference(ref, other, on=on, value=metric)
+            ivs.append(iv)
             rows.append({**dict(zip(keys, canvas if isinstance(canvas, tuple) else (canvas,))), "setting": label,
-                         "diff": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "pairs": iv.n,
-                         "verdict": stats.verdict(iv, higher_is_better=higher_is_better, margin=margin)})
-    return pd.DataFrame(rows)
+                         "diff": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "pairs": iv.n, "p": iv.p})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = stats.holm(out["p"].to_numpy())
+    out["verdict"] = [stats.verdict(iv, higher_is_better=higher_is_better, margin=margin, p_adjusted=ph)
+                      for iv, ph in zip(ivs, out["p_holm"])]
+    out["ci_method"] = f"paired {stats.method_label()}; Holm over {len(out)}"
+    return out

@@ -264,8 +264,8 @@ def load_controlnet(name: str | os.PathLike, *, device: Any = None, dtype: Any =
         raise ConfigError(f"controlnet={str(name)!r} is a {cls_name}; mdtools runs {sorted(CONTROLNET_KINDS)} per view")
     import diffusers
 
-    net = getattr(diffusers, cls_name).from_pretrained(folder, use_safetensors=True)
-    return net.to(device=device, dtype=dtype).eval()
+    net = getattr(diffusers, cls_name).from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
+    return net.to(device=device).eval()
 
 
 def _nets(controlnet: Any) -> tuple[list[Any], bool]:

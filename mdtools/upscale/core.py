@@ -9,8 +9,8 @@ The pipeline object `md` is passed in and used duck-typed (this package sits bel
 
 from __future__ import annotations
 
-import inspect
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ from ..call import prepare_call
 from ..errors import ConfigError
 from ..instrument import Recorder
 from ..methods import METHODS, get_method
+from ..models.controlnet import load_controlnet
 from ..sampling import scale_latents
 from ..vae import tiled_encode
 from .color_fix import COLOR_FIXES
@@ -82,23 +83,12 @@ def canvas_size(src_hw: tuple[int, int], scale: Any, multiple: int) -> tuple[int
     return hw
 
 
-def _accepts(md: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(md.__call__).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params
-
-
 def _control(md: Any, controlnet: Any, control_image: Any, src: torch.Tensor, canvas: torch.Tensor, hw: tuple[int, int],
              upscaler: Any, notes: list[str]) -> torch.Tensor | list | None:
     """The control image(s) at canvas size: given at the source size (resized like the image) or the
     canvas size; the resized source when a ControlNet comes without one (tile ControlNet convention)."""
     if controlnet is None and control_image is None:
         return None
-    if not _accepts(md, "control_image"):
-        raise ConfigError("this pipeline takes no ControlNet yet (md(...) has no control_image argument); "
-                          "upscale without controlnet= / control_image=")
     if control_image is None:
         notes.append("control image: the resized source at canvas size (tile ControlNet convention)")
         return canvas
@@ -270,14 +260,13 @@ def upscale(
         md.family.check_call(hw[0], hw[1], call_kw["window"], vsf, _family_opts(md))
     if inv is not None:
         check_inversion_model(getattr(md.pipe.scheduler.config, "prediction_type", None), md.family.kind in _flow_kinds())
+    if isinstance(controlnet, (str, os.PathLike)):  # an embedded name or a folder: loaded once, not per tile
+        controlnet = load_controlnet(controlnet, device=md.device, dtype=md.dtype)
     cn_kwargs = {k: v for k, v in control_kwargs.items() if v is not None}
     if controlnet is not None:
         cn_kwargs["controlnet"] = controlnet
     # the control image needs the resized canvas: resized after the checks of its size, below
     if control_image is not None or controlnet is not None:
-        if not _accepts(md, "control_image"):
-            raise ConfigError("this pipeline takes no ControlNet yet (md(...) has no control_image argument); "
-                              "upscale without controlnet= / control_image=")
         for i, img in enumerate(control_image if isinstance(control_image, (list, tuple)) else
                                 ([] if control_image is None else [control_image])):
             t, _ = load_image(img, name="control_image")
