@@ -77,9 +77,9 @@ def _verdicts(runs: pd.DataFrame) -> list[U.Comparison]:
 
 def test_an_interval_that_excludes_zero_says_better():
     (c,) = [c for c in _verdicts(_runs({"usdu": 1.0})) if c.kind == "vs_lanczos"]
-    assert c.interval.lo > 0 and c.verdict == "better" and c.level == pytest.approx(0.95)
+    assert c.interval.lo > 0 and c.verdict == "better" and c.family_size == 1 and c.p_holm == c.interval.p < 0.05
     assert c.sentence().startswith("usdu is better than lanczos on PSNR: usdu - lanczos = +1.")
-    assert "(n=8, paired expanded percentile bootstrap over (image, seed), 95%)" in c.sentence()
+    assert "(n=8, paired expanded bootstrap over (image, seed), 95%; Holm p < 0.001 over 1)" in c.sentence()
 
 
 def test_an_interval_below_zero_for_a_higher_is_better_metric_says_worse():
@@ -100,37 +100,42 @@ def test_fewer_than_six_pairs_decide_nothing_and_say_so():
     assert "(fewer than 6 pairs decide nothing)" in c.sentence()
 
 
-def test_holm_step_down_levels():
-    """A strong effect is rejected at 1 - alpha/m; the null one is then read at 1 - alpha/(m - 1) and spans zero."""
-    runs = _runs({"usdu": 2.0, "mixture": np.array([1.0, -1.0] * 4)}, noise=0.1)
+def _holm(p: list[float]) -> list[float]:
+    """Holm's adjusted p-values written out (Holm 1979): i-th smallest times (m - i), running maximum, capped at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def test_holm_adjusts_every_p_of_a_family_together():
+    runs = _runs({"usdu": 2.0, "mixture": np.array([1.0, -1.0] * 4), "multidiffusion": 0.3}, noise=0.5)
     verdicts = _verdicts(runs)
+    assert len({c.family_size for c in verdicts}) == 1 and verdicts[0].family_size == len(verdicts) >= 3
+    assert [c.p_holm for c in verdicts] == pytest.approx(_holm([c.interval.p for c in verdicts]), rel=1e-12)
     by = {c.b: c for c in verdicts if c.kind == "vs_lanczos"}
-    m = by["usdu"].family_size
-    rejected = sum(c.verdict != "no difference shown" for c in verdicts)
-    assert m == len(verdicts) and 1 <= rejected < m
-    assert by["usdu"].verdict == "better" and by["usdu"].level == pytest.approx(1 - 0.05 / m)
-    assert by["mixture"].verdict == "no difference shown" and by["mixture"].level == pytest.approx(1 - 0.05 / (m - rejected))
-    assert by["mixture"].interval.lo < 0 < by["mixture"].interval.hi
-    assert f"Holm level of {m}" in by["usdu"].sentence()
+    assert by["usdu"].verdict == "better" and by["mixture"].verdict == "no difference shown"
+    assert f"over {len(verdicts)})" in by["usdu"].sentence()
 
 
-def test_holm_stops_where_the_95_percent_interval_alone_would_call_it():
-    """Two comparisons: one 95% interval excludes zero on its own but not at the Holm level 97.5% -> no difference shown."""
+def test_an_interval_that_excludes_zero_alone_says_no_difference_after_holm():
+    """One 95% interval excludes zero, but its Holm p over a family of nulls is >= 0.05: no difference shown (after Holm)."""
     rng = np.random.default_rng(3)
-    for _ in range(200):  # find a sample whose 95% interval just excludes 0 and whose 97.5% one does not
-        d = rng.normal(0.35, 0.5, 8)
-        lo95 = _expanded(d, 0.95)[0]
-        lo975 = _expanded(d, 0.975)[0]
-        if lo95 > 0 > lo975:
+    idx = pd.MultiIndex.from_arrays([range(8), range(8)], names=["image", "seed"])
+    a = pd.Series(np.zeros(8), index=idx)
+    for _ in range(500):
+        pairs = [(a, a + rng.normal(0.0, 1.0, 8)) for _ in range(6)] + [(a, a + rng.normal(0.9, 1.0, 8))]
+        out = U.holm_family(pairs, higher_is_better=True, n_boot=2000)
+        iv, p_holm, v = out[-1]
+        if iv.lo > 0 and p_holm >= 0.05:
             break
     else:
-        pytest.skip("no borderline sample drawn")
-    a = pd.Series(np.zeros(8), index=pd.MultiIndex.from_arrays([range(8), range(8)], names=["image", "seed"]))
-    b = a + d
-    null = a + rng.normal(0, 5, 8)
-    out = U.holm_intervals([(a, b), (a, null)], higher_is_better=True, n_boot=U.N_BOOT)
-    assert [v for _, _, v in out] == ["no difference shown", "no difference shown"]
-    assert out[0][1] == pytest.approx(0.975)
+        pytest.skip("no borderline family drawn")
+    assert v == "no difference shown"
+    c = U.Comparison("textures", 4, "metric.psnr", "usdu", "lanczos", iv, p_holm, 7, v)
+    assert "usdu vs lanczos on PSNR: no difference shown after Holm correction: " in c.sentence()
 
 
 def _expanded(values: np.ndarray, level: float, n_boot: int = U.N_BOOT, seed: int = 0) -> tuple[float, float]:
@@ -149,14 +154,14 @@ def test_summary_intervals_are_the_expanded_bootstrap_with_n_and_method_beside_t
     row = s[(s["method"] == "usdu") & (s["column"] == "metric.psnr")].iloc[0]
     lo, hi = _expanded(runs[runs["method"] == "usdu"]["metric.psnr"].to_numpy(), 0.95)
     assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((lo, hi), rel=1e-12)
-    assert row["n"] == 8 and row["interval"] == U.INTERVAL_NAME and row["level"] == 0.95
+    assert row["n"] == 8 and row["ci_method"] == "expanded bootstrap over (image, seed), 95%"
 
 
 def test_paired_comparison_interval_is_the_expanded_bootstrap_of_the_differences():
     runs = _runs({"usdu": 0.5}, noise=0.3)
     (c,) = [c for c in _verdicts(runs) if c.kind == "vs_lanczos"]
     d = (runs[runs["method"] == "usdu"]["metric.psnr"].to_numpy() - runs[runs["method"] == "lanczos"]["metric.psnr"].to_numpy())
-    lo, hi = _expanded(d, c.level, n_boot=2000)
+    lo, hi = _expanded(d, 0.95, n_boot=2000)
     assert (c.interval.lo, c.interval.hi) == pytest.approx((lo, hi), rel=1e-12)
 
 

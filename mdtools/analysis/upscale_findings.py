@@ -5,11 +5,12 @@
 - the summary: per dataset, factor, method and metric, the mean over (image, seed) with its
   95% expanded percentile bootstrap interval (mdtools.stats, `CI_METHOD`), n and the method
   named in a column;
-- the comparisons: named pairs of methods (and, per metric, the best mean against the
-  runner-up), paired on (image, seed), Holm-corrected within each family (one dataset, factor
-  and metric): a family of m comparisons is tested step-down, at level 1 - alpha / r with r
-  hypotheses left (`holm_intervals`), so "better" / "worse" mean that the interval at that
-  level excludes zero; anything else is "no difference shown" (never "matches").
+- the comparisons: every method against Lanczos, named pairs of methods and, per metric, the
+  best mean against the runner-up, paired on (image, seed), Holm-corrected within each family
+  (one dataset, factor and metric), under the project's policy (docs/statistics.md): "better" /
+  "worse" only when the 95% interval excludes zero and the Holm-adjusted p (`stats.holm` of
+  `stats.p_value`) is below `stats.ALPHA`; anything else is "no difference shown" (never
+  "matches"), "... after Holm correction" where the interval alone would have decided.
 `render_findings` turns the two tables into results/upscale/findings.md with the wording of
 `WORDING`; notebook 08 and the README's Upscaling section print those sentences, and
 tests/test_upscale_findings.py fails when the committed text differs from a re-rendering.
@@ -26,14 +27,15 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..stats import MIN_PAIRS, Interval, bootstrap_ci, paired_difference, verdict
+from ..stats import ALPHA, MIN_PAIRS, Interval, bootstrap_ci, holm, paired_difference, verdict
 
 #: Every interval: 95%, the percentile bootstrap widened for small n (Hesterberg 2015), resampling (image, seed) pairs.
 LEVEL = 0.95
 CI_METHOD = "expanded"
 N_BOOT = 10_000
 PAIR_KEYS = ("image", "seed")
-INTERVAL_NAME = "expanded percentile bootstrap over (image, seed)"
+CI_NAME = "expanded bootstrap over (image, seed), 95%"  # the tables' ci_method column
+INTERVAL_NAME = "expanded bootstrap over (image, seed)"
 
 #: The methods of the benchmark, in table order (labels; benchmarks/upscale_truth.py maps each to its upscale call).
 BICUBIC, LANCZOS = "bicubic", "lanczos"
@@ -84,6 +86,7 @@ WORDING = {
     "better": "{b} is better than {a} on {metric}",
     "worse": "{b} is worse than {a} on {metric}",
     "no difference shown": "{b} vs {a} on {metric}: no difference shown",
+    "after_holm": "{b} vs {a} on {metric}: no difference shown after Holm correction",
     "best": "best mean {metric}: {b}, {value}",
     "best_diffusion": "best mean {metric} among the diffusion methods: {b}, {value}",
     "tie": "best mean {metric}: {k} methods tied at {value} ({methods})",
@@ -105,29 +108,38 @@ class Comparison:
     metric: str  # a METRICS column
     b: str
     a: str
-    interval: Interval  # of b - a, at `level`
-    level: float  # the Holm level the verdict was read at
+    interval: Interval  # of b - a, 95%
+    p_holm: float  # Holm-adjusted over the family
     family_size: int
-    verdict: str
+    verdict: str  # stats.verdict with p_adjusted
     kind: str = "named"  # named | vs_lanczos | best_vs_runner_up | best_diffusion_vs_runner_up
 
     def sentence(self) -> str:
         info = METRIC_BY_COLUMN[self.metric]
-        head = WORDING[self.verdict].format(b=self.b, a=self.a, metric=info.label)
+        key = self.verdict
+        if key == "no difference shown" and verdict(self.interval, higher_is_better=info.higher_is_better) != key:
+            key = "after_holm"
+        head = WORDING[key].format(b=self.b, a=self.a, metric=info.label)
         few = WORDING["few"].format(min_n=MIN_PAIRS) if self.interval.n < MIN_PAIRS else ""
-        return f"{head}{few}: {self.b} - {self.a} = {format_interval(self.interval, info, self.level, self.family_size, paired=True)}"
+        body = format_interval(self.interval, info, paired=True, p_holm=self.p_holm, family_size=self.family_size)
+        return f"{head}{few}: {self.b} - {self.a} = {body}"
 
 
-def format_interval(iv: Interval, info: MetricInfo, level: float = LEVEL, family_size: int = 1, *, paired: bool = False) -> str:
-    """'-0.42 dB [-0.61, -0.20] (n=8, paired expanded percentile bootstrap over (image, seed), 99.8% Holm level of 21)'."""
+def format_interval(iv: Interval, info: MetricInfo, *, paired: bool = False, p_holm: float | None = None,
+                    family_size: int = 1) -> str:
+    """'-0.42 dB [-0.61, -0.20] (n=8, paired expanded bootstrap over (image, seed), 95%; Holm p 0.003 over 21)'."""
     unit = f" {info.unit}" if info.unit and not info.unit.startswith("(") else ""
     f = info.fmt
     if math.isnan(iv.lo) or math.isnan(iv.hi):
-        body = f"{iv.estimate:{f}}{unit} (n={iv.n}, no interval)"
-        return body
-    where = f"{'paired ' if paired else ''}{INTERVAL_NAME}"
-    lev = f"{100 * level:.1f}% Holm level of {family_size}" if family_size > 1 else f"{100 * level:.0f}%"
-    return f"{iv.estimate:{'+' if paired else ''}{f}}{unit} [{iv.lo:{f}}, {iv.hi:{f}}] (n={iv.n}, {where}, {lev})"
+        return f"{iv.estimate:{f}}{unit} (n={iv.n}, no interval)"
+    where = f"{'paired ' if paired else ''}{INTERVAL_NAME}, {100 * LEVEL:.0f}%"
+    if p_holm is not None:
+        where += f"; Holm p {_p(p_holm)} over {family_size}"
+    return f"{iv.estimate:{'+' if paired else ''}{f}}{unit} [{iv.lo:{f}}, {iv.hi:{f}}] (n={iv.n}, {where})"
+
+
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -147,7 +159,7 @@ def ok_rows(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(runs: pd.DataFrame, *, n_boot: int = N_BOOT) -> pd.DataFrame:
-    """One row per dataset, factor, method and column (metrics and cost): n, mean, ci_lo, ci_hi, level, interval, failed."""
+    """One row per dataset, factor, method and column (metrics and cost): n, mean, ci_lo, ci_hi, ci_method, failed."""
     ok = ok_rows(runs)
     rows = []
     for (ds, factor, method), sub in ok.groupby(["dataset", "factor", "method"], sort=False):
@@ -158,8 +170,7 @@ def summary_table(runs: pd.DataFrame, *, n_boot: int = N_BOOT) -> pd.DataFrame:
                 continue
             iv = bootstrap_ci(sub[col].to_numpy(dtype=float), level=LEVEL, n_boot=n_boot, method=CI_METHOD)
             rows.append({"dataset": ds, "factor": int(factor), "method": method, "column": col, "n": iv.n,
-                         "mean": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "level": LEVEL, "interval": INTERVAL_NAME,
-                         "failed": failed})
+                         "mean": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "ci_method": CI_NAME, "failed": failed})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -173,29 +184,18 @@ def _per_pair(sub: pd.DataFrame, method: str, col: str) -> pd.Series:
     return s.set_index(list(PAIR_KEYS))[col] if len(s) else pd.Series(dtype=float)
 
 
-def holm_intervals(pairs: Sequence[tuple[pd.Series, pd.Series]], higher_is_better: bool, *, alpha: float = 1 - LEVEL,
-                   n_boot: int = N_BOOT, min_n: int = MIN_PAIRS) -> list[tuple[Interval, float, str]]:
-    """Holm's step-down over one family of paired comparisons (a, b) -> [(interval of b - a, level, verdict)].
+def holm_family(pairs: Sequence[tuple[pd.Series, pd.Series]], higher_is_better: bool, *, n_boot: int = N_BOOT,
+                min_n: int = MIN_PAIRS) -> list[tuple[Interval, float, str]]:
+    """One Holm family of paired comparisons (a, b) -> [(95% interval of b - a, Holm-adjusted p, verdict)].
 
-    With r hypotheses left, every interval is taken at level 1 - alpha / r; those that exclude
-    zero are rejected (their verdict "better" / "worse" read at that level) and the rest are
-    tested again with r smaller; when none is rejected the procedure stops and the rest are
-    "no difference shown" at the last level. Rejecting all that pass at once equals Holm's
-    one-at-a-time order, since an interval's level only loosens as r falls.
+    Each interval is `stats.paired_difference` (expanded bootstrap, its p-value `stats.p_value`);
+    the p-values are adjusted together with `stats.holm`, and the verdict is `stats.verdict`
+    with that adjusted p: "better" / "worse" need the interval to exclude zero and p_holm < ALPHA.
     """
-    out: list[tuple[Interval, float, str] | None] = [None] * len(pairs)
-    left = list(range(len(pairs)))
-    while left:
-        level = 1 - alpha / len(left)
-        ivs = {i: paired_difference(pairs[i][0], pairs[i][1], level=level, n_boot=n_boot, method=CI_METHOD) for i in left}
-        decided = {i: verdict(iv, higher_is_better=higher_is_better, min_n=min_n) for i, iv in ivs.items()}
-        rejected = [i for i in left if decided[i] != "no difference shown"]
-        for i in (rejected or left):
-            out[i] = (ivs[i], level, decided[i])
-        if not rejected:
-            break
-        left = [i for i in left if i not in rejected]
-    return [o for o in out if o is not None]
+    ivs = [paired_difference(a, b, n_boot=n_boot, method=CI_METHOD) for a, b in pairs]
+    p_holm = holm([iv.p for iv in ivs])
+    return [(iv, float(p), verdict(iv, higher_is_better=higher_is_better, min_n=min_n, p_adjusted=float(p)))
+            for iv, p in zip(ivs, p_holm)]
 
 
 def family(sub: pd.DataFrame, info: MetricInfo) -> list[tuple[str, str, str]]:
@@ -214,7 +214,7 @@ def family(sub: pd.DataFrame, info: MetricInfo) -> list[tuple[str, str, str]]:
 
 
 def comparisons_table(runs: pd.DataFrame, *, factors: Iterable[int] = (4, 2), n_boot: int = N_BOOT) -> pd.DataFrame:
-    """Every family's comparisons with their Holm-level intervals and verdicts (headline metrics, `factors`)."""
+    """Every family's comparisons: 95% intervals, p, Holm-adjusted p and verdicts (headline metrics, `factors`)."""
     ok = ok_rows(runs)
     rows = []
     for (ds, factor), sub in ok.groupby(["dataset", "factor"], sort=True):
@@ -225,10 +225,10 @@ def comparisons_table(runs: pd.DataFrame, *, factors: Iterable[int] = (4, 2), n_
                 continue
             fam = family(sub, info)
             pairs = [(_per_pair(sub, a, info.column), _per_pair(sub, b, info.column)) for b, a, _ in fam]
-            for (b, a, kind), (iv, level, v) in zip(fam, holm_intervals(pairs, info.higher_is_better, n_boot=n_boot)):
+            for (b, a, kind), (iv, p_holm, v) in zip(fam, holm_family(pairs, info.higher_is_better, n_boot=n_boot)):
                 rows.append({"dataset": ds, "factor": int(factor), "column": info.column, "b": b, "a": a, "kind": kind,
-                             "estimate": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "n": iv.n, "level": level,
-                             "family_size": len(fam), "interval": f"paired {INTERVAL_NAME}", "verdict": v})
+                             "estimate": iv.estimate, "ci_lo": iv.lo, "ci_hi": iv.hi, "n": iv.n, "p": iv.p, "p_holm": p_holm,
+                             "family_size": len(fam), "ci_method": f"paired {CI_NAME}", "verdict": v})
     return pd.DataFrame(rows)
 
 
@@ -257,14 +257,14 @@ def comparisons_from_table(comps: pd.DataFrame) -> list[Comparison]:
     """The verdict objects of a comparisons table."""
     out = []
     for r in comps.itertuples(index=False):
-        iv = Interval(float(r.estimate), float(r.ci_lo), float(r.ci_hi), int(r.n), float(r.level), str(r.interval))
-        out.append(Comparison(r.dataset, int(r.factor), r.column, r.b, r.a, iv, float(r.level), int(r.family_size),
+        iv = Interval(float(r.estimate), float(r.ci_lo), float(r.ci_hi), int(r.n), LEVEL, str(r.ci_method), p=float(r.p))
+        out.append(Comparison(r.dataset, int(r.factor), r.column, r.b, r.a, iv, float(r.p_holm), int(r.family_size),
                               r.verdict, r.kind))
     return out
 
 
 def _summary_interval(row: pd.Series) -> Interval:
-    return Interval(float(row["mean"]), float(row["ci_lo"]), float(row["ci_hi"]), int(row["n"]), float(row["level"]), str(row["interval"]))
+    return Interval(float(row["mean"]), float(row["ci_lo"]), float(row["ci_hi"]), int(row["n"]), LEVEL, str(row["ci_method"]))
 
 
 def best_lines(summary: pd.DataFrame, comps: list[Comparison], dataset: str, factor: int) -> list[str]:
@@ -333,8 +333,9 @@ def render_findings(summary: pd.DataFrame, comps: pd.DataFrame) -> str:
     out = ["# Upscale benchmark: findings", "",
            "Rendered by mdtools.analysis.upscale_findings from summary.csv and comparisons.csv (do not edit by hand).",
            f"Intervals: 95% {INTERVAL_NAME} (mdtools.stats, method '{CI_METHOD}'); comparisons are paired on "
-           "(image, seed) and Holm-corrected within each family (one dataset, factor and metric), each read at its "
-           "Holm level; an interval that spans zero is 'no difference shown'.", ""]
+           "(image, seed), and their p-values Holm-corrected within each family (one dataset, factor and metric): "
+           f"'better' / 'worse' need the interval to exclude zero and the Holm p below {ALPHA:g} (docs/statistics.md); "
+           "anything else is 'no difference shown'.", ""]
     for (ds, factor), _ in summary.groupby(["dataset", "factor"], sort=True):
         factor = int(factor)
         out += [f"## {ds}, {factor}x", "", "### Which method wins", ""]
@@ -367,7 +368,7 @@ def readme_lines(findings: str, dataset: str = "scenes", factor: int = 4) -> lis
 
 
 __all__ = [
-    "BICUBIC", "CI_METHOD", "COST_COLUMNS", "Comparison", "INTERVAL_NAME", "LANCZOS", "LEVEL", "METHOD_LABELS", "METRICS",
+    "BICUBIC", "CI_METHOD", "CI_NAME", "COST_COLUMNS", "Comparison", "INTERVAL_NAME", "LANCZOS", "LEVEL", "METHOD_LABELS", "METRICS",
     "MetricInfo", "NAMED_COMPARISONS", "PAIR_KEYS", "PIXEL_METHODS", "WORDING", "build_tables", "comparisons_from_table", "comparisons_table",
-    "format_interval", "holm_intervals", "load_runs", "readme_lines", "render_findings", "summary_table", "write_tables",
+    "format_interval", "holm_family", "load_runs", "readme_lines", "render_findings", "summary_table", "write_tables",
 ]
