@@ -178,3 +178,15 @@ def test_best_line_names_ties_instead_of_a_winner():
     runs["metric.psnr"] = 30.0
     text = U.render_findings(U.summary_table(runs), U.comparisons_table(runs, n_boot=500))
     assert "best mean PSNR: 2 methods tied at 30.00 (lanczos, usdu)." in text
+
+
+def test_notebook_renderer_gives_the_findings_sections_and_refuses_bad_placeholders():
+    from mdtools.errors import ConfigError
+
+    r = U.UpscaleRenderer(ROOT / "results")
+    summary, comps = pd.read_csv(RESULTS / "summary.csv"), U.comparisons_from_table(pd.read_csv(RESULTS / "comparisons.csv"))
+    assert r.render("{{ upscale scenes 4 part=lanczos }}") == "\n".join(U.lanczos_lines(comps, "scenes", 4))
+    assert r.render("{{ upscale textures 4 }}") == "\n".join(U.best_lines(summary, comps, "textures", 4))
+    for bad in ("{{ upscale scenes 4 part=everything }}", "{{ upscale scenes }}", "{{ upscale scenes 3 }}"):
+        with pytest.raises(ConfigError):
+            r.render(bad)

@@ -27,7 +27,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
 from ..stats import ALPHA, MIN_PAIRS, Interval, bootstrap_ci, holm, paired_difference, verdict
+from .findings import Renderer
 
 #: Every interval: 95%, the percentile bootstrap widened for small n (Hesterberg 2015), resampling (image, seed) pairs.
 LEVEL = 0.95
@@ -351,6 +353,33 @@ def render_findings(summary: pd.DataFrame, comps: pd.DataFrame) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+class UpscaleRenderer(Renderer):
+    """The renderer of notebooks/findings/08.md: `{{ upscale DATASET FACTOR part=wins|lanczos|cost }}` is the
+    bullet list of that section of findings.md ("Which method wins", "Against Lanczos", "Cost"), rendered by
+    the same functions from results/upscale/summary.csv and comparisons.csv."""
+
+    PARTS = ("wins", "lanczos", "cost")
+
+    def _upscale(self) -> tuple[pd.DataFrame, list[Comparison]]:
+        if not hasattr(self, "_up"):
+            d = self.results / "upscale"
+            self._up = pd.read_csv(d / "summary.csv"), comparisons_from_table(pd.read_csv(d / "comparisons.csv"))
+        return self._up
+
+    def f_upscale(self, pos: list[str], o: dict[str, str], flt: list) -> str:
+        if len(pos) != 2 or not pos[1].isdigit():
+            raise ConfigError("upscale takes DATASET FACTOR, e.g. {{ upscale scenes 4 part=wins }}")
+        ds, factor, part = pos[0], int(pos[1]), o.get("part", "wins")
+        if part not in self.PARTS:
+            raise ConfigError(f"upscale part={part!r}: use one of {list(self.PARTS)}")
+        summary, comps = self._upscale()
+        if not ((summary["dataset"] == ds) & (summary["factor"] == factor)).any():
+            raise ConfigError(f"upscale: no runs for dataset={ds!r} factor={factor} in {self.results / 'upscale'}")
+        lines = {"wins": lambda: best_lines(summary, comps, ds, factor), "lanczos": lambda: lanczos_lines(comps, ds, factor),
+                 "cost": lambda: cost_lines(summary, ds, factor)}[part]()
+        return "\n".join(lines)
+
+
 def readme_lines(findings: str, dataset: str = "scenes", factor: int = 4) -> list[str]:
     """The README's Upscaling numbers: the 'Which method wins' lines of one dataset and factor, verbatim from findings.md."""
     lines = findings.splitlines()
@@ -369,6 +398,7 @@ def readme_lines(findings: str, dataset: str = "scenes", factor: int = 4) -> lis
 
 __all__ = [
     "BICUBIC", "CI_METHOD", "CI_NAME", "COST_COLUMNS", "Comparison", "INTERVAL_NAME", "LANCZOS", "LEVEL", "METHOD_LABELS", "METRICS",
-    "MetricInfo", "NAMED_COMPARISONS", "PAIR_KEYS", "PIXEL_METHODS", "WORDING", "build_tables", "comparisons_from_table", "comparisons_table",
+    "MetricInfo", "NAMED_COMPARISONS", "PAIR_KEYS", "PIXEL_METHODS", "UpscaleRenderer", "WORDING", "build_tables",
+    "comparisons_from_table", "comparisons_table",
     "format_interval", "holm_family", "load_runs", "readme_lines", "render_findings", "summary_table", "write_tables",
 ]
