@@ -248,6 +248,65 @@ def nb_coherence() -> list:
     ]
 
 
+def nb_upscale() -> list:
+    """08: the upscalers against ground truth, read from results/upscale/ (benchmarks/upscale_truth.py)."""
+    return [
+        md("# 08 - Upscaling against ground truth\n\n"
+           "`benchmarks/upscale_truth.py`: scenes rendered at the target size by the scenes generator (their horizon and sun "
+           "are known) and crops of held-out texture stripes, downsampled 4x (and 2x, PIL bicubic), then upscaled back by "
+           "every method on the embedded scenes model `toy-scenes` (CPU) at the same strength, steps, guidance and seed, "
+           "and measured against the original: PSNR, SSIM, feature-LPIPS (the shipped feature network), `color_drift` "
+           "(overall and worst tile), `seam_structure` on each method's own tile lines, and on scenes the suns counted "
+           "in the sky and the horizon's error in px. One image per seed, 8 seeds: pairs are (image, seed).\n\n"
+           "Intervals: 95% expanded percentile bootstrap over (image, seed) (`mdtools.stats`, as notebook 05); "
+           "comparisons are paired, and their p-values Holm-corrected within each dataset x factor x metric family "
+           "(docs/statistics.md). \"Better\" only when the interval excludes zero and the Holm p is below 0.05; otherwise "
+           "\"no difference shown\". "
+           "This notebook computes nothing heavy: it reads the committed tables in `results/upscale/`."),
+        code("from pathlib import Path\nimport pandas as pd\nfrom IPython.display import Image, Markdown, display\n"
+             "from mdtools.analysis import upscale_findings as U\n\n"
+             "ROOT = Path.cwd() if (Path.cwd() / 'results').exists() else Path.cwd().parent\n"
+             "R = ROOT / 'results' / 'upscale'\n"
+             "runs = U.load_runs(R)\nsummary = pd.read_csv(R / 'summary.csv')\ncomps = pd.read_csv(R / 'comparisons.csv')\n"
+             "pd.set_option('display.width', 250); pd.set_option('display.max_columns', 40); pd.set_option('display.max_colwidth', 60)\n"
+             "settings = runs[['strength', 'steps', 'guidance', 'overlap']].drop_duplicates()\n"
+             "print(f\"{len(runs)} runs, {int((runs['status'] != 'ok').sum())} failed; commit(s) {sorted(runs['prov.commit'].unique())}, "
+             "dirty: {bool(runs['prov.dirty'].any())}\")\nsettings"),
+        md("## One image, side by side\n\nScenes, 4x, image 0 (the whole 128 x 256 canvas), from the 32 x 64 source."),
+        code("import io\nfrom PIL import Image as PILImage\n"
+             "im = PILImage.open(R / 'grid.png').convert('RGB')\nbuf = io.BytesIO()\nim.save(buf, format='JPEG', quality=80)\n"
+             "display(Image(data=buf.getvalue(), format='jpeg'))"),
+        md("## Quality per method\n\nMean [95% interval] over (image, seed); `n` and the interval's method are in the table."),
+        code("def table(ds, factor):\n"
+             "    s = summary[(summary.dataset == ds) & (summary.factor == factor) & summary.column.str.startswith('metric.')].copy()\n"
+             "    info = {m.column: m for m in U.METRICS}\n"
+             "    s['cell'] = [f\"{r.mean:{info[r.column].fmt}} [{r.ci_lo:{info[r.column].fmt}}, {r.ci_hi:{info[r.column].fmt}}]\" for r in s.itertuples()]\n"
+             "    t = s.pivot(index='method', columns='column', values='cell').reindex([m for m in U.METHOD_LABELS if m in set(s.method)])\n"
+             "    t = t[[m.column for m in U.METRICS if m.column in t.columns]]\n"
+             "    t.columns = [info[c].label for c in t.columns]\n"
+             "    t.insert(0, 'n', s[s.column == 'metric.psnr'].set_index('method').n)\n"
+             "    t.insert(1, 'failed', s.groupby('method').failed.max())\n"
+             "    t['interval'] = s.ci_method.iloc[0]\n"
+             "    return t\n\n"
+             "for ds, factor in summary[['dataset', 'factor']].drop_duplicates().sort_values(['factor', 'dataset'], ascending=[False, True]).itertuples(index=False):\n"
+             "    print(f'\\n{ds}, {factor}x'); display(table(ds, factor))"),
+        md("## Cost\n\nMean per image on this 2-core CPU (a shared machine: `prov.load_before` is in the runs table): wall "
+           "time of the whole upscale, the process's peak resident memory during it (the loaded models included), and the "
+           "UNet evaluations (ControlNet evaluations ride along with them)."),
+        code("c = summary[(summary.factor == 4) & summary.column.isin(U.COST_COLUMNS)]\n"
+             "c.pivot_table(index='method', columns=['dataset', 'column'], values='mean').reindex([m for m in U.METHOD_LABELS if m in set(c.method)]).round(2)"),
+        md("## Comparisons (paired, Holm-corrected)\n\nThe named pairs at 4x (ControlNet or not, seam fix, colour fix, noise "
+           "inversion, USDU vs naive tiles, MultiDiffusion vs USDU, Mixture vs MultiDiffusion); every method against Lanczos "
+           "and the 2x families are in `results/upscale/comparisons.csv`. `p_holm` is the Holm-adjusted p over the family (`family_size` comparisons); a verdict needs the 95% interval to exclude zero and p_holm < 0.05."),
+        code("named = comps[(comps.kind == 'named') & (comps.factor == 4)]\n"
+             "print(named[['dataset', 'column', 'b', 'a', 'estimate', 'ci_lo', 'ci_hi', 'n', 'p_holm', 'family_size', 'verdict']]"
+             ".to_string(index=False, float_format=lambda v: f'{v:.3g}'))"),
+        code("# findings.md (every sentence, 2x and every comparison included) is current with the tables:\n"
+             "assert (R / 'findings.md').read_text() == U.render_findings(summary, comps), 'findings.md is stale: run benchmarks/upscale_truth.py'"),
+        findings("08"),
+    ]
+
+
 NOTEBOOKS = {
     "01_quickstart": nb_quickstart,
     "02_overlap_and_kernels": nb_overlap,
@@ -256,6 +315,7 @@ NOTEBOOKS = {
     "05_seed_claims": nb_claims,
     "06_methods": nb_methods,
     "07_coherence": nb_coherence,
+    "08_upscale": nb_upscale,
 }
 
 
