@@ -97,3 +97,30 @@ def test_one_run_measures_against_the_truth(sd_pipe):
     assert out["metrics"]["psnr"] == pytest.approx(float(ref["psnr"]), rel=1e-6)
     assert out["metrics"]["color_drift"] == pytest.approx(float(ref["color_drift"]), rel=1e-6)
     assert np.isfinite(out["metrics"]["psnr"])
+
+
+def test_controlnet_settings_reach_upscale():
+    """upscale.controlnet / controlnet_conditioning_scale / control_mode go to md.upscale (control_mode only with a
+    ControlNet: a sweep axis over controlnet: [null, ...] keeps one base block)."""
+    from mdtools.sweep.upscale_runs import run_upscale
+
+    seen: list[dict] = []
+
+    class Spy:
+        vae_scale_factor = 8
+
+        def upscale(self, source, **kw):
+            seen.append(kw)
+            raise RuntimeError("stop")
+
+    base = {"prompt": "x", "canvas": {"height": 64, "width": 128}, "upscale": {"downsample": 2, "control_mode": 6}}
+    for cn, want in ((None, {}), ("toy-scenes-tile", {"controlnet": "toy-scenes-tile", "controlnet_conditioning_scale": 0.5,
+                                                      "control_mode": 6})):
+        cfg = RunConfig.model_validate({**base, "upscale": {**base["upscale"], "controlnet": cn,
+                                                            "controlnet_conditioning_scale": 0.5}})
+        with pytest.raises(RuntimeError, match="stop"):
+            run_upscale(Spy(), cfg)
+        got = {k: v for k, v in seen[-1].items() if k.startswith("control")}
+        assert got == want
+    with pytest.raises(ValueError, match="control_mode"):
+        RunConfig.model_validate({**base, "upscale": {"downsample": 2, "control_mode": -1}})

@@ -168,6 +168,8 @@ class UpscaleConfig(_Strict):
     color_fix_tiles: bool = False
     noise_inversion: Union[bool, dict[str, Union[int, float]]] = False
     controlnet: Optional[str] = None  # an embedded ControlNet name ('toy-scenes-tile') or a folder
+    controlnet_conditioning_scale: float = Field(default=1.0, ge=0)
+    control_mode: Optional[int] = Field(default=None, ge=0)  # a Union ControlNet's control type (tile: 6 for promax); with controlnet only
 
     @field_validator("downsample_filter")
     @classmethod

@@ -92,7 +92,11 @@ def run_upscale(md: Any, cfg: RunConfig) -> tuple[np.ndarray, Any, dict[str, Any
     truth, source, prompt = truth_and_source(cfg, md.vae_scale_factor)
     up = cfg.upscale
     assert up is not None
-    extra = {"controlnet": up.controlnet} if up.controlnet is not None else {}
+    extra: dict[str, Any] = {}
+    if up.controlnet is not None:
+        extra = {"controlnet": up.controlnet, "controlnet_conditioning_scale": up.controlnet_conditioning_scale}
+        if up.control_mode is not None:
+            extra["control_mode"] = up.control_mode
     res = md.upscale(source, **upscale_kwargs(cfg, prompt), seed=cfg.seed, progress=False,
                      vae_tiling=cfg.vae.model_dump(), **extra)
     out = res.tensor[0].permute(1, 2, 0).numpy()
