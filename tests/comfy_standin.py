@@ -15,6 +15,12 @@ copied). It covers only what the pack touches:
   runs the APPLY_MODEL wrappers found in transformer_options["wrappers"], then an eps
   model with ComfyUI's EPS parameterisation (input x / sqrt(sigma^2 + 1), output the
   denoised x0 = x - sigma * eps), as comfy/model_base.py does.
+- ControlNets (comfy/controlnet.py): `ControlNet.get_control` (chain, timestep range, the hint
+  brought to x's size x 8 with `common_upscale`'s centre crop and kept in `cond_hint`,
+  `broadcast_image_to`, strength), `T2IAdapter` (type only), a tiny `ToyControlModel` whose
+  residuals the ToyModel adds; `calc_cond_batch` runs the CALC_COND_BATCH wrappers and
+  evaluates a cond's control on the batched input right before the model call; `sample`
+  calls the controls' `pre_run` (timestep range from `percent_to_sigma`) and `cleanup`.
 - `sample(...)`: ComfyUI's cond/uncond batching (comfy/samplers.py `_calc_cond_batch`):
   cond and uncond go through ONE model call, cond_or_uncond = [0, 1], the per-call
   transformer_options hold cond_or_uncond, uuids, sigmas, sample_sigmas and the patcher's
@@ -46,6 +52,7 @@ APPLY_MODEL = "apply_model"
 class WrappersMP:
     OUTER_SAMPLE = "outer_sample"
     SAMPLER_SAMPLE = "sampler_sample"
+    CALC_COND_BATCH = "calc_cond_batch"
     APPLY_MODEL = APPLY_MODEL
 
 
@@ -126,10 +133,15 @@ class ToyModel(nn.Module):
             p.data = torch.randn(p.shape, generator=g) * 0.2
         self.calls: list[tuple[int, ...]] = []  # input shapes of the real model calls
 
-    def eps(self, xc: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def eps(self, xc: torch.Tensor, t: torch.Tensor, context: torch.Tensor, control: dict | None = None) -> torch.Tensor:
         self.calls.append(tuple(xc.shape))
         h = self.conv_in(xc) + self.ctx(context.mean(1))[:, :, None, None] + torch.sin(t)[:, None, None, None]
-        return self.conv_out(torch.nn.functional.silu(h))
+        if control is not None:  # ControlNet residuals, added as the UNet adds its input / middle ones
+            h = h + control["input"][0]
+        h = torch.nn.functional.silu(h)
+        if control is not None:
+            h = h + control["middle"][0]
+        return self.conv_out(h)
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, c_concat: Any = None, c_crossattn: Any = None,
                     control: Any = None, transformer_options: dict | None = None, **kwargs: Any) -> torch.Tensor:
@@ -143,14 +155,45 @@ class ToyModel(nn.Module):
         xc = x / (sigma[:, None, None, None] ** 2 + 1) ** 0.5
         if c_concat is not None:
             xc = torch.cat([xc, c_concat], dim=1)
-        eps = self.eps(xc, sigma, c_crossattn).float()
+        eps = self.eps(xc, sigma, c_crossattn, control).float()
         return x - eps * sigma[:, None, None, None]
 
 
 # ---------------------------------------------------------------- comfy.samplers
 def calc_cond_batch(patcher: LegacyModelPatcher, conds: list[dict], x: torch.Tensor, sigma: torch.Tensor,
                     sample_sigmas: torch.Tensor) -> list[torch.Tensor]:
-    """One model call for all conds (cond_or_uncond = 0, 1, ...), as ComfyUI batches them."""
+    """comfy.samplers.calc_cond_batch: the patcher's CALC_COND_BATCH wrappers around the batched call.
+    The stand-in's conds are one dict per cond/uncond (ComfyUI: a list of dicts each)."""
+    wrappers = get_all_wrappers(WrappersMP.CALC_COND_BATCH, {"wrappers": getattr(patcher, "wrappers", {})})
+    lists = [[cd] for cd in conds]
+    return WrapperExecutor(_calc_cond_batch, wrappers).execute(patcher, lists, x, sigma,
+                                                              {"sample_sigmas": sample_sigmas})
+
+
+def _calc_cond_batch(patcher: LegacyModelPatcher, conds: list[list[dict]], x: torch.Tensor, sigma: torch.Tensor,
+                     model_options: dict) -> list[torch.Tensor]:
+    """One model call for all conds (cond_or_uncond = 0, 1, ...) whose controls are the same
+    object, as ComfyUI batches them (`objects_concatable`); conds with another control get
+    their own call. A control's `get_control(x, t, c, n, transformer_options)` runs right
+    before the model call, on the batched input, and its result is passed as `control`."""
+    flat = [cd[0] for cd in conds]
+    groups: list[list[int]] = []
+    for i, cd in enumerate(flat):
+        for g in groups:
+            if flat[g[0]].get("control") is cd.get("control"):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    out: list[torch.Tensor] = [torch.empty(0)] * len(flat)
+    for g in groups:
+        for i, o in zip(g, _batch_call(patcher, [flat[i] for i in g], g, x, sigma, model_options["sample_sigmas"])):
+            out[i] = o
+    return out
+
+
+def _batch_call(patcher: LegacyModelPatcher, conds: list[dict], chunk_ids: list[int], x: torch.Tensor,
+                sigma: torch.Tensor, sample_sigmas: torch.Tensor) -> list[torch.Tensor]:
     model = patcher.model
     n = len(conds)
     input_x = torch.cat([x] * n)
@@ -161,13 +204,16 @@ def calc_cond_batch(patcher: LegacyModelPatcher, conds: list[dict], x: torch.Ten
     options = copy.copy(patcher.model_options.get("transformer_options", {}))
     options["wrappers"] = getattr(patcher, "wrappers", {})
     options["sample_sigmas"] = sample_sigmas
-    options["cond_or_uncond"] = list(range(n))
+    options["cond_or_uncond"] = list(chunk_ids)
     options["uuids"] = [uuid.uuid4() for _ in range(n)]
     options["sigmas"] = timestep
     c["transformer_options"] = options
+    control = conds[0].get("control")
+    if control is not None:
+        c["control"] = control.get_control(input_x, timestep, c, n, options)
     if "model_function_wrapper" in patcher.model_options:
         out = patcher.model_options["model_function_wrapper"](
-            model.apply_model, {"input": input_x, "timestep": timestep, "c": c, "cond_or_uncond": list(range(n))})
+            model.apply_model, {"input": input_x, "timestep": timestep, "c": c, "cond_or_uncond": list(chunk_ids)})
     else:
         out = model.apply_model(input_x, timestep, **c)
     return list(out.chunk(n))
@@ -177,6 +223,10 @@ def sample(patcher: LegacyModelPatcher, noise: torch.Tensor, sigmas: torch.Tenso
            cfg: float) -> torch.Tensor:
     """Euler sampling with CFG on x0 predictions; returns the final latents. The patcher's
     OUTER_SAMPLE wrappers wrap the whole call, SAMPLER_SAMPLE wrappers the sampler loop."""
+
+    for cd in (positive, negative):  # comfy.samplers.pre_run_control
+        if cd.get("control") is not None:
+            cd["control"].pre_run(patcher.model, percent_to_sigma)
 
     def euler(noise: torch.Tensor) -> torch.Tensor:
         x = noise * sigmas[0]
@@ -194,13 +244,178 @@ def sample(patcher: LegacyModelPatcher, noise: torch.Tensor, sigmas: torch.Tenso
     def outer(noise: torch.Tensor) -> torch.Tensor:
         return WrapperExecutor(euler, get_all_wrappers(WrappersMP.SAMPLER_SAMPLE, options)).execute(noise)
 
-    return WrapperExecutor(outer, get_all_wrappers(WrappersMP.OUTER_SAMPLE, options)).execute(noise)
+    try:
+        return WrapperExecutor(outer, get_all_wrappers(WrappersMP.OUTER_SAMPLE, options)).execute(noise)
+    finally:
+        for cd in (positive, negative):  # the sampler's cleanup of the controls
+            if cd.get("control") is not None:
+                cd["control"].cleanup()
 
 
-def karras_sigmas(n: int, sigma_min: float = 0.03, sigma_max: float = 14.6, rho: float = 7.0) -> torch.Tensor:
+SIGMA_MAX = 14.6
+
+
+def percent_to_sigma(p: float) -> float:
+    """The stand-in's model_sampling.percent_to_sigma: 0 -> SIGMA_MAX (start), 1 -> 0 (end)."""
+    return SIGMA_MAX * (1.0 - p)
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.03, sigma_max: float = SIGMA_MAX, rho: float = 7.0) -> torch.Tensor:
     ramp = torch.linspace(0, 1, n)
     s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([s, s.new_zeros(1)])
+
+
+# ---------------------------------------------------------------- comfy.utils, comfy.controlnet
+def common_upscale(samples: torch.Tensor, width: int, height: int, upscale_method: str, crop: str) -> torch.Tensor:
+    """comfy.utils.common_upscale for 4-D tensors: with crop "center" the source is first cut to
+    the target's aspect ratio around its centre, then resized (F.interpolate's modes)."""
+    if crop == "center":
+        ow, oh = samples.shape[-1], samples.shape[-2]
+        oa, na = ow / oh, width / height
+        x = round((ow - ow * (na / oa)) / 2) if oa > na else 0
+        y = round((oh - oh * (oa / na)) / 2) if oa < na else 0
+        samples = samples.narrow(-2, y, oh - 2 * y).narrow(-1, x, ow - 2 * x)
+    return torch.nn.functional.interpolate(samples, size=(height, width), mode=upscale_method)
+
+
+def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) -> torch.Tensor:
+    if tensor.shape[dim] > batch_size:
+        return tensor.narrow(dim, 0, batch_size)
+    if tensor.shape[dim] < batch_size:
+        reps = [1] * tensor.ndim
+        reps[dim] = -(-batch_size // tensor.shape[dim])
+        return tensor.repeat(reps).narrow(dim, 0, batch_size)
+    return tensor
+
+
+def broadcast_image_to(tensor: torch.Tensor, target_batch_size: int, batched_number: int) -> torch.Tensor:
+    """comfy.controlnet.broadcast_image_to: a hint batch of 1 stays (it broadcasts); else it
+    is cut / repeated to the per-chunk batch and repeated once per cond chunk."""
+    if tensor.shape[0] == 1:
+        return tensor
+    per_batch = target_batch_size // batched_number
+    tensor = tensor[:per_batch]
+    if per_batch > tensor.shape[0]:
+        tensor = torch.cat([tensor] * (per_batch // tensor.shape[0]) + [tensor[:per_batch % tensor.shape[0]]])
+    if tensor.shape[0] == target_batch_size:
+        return tensor
+    return torch.cat([tensor] * batched_number)
+
+
+class ToyControlModel(nn.Module):
+    """A tiny ControlNet: hint (N, 3, 8h, 8w) pooled to the latent grid, with the noisy input and
+    the text context -> {"input": [r1], "middle": [r2]}, 16 channels at latent size (the ToyModel's
+    hidden width). Every call's hint is kept in `hints`."""
+
+    def __init__(self, channels: int = 4, context_dim: int = 8, hint_channels: int = 3, seed: int = 10):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.hint_in = nn.Conv2d(hint_channels, 16, 3, padding=1)
+        self.x_in = nn.Conv2d(channels, 16, 3, padding=1)
+        self.ctx = nn.Linear(context_dim, 16)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.2
+        self.dtype = torch.float32
+        self.hints: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                **_: Any) -> dict[str, list[torch.Tensor]]:
+        self.hints.append(hint.clone())
+        f = hint.shape[-1] // x.shape[-1]
+        h = self.hint_in(torch.nn.functional.avg_pool2d(hint, f)) + self.x_in(x)
+        h = h + self.ctx(context.mean(1))[:, :, None, None] + torch.cos(timesteps)[:, None, None, None]
+        r1 = torch.tanh(h)
+        return {"input": [r1], "middle": [self.mid(torch.nn.functional.silu(r1))], "output": []}
+
+
+class ControlBase:
+    """comfy.controlnet.ControlBase, as far as the pack and the stand-in sampler use it."""
+
+    def __init__(self) -> None:
+        self.cond_hint_original: torch.Tensor | None = None
+        self.cond_hint: torch.Tensor | None = None
+        self.strength = 1.0
+        self.timestep_percent_range = (0.0, 1.0)
+        self.timestep_range: tuple[float, float] | None = None
+        self.compression_ratio = 8
+        self.upscale_algorithm = "nearest-exact"
+        self.previous_controlnet: ControlBase | None = None
+        self.latent_format = None
+        self.vae = None
+        self.extra_concat_orig: list[torch.Tensor] = []
+        self.preprocess_image: Callable = lambda a: a
+
+    def set_cond_hint(self, cond_hint: torch.Tensor, strength: float = 1.0,
+                      timestep_percent_range: tuple[float, float] = (0.0, 1.0)) -> "ControlBase":
+        self.cond_hint_original, self.strength, self.timestep_percent_range = cond_hint, strength, timestep_percent_range
+        return self
+
+    def set_previous_controlnet(self, controlnet: "ControlBase") -> "ControlBase":
+        self.previous_controlnet = controlnet
+        return self
+
+    def pre_run(self, model: Any, percent_to_timestep_function: Callable) -> None:
+        self.timestep_range = (percent_to_timestep_function(self.timestep_percent_range[0]),
+                               percent_to_timestep_function(self.timestep_percent_range[1]))
+        if self.previous_controlnet is not None:
+            self.previous_controlnet.pre_run(model, percent_to_timestep_function)
+
+    def cleanup(self) -> None:
+        if self.previous_controlnet is not None:
+            self.previous_controlnet.cleanup()
+        self.cond_hint = None
+        self.timestep_range = None
+
+    def control_merge(self, control: dict, control_prev: dict | None) -> dict:
+        out: dict[str, list] = {k: [None if x is None else x * self.strength for x in v] for k, v in control.items()}
+        if control_prev is not None:
+            for k in ("input", "middle", "output"):
+                for i, prev in enumerate(control_prev[k]):
+                    if i >= len(out[k]):
+                        out[k].append(prev)
+                    elif prev is not None:
+                        out[k][i] = prev if out[k][i] is None else prev + out[k][i]
+        return out
+
+
+class ControlNet(ControlBase):
+    """comfy.controlnet.ControlNet.get_control: the chain first, the timestep range (sigmas), the
+    hint brought to x's size x compression_ratio (kept while x's size stays), broadcast to the
+    batch, then the control model on the EPS-scaled input."""
+
+    def __init__(self, control_model: nn.Module):
+        super().__init__()
+        self.control_model = control_model
+        self.manual_cast_dtype = None
+
+    def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int,
+                    transformer_options: dict) -> dict | None:
+        control_prev = None
+        if self.previous_controlnet is not None:
+            control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+            return control_prev
+        cr = self.compression_ratio
+        if self.cond_hint is None or tuple(self.cond_hint.shape[-2:]) != (x_noisy.shape[2] * cr, x_noisy.shape[3] * cr):
+            assert self.cond_hint_original is not None
+            self.cond_hint = self.preprocess_image(common_upscale(
+                self.cond_hint_original, x_noisy.shape[3] * cr, x_noisy.shape[2] * cr, self.upscale_algorithm, "center"))
+        if x_noisy.shape[0] != self.cond_hint.shape[0]:
+            self.cond_hint = broadcast_image_to(self.cond_hint, x_noisy.shape[0], batched_number)
+        context = cond.get("crossattn_controlnet", cond["c_crossattn"])
+        xin = x_noisy / (t[:, None, None, None] ** 2 + 1) ** 0.5
+        out = self.control_model(x=xin, hint=self.cond_hint, timesteps=t, context=context)
+        return self.control_merge(out, control_prev)
+
+
+class T2IAdapter(ControlBase):
+    """comfy.controlnet.T2IAdapter (only its type matters here: the pack refuses it per view)."""
+
+    def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict, batched_number: int,
+                    transformer_options: dict) -> dict | None:
+        raise AssertionError("the stand-in's T2I-Adapter is never evaluated")
 
 
 # ---------------------------------------------------------------- node schema
@@ -336,7 +551,7 @@ class ProgressBar:
 
 # ---------------------------------------------------------------- modules the pack imports
 def install(monkeypatch: Any, output_dir: Path) -> None:
-    """Put `comfy`, `comfy.patcher_extension`, `comfy.model_management`, `comfy.utils` and `folder_paths`
+    """Put `comfy`, `comfy.patcher_extension`, `comfy.model_management`, `comfy.utils`, `comfy.controlnet` and `folder_paths`
     in sys.modules for one test (monkeypatch undoes it)."""
     comfy = types.ModuleType("comfy")
     pe = types.ModuleType("comfy.patcher_extension")
@@ -346,8 +561,15 @@ def install(monkeypatch: Any, output_dir: Path) -> None:
     mm.get_torch_device = lambda: torch.device("cpu")  # type: ignore[attr-defined]
     mm.intermediate_device = lambda: torch.device("cpu")  # type: ignore[attr-defined]
     mm.load_models_gpu = lambda models, **kw: None  # type: ignore[attr-defined]  # CPU: nothing to move
+    mm.loaded_models = lambda only_currently_used=False: []  # type: ignore[attr-defined]
     ut = types.ModuleType("comfy.utils")
     ut.ProgressBar = ProgressBar  # type: ignore[attr-defined]
+    ut.common_upscale = common_upscale  # type: ignore[attr-defined]
+    ut.repeat_to_batch_size = repeat_to_batch_size  # type: ignore[attr-defined]
+    cn = types.ModuleType("comfy.controlnet")
+    cn.ControlBase, cn.ControlNet, cn.T2IAdapter = ControlBase, ControlNet, T2IAdapter  # type: ignore[attr-defined]
+    cn.broadcast_image_to = broadcast_image_to  # type: ignore[attr-defined]
+    comfy.controlnet = cn  # type: ignore[attr-defined]
     ProgressBar.updates = []
     comfy.utils = ut  # type: ignore[attr-defined]
     comfy.patcher_extension = pe  # type: ignore[attr-defined]
@@ -356,5 +578,5 @@ def install(monkeypatch: Any, output_dir: Path) -> None:
     fp.get_output_directory = lambda: str(output_dir)  # type: ignore[attr-defined]
     fp.get_save_image_path = get_save_image_path  # type: ignore[attr-defined]
     for name, mod in (("comfy", comfy), ("comfy.patcher_extension", pe), ("comfy.model_management", mm),
-                      ("comfy.utils", ut), ("folder_paths", fp)):
+                      ("comfy.utils", ut), ("comfy.controlnet", cn), ("folder_paths", fp)):
         monkeypatch.setitem(sys.modules, name, mod)

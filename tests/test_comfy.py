@@ -345,7 +345,7 @@ def test_example_workflows():
 
     root = Path(__file__).parents[1] / "docs" / "comfyui"
     names = sorted(p.name[: -len(".api.json")] for p in root.glob("*.api.json"))
-    assert names == ["panorama_4k", "seam_metrics", "toy"]
+    assert names == ["panorama_4k", "seam_metrics", "toy", "upscale"]
     for name in names:
         api = json.loads((root / f"{name}.api.json").read_text())
         for key, node in api.items():

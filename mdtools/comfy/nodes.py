@@ -30,7 +30,9 @@ class MultiDiffusionModel:
 
     DESCRIPTION = ("MultiDiffusion-family model patch: the sampler's model call on the whole canvas becomes the "
                    "weighted average of the model's predictions for overlapping windows (Eq. 5), every step. "
-                   "window/overlap in pixels; 'auto' kernel = the method's default. Sample with any KSampler.")
+                   "window/overlap in pixels; 'auto' kernel = the method's default. Sample with any KSampler. "
+                   "ControlNets applied to the conditioning (Apply ControlNet, chained too) are cropped per view: "
+                   "each view gets the residuals of its own crop of the hint.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)

@@ -21,9 +21,12 @@ Two ComfyUI APIs (both mirrored by tests/comfy_standin.py, after ComfyUI 0.3.64)
 - the chaining wrapper API `ModelPatcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key,
   fn)`; fn(executor, x, t, c_concat, c_crossattn, control, transformer_options, **kw)
   calls `executor(...)` for each view batch, so wrappers of other nodes still run, per crop;
+  with it a CALC_COND_BATCH wrapper defers ControlNets, which are then evaluated per view
+  batch on each view's crop of the hint (mdtools.comfy.control);
 - the older single slot `set_model_unet_function_wrapper(fn)` (fallback for ComfyUI
   without the wrapper API), fn(apply_model, {"input", "timestep", "c", "cond_or_uncond"});
-  a wrapper already in that slot is called per view batch instead of `apply_model`.
+  a wrapper already in that slot is called per view batch instead of `apply_model`;
+  ControlNets are refused there (their residuals arrive computed for the whole canvas).
 
 Only the patched clone is affected: ComfyUI itself is never modified.
 """
@@ -41,6 +44,7 @@ from ..kernels import KERNELS, Kernel
 from ..methods import METHODS, Method, get_method, per_step_methods
 from ..plan import CIRCULAR_CHOICES, TilePlan, plan_views
 from ..sampling import CallSpec, Stage, StepContext
+from .control import PendingControl, calc_cond_batch_wrapper, crop_scaled, evaluate
 
 #: The methods that work as a per-step model wrapper (flag `per_step_wrapper`; the others need
 #: the whole pipeline: use the Generate (mdtools) node for them).
@@ -181,16 +185,27 @@ class MultiDiffusionPatch:
     def apply_model_wrapper(self, executor: Callable, x: torch.Tensor, t: torch.Tensor, c_concat: Any = None,
                             c_crossattn: Any = None, control: Any = None, transformer_options: dict | None = None,
                             **kwargs: Any) -> torch.Tensor:
-        """WrappersMP.APPLY_MODEL wrapper: `executor(...)` runs the rest of the chain on a crop."""
-        _refuse_control(control)
+        """WrappersMP.APPLY_MODEL wrapper: `executor(...)` runs the rest of the chain on a crop.
+        A ControlNet deferred by `calc_cond_batch_wrapper` is evaluated here, per view batch, on
+        each view's crop of its hint (mdtools.comfy.control)."""
+        if control is not None and not isinstance(control, PendingControl):
+            _refuse_control(control)
         opts = transformer_options if transformer_options is not None else {}
         B, (H, W) = x.shape[0], x.shape[-2:]
 
         def call(crops: torch.Tensor, s: int, e: int, vs: ViewSet) -> torch.Tensor:
             k = e - s
             conds = {name: _per_view(v, k, B, (H, W), vs, s, e) for name, v in kwargs.items()}
-            return executor(crops, t.repeat(k), _per_view(c_concat, k, B, (H, W), vs, s, e),
-                            _per_view(c_crossattn, k, B, (H, W), vs, s, e), control, _options_for(opts, k), **conds)
+            cc = _per_view(c_concat, k, B, (H, W), vs, s, e)
+            ca = _per_view(c_crossattn, k, B, (H, W), vs, s, e)
+            ok = _options_for(opts, k)
+            ctl = control
+            if isinstance(control, PendingControl):
+                cond = {**conds, "c_crossattn": ca, "transformer_options": ok}
+                if cc is not None:
+                    cond["c_concat"] = cc
+                ctl = evaluate(control, crops, t.repeat(k), cond, control.batched_number * k, ok, vs, s, e, B)
+            return executor(crops, t.repeat(k), cc, ca, ctl, ok, **conds)
 
         return self.fused(call, x, t, opts)
 
@@ -225,20 +240,27 @@ def _params(method: str) -> dict[str, Any]:
 
 
 def _refuse_control(control: Any) -> None:
+    """Residuals computed for the whole canvas (no CALC_COND_BATCH wrapper deferred them): applying
+    them to every view is the whole-hint-on-every-tile bug, so they are refused."""
     if control is not None:
-        raise ConfigError("ControlNet / T2I-Adapter conditioning is not supported under MultiDiffusion (mdtools): "
-                          "its residuals are computed for the whole canvas, not per view; remove the ControlNet "
-                          "apply node or the MultiDiffusion (mdtools) node")
+        raise ConfigError("ControlNet under MultiDiffusion (mdtools) needs a ComfyUI whose ModelPatcher has the "
+                          "wrapper API with WrappersMP.CALC_COND_BATCH (ComfyUI 0.3.x, e.g. 0.3.64): here its "
+                          "residuals came computed for the whole canvas, not per view; update ComfyUI, or remove "
+                          "the Apply ControlNet node or the MultiDiffusion (mdtools) node")
 
 
 def _per_view(v: Any, k: int, B: int, hw: tuple[int, int], vs: ViewSet, s: int, e: int) -> Any:
     """A model input for k views of a batch-B canvas: spatial tensors (B, ..., H, W) are cropped
-    like the latents (c_concat of inpainting models), other batch tensors (B, ...) are repeated
+    like the latents (c_concat of inpainting models), or at f x coordinates when they are an
+    integer f times finer (B, C, f H, f W); other batch tensors (B, ...) are repeated
     once per view (text embeddings, SDXL's `y`), anything else passes unchanged."""
     if not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != B:
         return v
     if v.ndim == 4 and tuple(v.shape[-2:]) == hw:
         return MultiDiffusion.gather(v, vs, s, e)
+    f = v.shape[-2] // hw[0] if v.ndim == 4 else 0
+    if f > 1 and tuple(v.shape[-2:]) == (hw[0] * f, hw[1] * f):  # finer than the latents: crop at f x coordinates
+        return crop_scaled(v, vs, s, e, f)
     return torch.cat([v] * k) if k > 1 else v
 
 
@@ -257,16 +279,21 @@ def _options_for(opts: dict, k: int) -> dict:
 def apply_patch(model: Any, patch: MultiDiffusionPatch) -> Any:
     """A clone of ComfyUI `model` (a ModelPatcher) with `patch` on it; `model` is unchanged.
 
-    Uses the chaining APPLY_MODEL wrapper when the ModelPatcher has it, else the single
-    `model_function_wrapper` slot. An earlier MultiDiffusion (mdtools) patch on the same
+    Uses the chaining APPLY_MODEL wrapper when the ModelPatcher has it (with a CALC_COND_BATCH
+    wrapper that defers ControlNets to the per-view call), else the single
+    `model_function_wrapper` slot (no ControlNet then). An earlier MultiDiffusion (mdtools) patch on the same
     model is replaced (views of views would re-tile crops)."""
     m = model.clone()
     if hasattr(m, "add_wrapper_with_key"):
         from comfy.patcher_extension import WrappersMP
 
-        if hasattr(m, "remove_wrappers_with_key"):
-            m.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-        m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, patch.apply_model_wrapper)
+        kinds = [(WrappersMP.APPLY_MODEL, patch.apply_model_wrapper)]
+        if hasattr(WrappersMP, "CALC_COND_BATCH"):  # ControlNet per view (mdtools.comfy.control)
+            kinds.append((WrappersMP.CALC_COND_BATCH, calc_cond_batch_wrapper))
+        for kind, fn in kinds:
+            if hasattr(m, "remove_wrappers_with_key"):
+                m.remove_wrappers_with_key(kind, WRAPPER_KEY)
+            m.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
         return m
     previous = m.model_options.get("model_function_wrapper")
     while getattr(previous, "mdtools_patch", None) is not None:  # replace, not nest, an earlier mdtools patch
