@@ -191,7 +191,7 @@ class LoadPipeline:
 class Generate:
     """MDTOOLS_PIPE -> IMAGE with any mdtools method (the whole pipeline: syncdiffusion, demofusion, ...)."""
 
-    DESCRIPTION = ("Generates with mdtools' own sampling loop, so every method of mdtools.METHODS runs, including "
+    DESCRIPTION = ("Generates with mdtools' own sampling loop, so every generation method of mdtools runs, including "
                    "those that need the whole pipeline (syncdiffusion, demofusion, global_pass) and region prompts "
                    "(regions: JSON list of {prompt, box: [top, left, height, width]}). window 0 = the model's size.")
     CATEGORY = CATEGORY
@@ -201,7 +201,7 @@ class Generate:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        from ..methods import METHODS
+        from ..methods import generation_methods
         from .pipe import VAE_TILING
 
         return {"required": {
@@ -212,7 +212,7 @@ class Generate:
             "height": _px(512),
             "window": ("INT", {"default": 0, "min": 0, "max": MAX_PX, "step": 8}),
             "overlap": ("INT", {"default": 64, "min": 0, "max": MAX_PX, "step": 8}),
-            "method": (sorted(METHODS), {"default": "multidiffusion"}),
+            "method": (sorted(generation_methods()), {"default": "multidiffusion"}),
             "kernel": (list(KERNEL_CHOICES), {"default": "auto"}),
             "steps": ("INT", {"default": 30, "min": 1, "max": 1000}),
             "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1}),
