@@ -123,6 +123,7 @@ class UpscaleCheck:
     plan: Any
     call_kw: dict[str, Any]
     call: Any = None  # the img2img CallSpec (latent methods)
+    cfg_passes: int | None = None
 
     def estimate(self) -> dict[str, float]:
         """Expected model evaluations: the img2img's (the method's estimate) plus the inversion's
@@ -130,7 +131,7 @@ class UpscaleCheck:
         if self.call is not None:
             work = dict(self.method.estimate(self.call))
         else:
-            cfg = 2 if self.call_kw["guidance_scale"] > 1 else 1
+            cfg = self.cfg_passes or (2 if self.call_kw["guidance_scale"] > 1 else 1)
             work = {"unet_evaluations": self.plan.n_views * int(self.call_kw["num_inference_steps"] * self.strength) * cfg}
         if self.inversion is not None:
             work["unet_evaluations"] = work.get("unet_evaluations", 0) + self.inversion["steps"] * self.plan.n_views
@@ -143,9 +144,11 @@ def check_upscale(image: Any, *, scale: Any = 2, strength: float = DEFAULT_STREN
                   noise_inversion: Any = None, steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
                   window: Any = None, overlap: Any = None, kernel: Any = None, kernel_params: dict | None = None,
                   view_batch_size: int = 4, vae_scale_factor: int = 8, size_multiple: int = 8,
-                  native_window: int = 512) -> UpscaleCheck:
+                  native_window: int = 512, cfg_passes: int | None = None) -> UpscaleCheck:
     """Every check of `upscale` that needs no model (the CLI and experiment files call it before loading):
-    the image (read, converted, noted), strength, scale -> canvas, window, method, colour fix, inversion."""
+    the image (read, converted, noted), strength, scale -> canvas, window, method, colour fix, inversion.
+    `cfg_passes`: model evaluations per sample and step when the model's kind fixes them (FLUX: 1, its
+    guidance is an embedding; `md.family.cfg_passes`), for the estimate; None: 2 with CFG, else 1."""
     src, notes = load_image(image)
     strength = _check_strength(strength)
     if color_fix is not None and color_fix not in COLOR_FIXES:
@@ -186,7 +189,7 @@ def check_upscale(image: Any, *, scale: Any = 2, strength: float = DEFAULT_STREN
     meth_obj = get_method(method, **(method_params or {}))
     if not image_space:
         call, _ = prepare_call(**call_kw, circular=False, output_type="latent", scale=vsf, method=meth_obj,
-                               strength=strength, img2img=True)
+                               strength=strength, img2img=True, cfg_passes=cfg_passes)
         plan = call.plan
     else:
         from ..plan import plan_views
@@ -194,7 +197,7 @@ def check_upscale(image: Any, *, scale: Any = 2, strength: float = DEFAULT_STREN
         call = None
         plan = plan_views(hw[0], hw[1], window=win, overlap=ov, scale=vsf)
     return UpscaleCheck(source=src, notes=notes, canvas=hw, strength=strength, inversion=inv, method=meth_obj,
-                        image_space=image_space, plan=plan, call_kw=call_kw, call=call)
+                        image_space=image_space, plan=plan, call_kw=call_kw, call=call, cfg_passes=cfg_passes)
 
 
 def upscale(
@@ -223,6 +226,7 @@ def upscale(
     kernel_params: dict | None = None,
     view_batch_size: int = 4,
     vae_tiling: Any = True,
+    model_options: dict[str, Any] | None = None,
     progress: bool = True,
     **control_kwargs: Any,
 ) -> UpscaleResult:
@@ -238,7 +242,9 @@ def upscale(
     `color_fix` ("wavelet" / "adain", StableSR's, on the whole image or with `color_fix_tiles`
     per view). ControlNet keywords (`controlnet`, `control_image`, `controlnet_conditioning_scale`,
     `control_guidance_start`, `control_guidance_end`, `guess_mode`, `control_mode`) go to md(...);
-    a ControlNet without a control image gets the resized source. Returns UpscaleResult.
+    a ControlNet without a control image gets the resized source. `model_options` (the model kind's
+    options, `md(..., model_options=...)`: e.g. FLUX's `true_cfg_scale`, `max_sequence_length`,
+    `flow_mu`; SDXL's `sdxl_view_crops`) go to every latent call. Returns UpscaleResult.
     """
     unknown = sorted(set(control_kwargs) - set(CONTROLNET_KEYS))
     if unknown:
@@ -246,18 +252,25 @@ def upscale(
     # ---- every check, before any model call ----------------------------------------------------
     if getattr(md, "vae", None) is None:
         raise ConfigError("upscale needs a latent model with a VAE; this pipeline works in pixel space")
+    opts = _model_opts(model_options)
     vsf = md.vae_scale_factor
     chk = check_upscale(image, scale=scale, strength=strength, method=method, method_params=method_params,
                         prompt=prompt, negative_prompt=negative_prompt, upscaler=upscaler, color_fix=color_fix,
                         color_fix_tiles=color_fix_tiles, noise_inversion=noise_inversion, steps=steps,
                         guidance_scale=guidance_scale, window=window, overlap=overlap, kernel=kernel,
                         kernel_params=kernel_params, view_batch_size=view_batch_size, vae_scale_factor=vsf,
-                        size_multiple=vsf * int(getattr(md.family, "patch", 1) or 1), native_window=md.native_window)
+                        size_multiple=vsf * int(getattr(md.family, "patch", 1) or 1), native_window=md.native_window,
+                        cfg_passes=md.family.cfg_passes(opts, negative_prompt))
     src, notes, hw, inv, meth_obj, image_space, plan, call_kw = (chk.source, chk.notes, chk.canvas, chk.inversion,
                                                                  chk.method, chk.image_space, chk.plan, chk.call_kw)
     strength = chk.strength
     if not image_space:
-        md.family.check_call(hw[0], hw[1], call_kw["window"], vsf, _family_opts(md))
+        md.family.check_call(hw[0], hw[1], call_kw["window"], vsf, opts)
+    if model_options and image_space:
+        raise ConfigError(f"model_options go to the latent img2img; method {meth_obj.name!r} runs its own per-tile "
+                          "img2img without them: use model_options=None or a latent method such as 'mixture'")
+    if model_options:
+        call_kw = {**call_kw, "model_options": dict(model_options)}  # to the img2img and the inversion calls
     if inv is not None:
         check_inversion_model(getattr(md.pipe.scheduler.config, "prediction_type", None), md.family.kind in _flow_kinds())
     if isinstance(controlnet, (str, os.PathLike)):  # an embedded name or a folder: loaded once, not per tile
@@ -382,11 +395,11 @@ def default_overlap(vae_scale_factor: int, window: int) -> int:
     return min(8 * f, window // 2 // f * f)
 
 
-def _family_opts(md: Any) -> dict[str, Any]:
-    """The default model options, for the family's size checks."""
+def _model_opts(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The call's model options with their defaults (checked: unknown names are refused), for the family's checks."""
     from ..models import model_options
 
-    return model_options(None)
+    return model_options(options)
 
 
 def _flow_kinds() -> tuple[str, ...]:
