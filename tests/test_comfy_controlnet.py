@@ -32,7 +32,8 @@ def _patched(patcher, **settings):
 
 
 def _hint(h: int, w: int, seed: int = 4) -> torch.Tensor:
-    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    """An IMAGE (1, h, w, 3) as Apply ControlNet passes it on: movedim(-1, 1), channels-last strides."""
+    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed)).movedim(-1, 1)
 
 
 def _conds(control=None):
@@ -160,6 +161,11 @@ def test_crop_scaled_follows_wrapped_views():
     assert torch.equal(crop_scaled(t, vs, i, i + 1, 8), want)
     lat = t[..., ::8, ::8].contiguous()
     assert torch.equal(crop_scaled(lat, vs, i, i + 1, 1), want[..., ::8, ::8])
+    # a channels-last source (ComfyUI's hints) gives channels-last crops: convolutions round per layout
+    t3 = torch.cat([t, -t, 2 * t], dim=1)
+    cl = crop_scaled(t3.contiguous(memory_format=torch.channels_last), vs, i, i + 2, 8)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert torch.equal(cl[:2], crop_scaled(t3, vs, i, i + 1, 8))
 
 
 def test_refusals(comfy):

@@ -111,7 +111,8 @@ def crop_scaled(t: torch.Tensor, vs: ViewSet, start: int, end: int, factor: int)
     """Crops of entries [start, end) of `vs` from `t` (B, C, H * factor, W * factor), a tensor
     `factor` times finer than the latent canvas (H, W): ((end - start) * B, C, h * factor,
     w * factor), view-major, at the positions of each view's latent crop (wrapped rows and
-    columns included; padding reads zero). factor 1 is `MultiDiffusion.gather`."""
+    columns included; padding reads zero), in `t`'s memory layout (channels-last stays
+    channels-last). factor 1 is `MultiDiffusion.gather`."""
     if factor == 1:
         return MultiDiffusion.gather(t, vs, start, end)
     H, W = vs.canvas
@@ -133,7 +134,12 @@ def crop_scaled(t: torch.Tensor, vs: ViewSet, start: int, end: int, factor: int)
         if bool((rr < 0).any() or (cc < 0).any()):
             crop = crop * ((rr >= 0)[:, None] & (cc >= 0)[None, :]).to(crop.dtype)
         crops.append(crop)
-    return torch.cat(crops)
+    out = torch.cat(crops)
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        # keep the source's layout: ComfyUI's hints are channels-last (IMAGE.movedim(-1, 1)), and
+        # convolutions round differently per layout, so a one-view crop then equals the whole hint
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def _dtype(control: Any) -> torch.dtype:
