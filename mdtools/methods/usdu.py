@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from ..errors import ConfigError
-from ..sampling import Run, scale_latents
+from ..sampling import scale_latents
 from .base import Method, Param, is_int, is_num, register
 
 #: redraw orders (the port's mode_type Linear / Chess / None)
@@ -387,8 +387,6 @@ class ImageSpaceMethod(Method):
                 raise ConfigError(f"method.{key}={v} is not a multiple of {m} px for this model; use {max(m, v // m * m)}")
         return tw, th
 
-    def generate(self, run: Run) -> torch.Tensor:
-        raise ConfigError(f"{self.name} upscales an existing image in pixels; use md.upscale(image, method={self.name!r})")
 
 
 @register
