@@ -87,6 +87,49 @@ def collect_images(out_dir: Path, demo: Path, label: Callable[[dict], str], pref
 
 SCENES_EXPERIMENT = "experiments/quickstart_scenes.yaml"
 
+#: The committed sweep that the demo's scene seed is chosen from, and the comparison it shows.
+SCENES_SOURCE = "results/coherence"
+SCENES_PAIR = ("multidiffusion", "global_pass")
+SCENES_CANVAS = (128, 1024)
+
+
+def median_seed(runs, pair: tuple[str, str] = SCENES_PAIR, canvas: tuple[int, int] = SCENES_CANVAS,
+                metric: str = "metric.disc_count") -> tuple[int, float, int]:
+    """The seed whose paired difference pair[0] - pair[1] in `metric` is the median one, on `canvas`.
+
+    Ordinary runs only (control == ""). With an even number of seeds the lower of the two middle
+    differences is taken; ties go to the smallest seed. Returns (seed, its difference, n seeds).
+    """
+    from .errors import ConfigError
+
+    df = runs[(runs["status"] == "ok") & (runs["canvas.height"] == canvas[0]) & (runs["canvas.width"] == canvas[1])]
+    if "control" in df:
+        df = df[df["control"].fillna("") == ""]
+    by = {m: df[df["method.name"] == m].set_index("seed")[metric] for m in pair}
+    for m, s in by.items():
+        if s.index.has_duplicates:
+            raise ConfigError(f"median_seed: several {m} runs per seed on {canvas}; give one setting per method")
+    diff = (by[pair[0]] - by[pair[1]]).dropna().sort_index()
+    if diff.empty:
+        raise ConfigError(f"median_seed: no seed has both {pair[0]} and {pair[1]} on canvas {canvas} in the runs")
+    ranked = sorted(diff.items(), key=lambda kv: (kv[1], kv[0]))
+    seed, d = ranked[(len(ranked) - 1) // 2]
+    return int(seed), float(d), len(ranked)
+
+
+def scene_seed_note(experiment: str, source: str = SCENES_SOURCE) -> str:
+    """One line: the scenes panorama's seed and why it was chosen (the median seed of the committed sweep)."""
+    import pandas as pd
+
+    seed = load_experiment(experiment).runs[0].seed
+    path = Path(source) / "runs.parquet"
+    if not path.is_file():
+        return f"{seed} ({path} is absent, so the seed's rank among the sweep's seeds is not known)"
+    best, d, n = median_seed(pd.read_parquet(path))
+    rank = "the median" if best == seed else f"not the median (that is seed {best})"
+    return (f"{seed}: {rank} of the {n} seeds of {source} at {SCENES_CANVAS[0]} x {SCENES_CANVAS[1]} "
+            f"({SCENES_PAIR[0]} minus {SCENES_PAIR[1]}: {d:+.0f} suns), a typical seed, not the best one")
+
 
 def run_scenes(experiment: str, out_dir: Path, demo: Path) -> list[Item]:
     """A scenes panorama two ways (multidiffusion vs the global pass) with the number of suns."""
@@ -188,6 +231,7 @@ def run_demo(*, experiment: str = "experiments/quickstart.yaml", out: str = "res
         print(f"  scene     {path}  {_suns_title(label, m)}")
     if scene_items:
         print(f"  compare   {demo / 'scenes_comparison.png'}  (notebook notebooks/07_coherence.ipynb)")
+        print(f"  seed      {scene_seed_note(scenes)}")
     print_upscale(up_items, demo, t_up)
     return 0
 

@@ -47,3 +47,34 @@ def test_upscale_demo_prints_paths_and_figures(upscaled, capsys):
     for label, path, m in items:
         assert str(path) in text and f"PSNR {m['psnr']:.2f} dB" in text and f"seam_structure {m['seam_structure']:.2f}" in text
     assert "upscale_comparison.png" in text and "12 s" in text
+
+
+def _scene_runs(diffs: dict[int, int], control_rows: bool = True):
+    import pandas as pd
+
+    rows = []
+    for seed, d in diffs.items():
+        rows.append({"status": "ok", "canvas.height": 128, "canvas.width": 1024, "method.name": "global_pass", "seed": seed,
+                     "metric.disc_count": 1.0, "control": ""})
+        rows.append({"status": "ok", "canvas.height": 128, "canvas.width": 1024, "method.name": "multidiffusion", "seed": seed,
+                     "metric.disc_count": 1.0 + d, "control": ""})
+        if control_rows:  # the diffusers-default control is multidiffusion too: it must be ignored
+            rows.append({"status": "ok", "canvas.height": 128, "canvas.width": 1024, "method.name": "multidiffusion",
+                         "seed": seed, "metric.disc_count": 99.0, "control": "diffusers_default"})
+    return pd.DataFrame(rows)
+
+
+def test_median_seed_takes_the_lower_middle_difference_and_ignores_controls():
+    from mdtools.demo import median_seed
+
+    assert median_seed(_scene_runs({0: 9, 1: 14, 2: 3, 3: 11, 4: 5, 5: 12})) == (0, 9.0, 6)  # sorted 3 5 9 11 12 14: the lower middle is 9
+    assert median_seed(_scene_runs({0: 4, 1: 2, 2: 8})) == (0, 4.0, 3)
+    assert median_seed(_scene_runs({0: 5, 1: 5, 2: 5, 3: 5})) == (1, 5.0, 4)  # ties: smallest seed of the lower middle
+
+
+def test_median_seed_refuses_an_empty_comparison():
+    from mdtools.demo import median_seed
+    from mdtools.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no seed has both"):
+        median_seed(_scene_runs({0: 1}).query("`method.name` != 'global_pass'"))
