@@ -1,4 +1,4 @@
-"""Command line: `mdtools generate | upscale | train-toy | train-toy-controlnet | demo | run | report`.
+"""Command line: `mdtools generate | upscale | run | report | demo | comfy-install | train-toy | train-toy-controlnet`.
 
 Every argument is validated before a model is loaded, so a typo costs a second, not a
 model load.
