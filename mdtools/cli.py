@@ -1,4 +1,4 @@
-"""Command line: `mdtools generate | upscale | train-toy | train-toy-controlnet | demo | run | report`.
+"""Command line: `mdtools generate | upscale | run | report | demo | comfy-install | train-toy | train-toy-controlnet`.
 
 Every argument is validated before a model is loaded, so a typo costs a second, not a
 model load.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from .choices import DTYPE_NAMES
-from .errors import ConfigError
+from .errors import ConfigError, check_positive_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -130,10 +131,54 @@ def _scale_arg(v: str) -> Any:
     return int(f) if f.is_integer() else f
 
 
+_INT = re.compile(r"[+-]?\d+")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
+
+
+def _option_value(v: str, flag: str, item: str) -> Any:
+    """One VALUE of KEY=VALUE, read without eval: true/false -> bool, none/null -> None, integers,
+    finite decimals (1.5, 1e-3), a JSON list; anything else stays a string ('global')."""
+    low = v.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    if _INT.fullmatch(v.strip()):
+        return int(v)
+    if _FLOAT.fullmatch(v.strip()):
+        return float(v)
+    if v.strip().startswith("["):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{flag} {item!r}: {v!r} is not a JSON list, e.g. [1, 2]") from None
+    return v
+
+
+def parse_model_options(items: list[str], flag: str = "--model-option") -> dict[str, Any]:
+    """The repeatable `--model-option KEY=VALUE` items as md.upscale's `model_options` (None when
+    none are given); the key must be one of mdtools.models.MODEL_OPTIONS, each at most once."""
+    from .models import MODEL_OPTIONS
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, v = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not v.strip():
+            raise ConfigError(f"{flag} {item!r} must look like KEY=VALUE, e.g. true_cfg_scale=4.0")
+        if key not in MODEL_OPTIONS:
+            raise ConfigError(f"{flag} {item!r}: {key!r} is not a model option; valid: {sorted(MODEL_OPTIONS)}")
+        if key in out:
+            raise ConfigError(f"{flag} {key} is given twice; give each key once")
+        out[key] = _option_value(v, flag, item)
+    return out
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     import torch
 
-    from .models import DTYPES, FLOW_KINDS
+    from .models import DTYPES, FAMILIES, FLOW_KINDS, model_options
+    from .models.families import check_flow_call
     from .pipeline import MultiDiffusionPipeline
     from .sweep.config import read_model_configs
     from .upscale import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH, NOISE_INVERSION_DEFAULTS, check_upscale
@@ -149,6 +194,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         inv = given or True
     if args.control_image is not None and args.controlnet is None:
         raise ConfigError("--control-image needs --controlnet (e.g. --controlnet toy-scenes-tile)")
+    model_opts = parse_model_options(args.model_option)
     path, vsf, native, kind = read_model_configs(args.model)
     settings = dict(scale=_scale_arg(args.scale), method=args.method,
                     strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
@@ -160,6 +206,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                     overlap=args.overlap)
     chk = check_upscale(args.image, **settings, vae_scale_factor=vsf,
                         size_multiple=vsf * (2 if kind in FLOW_KINDS else 1), native_window=native or 512)
+    if model_opts:
+        if chk.image_space:
+            raise ConfigError(f"--model-option goes to the latent img2img; method {args.method!r} runs its own per-tile "
+                              "img2img without it: drop --model-option or use a latent method such as mixture")
+        try:  # the values' model-free checks: the flow families' (FLUX, SD3), else max_sequence_length's
+            opts = model_options(model_opts)
+            if kind in FLOW_KINDS:
+                check_flow_call(FAMILIES[kind].patch, *chk.canvas, None, vsf, opts)
+            elif opts["max_sequence_length"] is not None:
+                check_positive_int("max_sequence_length", opts["max_sequence_length"], example=120)
+        except ConfigError as e:
+            raise ConfigError(f"--model-option {e}") from None
     control: dict[str, Any] = {}
     if args.controlnet is not None:
         from .toy import EMBEDDED_CONTROLNETS
@@ -181,7 +239,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # --- load and run -----------------------------------------------------------------------
     md = MultiDiffusionPipeline.from_pretrained(args.model, torch_dtype=DTYPES[args.dtype], device=device)
-    res = md.upscale(args.image, **settings, **control, seed=args.seed, progress=True)
+    res = md.upscale(args.image, **settings, **control, seed=args.seed, progress=True, model_options=model_opts or None)
     out.parent.mkdir(parents=True, exist_ok=True)
     res.image.save(out)
     rec_path = out.with_suffix(".json")
@@ -319,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--window", type=int, default=None, help="pixels; default: the model's native size")
     u.add_argument("--overlap", type=int, default=None, help="pixels; default 8 latent px (64 for SD), at most half the window")
+    u.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model kind's option for the latent img2img (md.upscale's model_options; repeatable), e.g. "
+                        "true_cfg_scale=4.0, positions=global, sdxl_view_crops=true (values: numbers, true/false, "
+                        "none, a JSON list, else text)")
     u.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     u.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
     for key, kind, hint in (("steps", int, "inversion steps (default 10)"), ("retouch", float, "default 1"),
