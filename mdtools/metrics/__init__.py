@@ -27,6 +27,10 @@ from .functional import (
     lines_from_boxes,
     mmd2_unbiased,
     poly_kernel,
+    protocol_clip_score,
+    protocol_crops,
+    protocol_fid,
+    protocol_kid,
     psnr,
     seam_score,
     seam_score_lab,
@@ -54,7 +58,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "METRICS", "FeatureLPIPS", "FeatureNet", "MetricSpec", "MetricUnavailable", "Score", "crop_grid", "disc_count", "evaluate",
     "gram_matrix", "horizon_breaks", "horizon_continuity", "intra_lpips", "kid", "kid_from_features", "load_feature_net", "mmd2_unbiased",
-    "no_disc", "one_disc", "poly_kernel", "pooled_features", "sky_consistency", "sliding_crops",
+    "no_disc", "one_disc", "poly_kernel", "protocol_clip_score", "protocol_crops", "protocol_fid", "protocol_kid",
+    "pooled_features", "sky_consistency", "sliding_crops",
     "intra_color", "intra_style", "lines_from_boxes", "psnr", "rgb_to_lab", "seam_score", "seam_score_lab", "seam_structure", "ssim",
     "step_profiles", "to_image_tensor", "total_variation", "vae_seam", "wrap_seam_score", *_LAZY_CLASSES,
 ]

@@ -13,6 +13,7 @@ definitions, units and blind spots.
     reference    `psnr`, `ssim`, `total_variation`
     consistency  `intra_lpips`, `intra_style`, `intra_color` over window crops
     kid          `kid` and its MMD estimate
+    protocol     SyncDiffusion's seeded random crop; FID / KID (clean-fid) and CLIP score on the crops
     color_drift  `color_drift` (low-frequency CIEDE2000 against the source)
 """
 
@@ -31,6 +32,17 @@ from .consistency import (
 )
 from .geometry import Box, Lines, LinesLike, lines_from_boxes, resolve_lines
 from .kid import kid, kid_from_features, mmd2_unbiased, poly_kernel, sliding_crops
+from .protocol import (
+    PROTOCOL_SEED,
+    crop_offsets,
+    frechet_distance,
+    kernel_distance,
+    protocol_clip_score,
+    protocol_crops,
+    protocol_features,
+    protocol_fid,
+    protocol_kid,
+)
 from .reference import psnr, ssim, total_variation
 from .seams import (
     DEFAULT_BAND,
@@ -49,6 +61,8 @@ from .vae_seam import vae_seam
 
 __all__ = [
     "color_drift", "drift_map",
+    "PROTOCOL_SEED", "crop_offsets", "frechet_distance", "kernel_distance", "protocol_clip_score", "protocol_crops",
+    "protocol_features", "protocol_fid", "protocol_kid",
     "Box", "DEFAULT_BAND", "DEFAULT_DEPTH", "DEFAULT_GRID", "DEFAULT_SEGMENT", "DEFAULT_STRUCT_SEGMENT", "LPIPS_BACKBONES",
     "Lines", "LinesLike", "Mode", "STYLE_BACKBONES", "SeamStats", "control_lines", "conv_features", "crop_grid",
     "decorrelation_profile", "gram_matrix", "intra_color", "intra_lpips", "intra_style", "kid", "kid_from_features",
