@@ -32,7 +32,7 @@ BASE_DC = [0, 1, 1, 2, 1, 3]  # the single window's disc counts per seed: one di
 
 def _row(seed: int, *, name: str = "multidiffusion", overlap: int = 64, kernel: str = "gaussian", control: str = "",
          width: int = 512, evals: int = 210, dc: float = 1.0, seam: float = 1.0, **more) -> dict:
-    r = {"status": "ok", "seed": seed, "prompt": PROMPT, "control": control, "method.name": name, "tiling.overlap": overlap,
+    r = {"status": "ok", "seed": seed, "prompt": PROMPT, "model": "toy-scenes-v2", "control": control, "method.name": name, "tiling.overlap": overlap,
          "tiling.kernel": kernel, "plan.height": 128, "plan.width": width, "plan.window_h": 128, "plan.window_w": 128,
          "sampler.steps": 15, "sampler.guidance": 5.0, "count.model_evaluations": evals, "cost.unet_equivalents": float(evals),
          "metric.disc_count": dc, "metric.seam_structure": seam, "metric.horizon_breaks": 0.5, "metric.sky_consistency": 1.1,
@@ -185,6 +185,7 @@ def test_rendered_findings_07_from_synthetic_results(tmp_path):
                   "ci_method": ["expanded bootstrap, 95%"] * 2}).to_csv(tmp_path / "coherence" / "protocol.csv", index=False)
     text = render_file(ROOT / "notebooks" / "findings" / "07.md", tmp_path)
     assert "not in these results" not in text and "not measured" not in text
+    assert text.startswith('## Findings (model toy-scenes-v2, 15 steps, guidance 5, 6 seeds; prompt "day sky over')
     assert "multidiffusion ov=64, 512x128, disc_count: worse than the single window: +2.00 [2.00, 2.00] (n=6" in text
     assert "multidiffusion ov=64, 512x128: KID 0.034 [0.02, 0.05] (n=6, expanded bootstrap, 95%)" in text
     assert "reached by 1 of 2 settings: multidiffusion ov=16" in text
@@ -224,3 +225,15 @@ def test_frontier_figure_names_n_and_method_and_keeps_the_legend_outside(df):
 def test_new_margins_are_named():
     for m in ("metric.horizon_breaks", "metric.no_disc"):
         assert MARGINS[m].value > 0 and MARGINS[m].why and not MARGINS[m].higher_is_better
+
+
+def test_disc_table_gives_the_wilson_interval_beside_the_bootstrap(df):
+    t = C.disc_table(df).set_index("setting")
+    lo, hi = t.loc["multidiffusion ov=64", ["one_disc.wilson_lo", "one_disc.wilson_hi"]]
+    z = 1.959963984540054  # NumPy reference: Wilson's upper bound at 0 of 6 is z^2 / (n + z^2)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(z**2 / (6 + z**2))
+
+
+def test_moonshot_needs_both_metrics(df):
+    with pytest.raises(ConfigError, match=r"moonshot: the table has no \['metric.seam_structure'\]"):
+        C.moonshot(df.drop(columns=["metric.seam_structure"]))

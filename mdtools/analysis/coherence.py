@@ -169,13 +169,16 @@ def ordered(t: pd.DataFrame) -> pd.DataFrame:
 
 def _rate_row(sub: pd.DataFrame) -> dict[str, object]:
     iv = stats.bootstrap_ci(sub[ONE].to_numpy(dtype=float))
-    return {"n": iv.n, "one_disc": iv.estimate, "one_disc.lo": iv.lo, "one_disc.hi": iv.hi,
+    wlo, whi = stats.wilson_interval(int((sub[ONE] == 1).sum()), iv.n)
+    return {"n": iv.n, "one_disc": iv.estimate, "one_disc.lo": iv.lo, "one_disc.hi": iv.hi, "one_disc.wilson_lo": wlo,
+            "one_disc.wilson_hi": whi,
             "no_disc": float(sub["metric.no_disc"].mean()), "disc_error": float(sub["metric.disc_error"].mean()),
             "disc_count": float(sub["metric.disc_count"].mean()), "ci_method": f"{iv.method}, 95%, over runs (seed x prompt)"}
 
 
 def disc_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per setting and canvas: n runs, the exactly-one-disc rate with its interval, the no-disc rate, the mean
+    """Per setting and canvas: n runs, the exactly-one-disc rate with its interval (and, beside it, the Wilson
+    interval of the proportion, which stays wide where every run agrees), the no-disc rate, the mean
     |disc_count - 1| (`disc_error`) and the mean disc_count."""
     if "metric.disc_count" not in df:
         raise ConfigError("disc_table: the table has no metric.disc_count; add disc_count to the experiment's metrics")
@@ -346,6 +349,9 @@ def moonshot(df: pd.DataFrame, fam: dict[tuple[str, str, str], Comparison] | Non
         raise ConfigError(missing_note(df, DIFFUSERS_DEFAULT))
     if "redundancy" not in df:
         raise ConfigError(f"moonshot: the table lacks the counts of `redundancy` {list(_REDUNDANCY_COLUMNS)}")
+    lack = [m for m in MOONSHOT_METRICS if m not in present(df, MOONSHOT_METRICS)]
+    if lack:
+        raise ConfigError(f"moonshot: the table has no {lack}; the experiment must measure {[short(m) for m in MOONSHOT_METRICS]}")
     fam = default_family(df, MOONSHOT_METRICS) if fam is None else fam
     out = []
     plain = df[df["control"] == ""]
@@ -419,12 +425,21 @@ class CoherenceRenderer(Renderer):
             raise ConfigError(f"results/{exp} has no runs.parquet and no runs/")
         return d
 
+    def f_values(self, pos: list[str], o: dict[str, str], flt: list) -> str:
+        """The distinct values of a column (settings the text names: model, steps, prompt), comma-separated."""
+        exp, col = pos
+        d = self._need(exp)
+        if col not in d:
+            raise ConfigError(f"values {exp} {col}: no column {col!r}")
+        return ", ".join(str(_short(v)) for v in sorted(d[col].dropna().unique(), key=str))
+
     def f_discs(self, pos: list[str], o: dict[str, str], flt: list) -> str:
         (exp,) = pos
         t = disc_table(self._need(exp))
         return "\n".join(f"- {r['setting']}, {r['canvas']}: exactly one disc {_iv(r['one_disc'], r['one_disc.lo'], r['one_disc.hi'])} "
-                         f"(n={r['n']}, {r['ci_method']}); no disc {r['no_disc']:.2f}; mean |count - 1| {r['disc_error']:.1f}; "
-                         f"mean count {r['disc_count']:.1f}" for r in t.to_dict("records"))
+                         f"(n={r['n']}, {r['ci_method']}; Wilson 95% [{r['one_disc.wilson_lo']:.2f}, {r['one_disc.wilson_hi']:.2f}]); "
+                         f"no disc {r['no_disc']:.2f}; mean |count - 1| {r['disc_error']:.1f}; mean count {r['disc_count']:.1f}"
+                         for r in t.to_dict("records"))
 
     def f_excess(self, pos: list[str], o: dict[str, str], flt: list) -> str:
         (exp,) = pos

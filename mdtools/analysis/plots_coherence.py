@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 import pandas as pd
 
 from ..errors import ConfigError
@@ -34,6 +35,9 @@ def frontier_figure(df: pd.DataFrame, canvas: str) -> plt.Figure:
                         color="k" if default else None,
                         label=f"{r['setting']} (n={r['n']}, redundancy {r['redundancy']:.2f})")
         ax.set(xscale="log", xlabel="cost: UNet-forward equivalents per run (FLOP-priced, log)", ylabel=ylabel)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels would overlap
         ax.grid(alpha=0.3)
     ns = sorted(set(t["n"]))
     fig.suptitle(f"{canvas} px: cost against coherence and seams per setting (mean, 95% expanded bootstrap interval "
