@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 import pandas as pd
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from ..errors import ConfigError
 from .coherence import DEFAULT_LABEL, frontier_table
