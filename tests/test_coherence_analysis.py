@@ -106,11 +106,12 @@ def test_excess_over_the_single_window_is_paired_on_seed_and_prompt(df):
     t = C.excess_table(df).set_index(["setting", "metric"])
     r = t.loc[("multidiffusion ov=64", "disc_count")]
     assert (r["excess"], r["lo"], r["hi"], r["n"]) == (2.0, 2.0, 2.0, 6), "two discs more on every seed"
-    assert r["verdict"] == "worse" and r["canvas"] == "512x128"
+    assert (r["verdict"], r["reading"], r["canvas"]) == ("worse", "more discs than the single window", "512x128")
     d = t.loc[("diffusers default", "disc_count")]
     assert d["excess"] == pytest.approx(np.mean(1 - np.array(BASE_DC)))  # NumPy: mean of the per-seed differences
     one = t.loc[("diffusers default", "one_disc")]
     assert one["excess"] == pytest.approx(1 - 3 / 6) and one["lo"] <= one["excess"] <= one["hi"]
+    assert one["reading"] == "no difference shown from the single window"
     assert ("single window", "disc_count") not in t.index
     np.testing.assert_allclose(t["p_holm"], stats.holm(t["p"].to_numpy()))
     assert t["ci_method"].str.contains("paired expanded bootstrap").all()
@@ -186,7 +187,7 @@ def test_rendered_findings_07_from_synthetic_results(tmp_path):
     text = render_file(ROOT / "notebooks" / "findings" / "07.md", tmp_path)
     assert "not in these results" not in text and "not measured" not in text
     assert text.startswith('## Findings (model toy-scenes-v2, 15 steps, guidance 5, 6 seeds; prompt "day sky over')
-    assert "multidiffusion ov=64, 512x128, disc_count: worse than the single window: +2.00 [2.00, 2.00] (n=6" in text
+    assert "multidiffusion ov=64, 512x128, disc_count: more discs than the single window: +2.00 [2.00, 2.00] (n=6" in text
     assert "multidiffusion ov=64, 512x128: KID 0.034 [0.02, 0.05] (n=6, expanded bootstrap, 95%)" in text
     assert "reached by 1 of 2 settings: multidiffusion ov=16" in text
     assert "worse on seam_structure: +0.30" in text

@@ -197,8 +197,9 @@ def _paired(ref: pd.DataFrame, other: pd.DataFrame, metric: str) -> stats.Interv
 
 def excess_table(df: pd.DataFrame, metrics: Sequence[str] = EXCESS_METRICS) -> pd.DataFrame:
     """Every setting (the diffusers default included) minus the single-window control, per canvas, paired on
-    (seed, prompt): the mean difference with its interval, n pairs, p, Holm's p over the table's rows and the
-    verdict against the control. Empty when the table has no single-window runs."""
+    (seed, prompt): the mean difference with its interval, n pairs, p, Holm's p over the table's rows, the
+    verdict against the control and its `reading` (more / fewer discs, higher / lower one-disc rate, or no
+    difference shown). Empty when the table has no single-window runs."""
     if not has_control(df, SINGLE_WINDOW):
         return pd.DataFrame()
     single = df[df["control"] == SINGLE_WINDOW]
@@ -215,8 +216,15 @@ def excess_table(df: pd.DataFrame, metrics: Sequence[str] = EXCESS_METRICS) -> p
     out["p_holm"] = stats.holm(out["p"].to_numpy())
     out["verdict"] = [stats.verdict(iv, higher_is_better=margin(f"metric.{m}").higher_is_better, p_adjusted=ph)
                       for iv, m, ph in zip(ivs, out["metric"], out["p_holm"])]
+    out["reading"] = [_READING.get((m, v), f"no difference shown from the {SINGLE_LABEL}") for m, v in zip(out["metric"], out["verdict"])]
     out["ci_method"] = f"paired {stats.method_label()}; Holm over {len(out)}"
     return ordered(out)
+
+
+#: The excess in words: a count is neither better nor worse when lower (no disc is a failure too), so it reads more / fewer.
+_READING = {("disc_count", "worse"): f"more discs than the {SINGLE_LABEL}", ("disc_count", "better"): f"fewer discs than the {SINGLE_LABEL}",
+            ("one_disc", "better"): f"higher one-disc rate than the {SINGLE_LABEL}",
+            ("one_disc", "worse"): f"lower one-disc rate than the {SINGLE_LABEL}"}
 
 
 def present(df: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
@@ -448,9 +456,9 @@ class CoherenceRenderer(Renderer):
         if t.empty:
             return missing_note(d, SINGLE_WINDOW, f"results/{exp}")
         head = f"{len(t)} paired differences (setting minus the {SINGLE_LABEL}, on (seed, prompt)), Holm-corrected together:"
-        lines = [f"- {r.setting}, {r.canvas}, {r.metric}: {r.verdict} than the {SINGLE_LABEL}: {r.excess:+.2f} "
+        lines = [f"- {r.setting}, {r.canvas}, {r.metric}: {r.reading}: {r.excess:+.2f} "
                  f"[{r.lo:.2f}, {r.hi:.2f}] (n={r.n}, {r.ci_method})" for r in t.itertuples(index=False)]
-        return (head + "\n\n" + "\n".join(lines)).replace("no difference shown than the", "no difference shown from the")
+        return head + "\n\n" + "\n".join(lines)
 
     def f_vsdefault(self, pos: list[str], o: dict[str, str], flt: list) -> str:
         name, exp = pos
