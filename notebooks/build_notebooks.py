@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # this checkout's mdtools, not another install's
 
+from mdtools.analysis.coherence import MAX_REDUNDANCY  # noqa: E402
 from mdtools.analysis.findings import Renderer, render_file, with_readme_section  # noqa: E402
 
 FINDINGS_DIR = HERE / "findings"
@@ -211,39 +212,59 @@ def nb_methods() -> list:
 
 def nb_coherence() -> list:
     return [
-        md("# 07 - Coherence with ground truth\n\n`experiments/coherence.yaml`: the embedded scenes model "
-           "(`toy-scenes`; every training scene has exactly one sun or moon and one horizon, docs/scenes.md) on "
-           "panoramas of 1:4 and 1:8, every method at its default (SyncDiffusion 5 sync steps, DemoFusion 2 stages), 6 seeds. `disc_count` counts suns / moons (1 is "
-           "right; `one_disc` is the share of runs with exactly one), `horizon_continuity` and `sky_consistency` are 1 "
-           "when the horizon and the sky are as smooth at window seams as elsewhere (higher = broken, docs/metrics.md). "
-           "Intervals: 95% expanded bootstrap over seeds (and prompts), printed with n and method (docs/statistics.md); "
-           "comparisons are paired, and the notebook's family (every method against MultiDiffusion on both canvases, "
-           "for the six metrics below) is Holm-corrected together."),
-        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, label_extra\n"
-             "raw = load_table(R / 'coherence')\nc = plots.with_method_label(plots.with_derived(raw), label_extra(raw))"),
+        md("# 07 - Coherence with ground truth\n\n`experiments/coherence.yaml`: the embedded scenes model (every training "
+           "scene has exactly one sun or moon and one horizon, docs/scenes.md) on panoramas of 1:4 and 1:8, every method at "
+           "its default, with two controls: the diffusers default plan (uniform kernel, stride = window / 8: what users run "
+           "today) and a single window at the same settings (what the model paints alone). The headline is the rate of runs "
+           "with exactly one disc in the sky (`one_disc`; `no_disc` is its own failure), beside the mean |suns - 1| and each "
+           "setting's excess over the single window. `experiments/frontier_scenes.yaml` adds the cost frontier and the "
+           f"moonshot: a setting at redundancy <= {MAX_REDUNDANCY:g} whose seams and one-disc rate are non-inferior to the diffusers default. "
+           "Settings are labelled by `mdtools.analysis.coherence.setting_labels`. Intervals: 95% expanded bootstrap over runs "
+           "(seed x prompt), printed with n and method (docs/statistics.md); comparisons are paired on (seed, prompt), and "
+           "each family (every setting against the diffusers default, every canvas and metric; the excess table; the "
+           "moonshot's comparisons) is Holm-corrected together. Tables made before the controls existed have no `control` "
+           "column: the cells below then say what is not in these results."),
+        code(SETUP + "\nfrom mdtools.analysis import coherence as C\nfrom mdtools.analysis.plots_coherence import frontier_figure\n"
+             "c = C.prepare(load_table(R / 'coherence'))\n"
+             "for which in (C.SINGLE_WINDOW, C.DIFFUSERS_DEFAULT):\n"
+             "    if not C.has_control(c, which):\n        print(C.missing_note(c, which, 'results/coherence'))\n"
+             "c.groupby(['canvas', 'setting', 'control'], sort=False).size().rename('runs').reset_index()"),
         code('import io\nfrom PIL import Image as PILImage\n'
              'for name in ("method_images_512x128", "method_images_1024x128"):\n'
              '    png = R / "coherence" / "plots" / f"{name}.png"  # written by mdtools report (previews of seed 0)\n'
              '    if png.exists():\n        im = PILImage.open(png).convert("RGB")\n        im.thumbnail((760, 4000))\n'
              '        buf = io.BytesIO()\n        im.save(buf, format="JPEG", quality=80)\n'
              '        display(Image(data=buf.getvalue(), format="jpeg"))'),
-        code('t = methods_table(c)\n'
-             'cols = ["method.label", "plan.width", "n", "metric.disc_count", "metric.one_disc", "metric.one_disc.ci", '
-             '"metric.horizon_continuity", "metric.horizon_continuity.ci", "metric.sky_consistency", '
-             '"metric.sky_consistency.ci", "metric.intra_lpips", "metric.intra_lpips_featnet", "metric.intra_lpips_featnet.ci", '
-             '"metric.intra_style_featnet", "metric.intra_style_featnet.ci", "count.model_evaluations", "ci_method"]\n'
-             'missing = [x for x in cols if x not in t]\n'
-             'print("not in this table (not measured by this sweep):", missing or "none")\n'
-             't[[x for x in cols if x in t]]'),
-        code('fig = plots.methods_bars(c, metrics=["metric.disc_error", "metric.horizon_continuity", "metric.sky_consistency", '
-             '"cost.unet_equivalents"])'),
-        code('from mdtools.analysis.findings import family_table\n'
-             'ref = next(x for x in c["method.label"].unique() if x.startswith("multidiffusion"))  # the reference: plain MultiDiffusion\n'
-             'pd.set_option("display.max_colwidth", 60)\n'
-             '# the notebook\'s family: every method against the reference, both canvases, six metrics; Holm over all rows\n'
-             'fam = family_table(c, ref, ["metric.disc_error", "metric.one_disc", "metric.horizon_continuity", '
-             '"metric.sky_consistency", "metric.intra_lpips_featnet", "metric.intra_style_featnet"])\n'
-             'fam.round(4)'),
+        md("## Exactly one disc\n\nPer setting and canvas: n runs, the exactly-one-disc rate with its interval, the no-disc "
+           "rate, the mean |disc_count - 1| (`disc_error`) and the mean disc_count."),
+        code("C.disc_table(c).round(3)"),
+        md("## Excess over the single-window control\n\nSetting minus the single window on the same (seed, prompt), for "
+           "disc_count and one_disc; Holm over the table's rows."),
+        code("x = C.excess_table(c)\n"
+             "if x.empty:\n    print(C.missing_note(c, C.SINGLE_WINDOW, 'results/coherence'))\nx.round(4)"),
+        md("## Against the diffusers default\n\nEvery setting minus the diffusers default, per canvas, on the coherence, seam "
+           "and intra-panorama metrics the sweep measured; one Holm family; `non_inferior` against the metric's margin "
+           "(`mdtools.analysis.verdicts.MARGINS`)."),
+        code("fam = C.default_family(c)\n"
+             "if not fam:\n    print(C.missing_note(c, C.DIFFUSERS_DEFAULT, 'results/coherence'))\n"
+             "pd.set_option('display.max_colwidth', 60)\nC.comparisons_table(fam).round(4)"),
+        md("## KID, Intra-LPIPS and Intra-Style\n\nKID of the protocol crops (`results/coherence/protocol.csv`, written by "
+           "`mdtools.analysis.protocol`); Intra-LPIPS / Intra-Style on the shipped feature network, mean with interval."),
+        code("kid = C.read_protocol(R / 'coherence')\n"
+             "if kid is None:\n    print('KID: not measured (no results/coherence/protocol.csv)')\nelse:\n    display(kid)\n"
+             "C.mean_table(c, ['metric.intra_lpips_featnet', 'metric.intra_style_featnet'])"),
+        md("## Cost against coherence and seams\n\nCost is FLOP-priced UNet-forward equivalents (`cost.unet_equivalents`); "
+           "redundancy = model evaluations / those of one pass of non-overlapping windows (`coherence.redundancy`)."),
+        code("C.frontier_table(c).round(3)"),
+        code("for canvas in C.frontier_table(c)['canvas'].unique():\n    fig = frontier_figure(c, canvas)"),
+        md("## The moonshot (`results/frontier_scenes`)"),
+        code("fs = R / 'frontier_scenes'\n"
+             "if not (fs / 'runs.parquet').exists():\n"
+             "    print('results/frontier_scenes is not in these results: the moonshot is not answered yet')\n"
+             "else:\n    f = C.prepare(load_table(fs))\n    display(C.frontier_table(f).round(3))\n"
+             "    for canvas in C.frontier_table(f)['canvas'].unique():\n        fig = frontier_figure(f, canvas)\n"
+             "    if C.has_control(f, C.DIFFUSERS_DEFAULT):\n        for m in C.moonshot(f):\n            print(m.text())\n"
+             "    else:\n        print(C.missing_note(f, C.DIFFUSERS_DEFAULT, 'results/frontier_scenes'))"),
         findings("07"),
     ]
 

@@ -36,6 +36,8 @@ MARGINS: dict[str, Margin] = {
     "metric.disc_error": Margin(0.5, False, "half a sun in the mean |suns - 1|: the count is an integer per run"),
     "metric.disc_count": Margin(0.5, False, "half a sun: the count is an integer per run"),
     "metric.one_disc": Margin(0.10, True, "10 points of the rate of runs with exactly one disc"),
+    "metric.no_disc": Margin(0.10, False, "10 points of the rate of runs with no disc, as one_disc's"),
+    "metric.horizon_breaks": Margin(0.25, False, "one more break on a 1:4 panorama (the score is breaks per height-wide stretch)"),
     "metric.horizon_continuity": Margin(0.10, False, "a tenth of the seamless value 1 (1 = as smooth at seams as elsewhere)"),
     "metric.sky_consistency": Margin(0.10, False, "a tenth of the seamless value 1"),
     "metric.intra_lpips_featnet": Margin(0.01, False, "about a tenth of a coherent panorama's 0.09 (results/bench/features_validation.csv)"),
