@@ -18,6 +18,13 @@ any other, e.g. `sweep: {upscale.strength: [0.2, 0.35, 0.5]}`.
 Every run is `base` with the swept values set at their dotted key paths. All runs are
 validated before any runs: unknown keys and bad values are reported together, each with
 its key path and a valid value.
+
+A top-level `controls: [diffusers_default, single_window]` (names of CONTROLS) adds control
+runs, each marked by its `control` field ("" on every other run; a column of runs.parquet):
+`diffusers_default` is MultiDiffusion with the uniform kernel at stride window / 8 (overlap =
+window - window // 8), one per canvas, seed and prompt of the sweep; `single_window` is
+MultiDiffusion on a canvas of exactly one window, one per seed and prompt, shared by every
+canvas. Everything else is the experiment's `base` (see `control_runs`).
 """
 
 from __future__ import annotations
@@ -207,6 +214,9 @@ class OutputConfig(_Strict):
     save_full: bool = False
 
 
+#: the control runs an experiment file's top-level `controls:` can ask for (see `control_runs`)
+CONTROLS = ("diffusers_default", "single_window")
+
 #: what a sweep run records when its config names no metrics (mdtools.metrics.evaluate has its own default)
 DEFAULT_RUN_METRICS = ("seam_structure", "seam_score", "seam_score_lab", "intra_color", "tv")
 
@@ -235,12 +245,21 @@ class RunConfig(_Strict):
     diagnostics: bool = True
     output: OutputConfig = OutputConfig()
     upscale: Optional[UpscaleConfig] = None  # an upscale run (see the module docstring)
+    #: which control run this is (a name of CONTROLS), "" for an ordinary run; set by `controls:`
+    control: str = ""
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
         if v not in ("auto", "cpu") and not v.startswith("cuda"):
             raise ValueError("device must be 'auto', 'cpu' or 'cuda[:N]'")
+        return v
+
+    @field_validator("control")
+    @classmethod
+    def _control(cls, v: str) -> str:
+        if v and v not in CONTROLS:
+            raise ValueError(f"must be one of {list(CONTROLS)} or \"\" (an ordinary run), got {v!r}")
         return v
 
     @model_validator(mode="after")
@@ -270,8 +289,8 @@ class RunConfig(_Strict):
         """Stable id: a hash of the resolved config (key order and formatting do not matter).
 
         Keys added after results were recorded (method, regions, bootstrap_steps,
-        checkpoint_config, vae.park, upscale) are left out of the hash while at their defaults, so
-        earlier run ids stay valid."""
+        checkpoint_config, vae.park, upscale, control) are left out of the hash while at their
+        defaults, so earlier run ids stay valid."""
         d = self.model_dump(mode="json")
         if d.get("method") == {"name": "multidiffusion"}:
             d.pop("method")
@@ -285,6 +304,8 @@ class RunConfig(_Strict):
             d["vae"].pop("park", None)
         if d.get("upscale") is None:
             d.pop("upscale", None)
+        if not d.get("control"):
+            d.pop("control", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -377,9 +398,10 @@ class Experiment(BaseModel):
     path: Optional[str] = None
     runs: list[RunConfig]
     swept_keys: list[str]
+    controls: list[str] = Field(default_factory=list)
 
 
-_TOP_KEYS = {"name", "description", "base", "sweep", "zip", "seeds"}
+_TOP_KEYS = {"name", "description", "base", "sweep", "zip", "seeds", "controls"}
 
 
 def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any]], list[str]]:
@@ -432,6 +454,79 @@ def expand(spec: dict[str, Any], *, where: str = "") -> tuple[list[dict[str, Any
             d["seed"] = combo[-1]
         runs.append(d)
     return runs, swept
+
+
+def check_controls(value: Any, *, where: str = "") -> list[str]:
+    """The experiment's `controls:` list, checked: names of CONTROLS, each at most once (None: [])."""
+    if value is None:
+        return []
+    example = f"e.g. controls: [{', '.join(CONTROLS)}]"
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}controls: must be a list of control names, {example}; valid values: {list(CONTROLS)}")
+    bad = [v for v in value if v not in CONTROLS]
+    if bad:
+        raise ConfigError(f"{where}controls: unknown {bad}; valid values: {list(CONTROLS)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}controls: each control at most once, got {value}; {example}")
+    return list(value)
+
+
+#: the keys a control run takes from each run of the sweep; everything else is the experiment's base
+CONTROL_KEYS = {"diffusers_default": ("canvas", "seed", "prompt", "negative_prompt"),
+                "single_window": ("seed", "prompt", "negative_prompt")}
+
+
+def control_runs(base: dict[str, Any], raw: list[dict[str, Any]], controls: list[str], window: int) -> list[dict[str, Any]]:
+    """The raw control runs of an experiment, in order, each once: for every name of `controls`
+    and every distinct (CONTROL_KEYS values) of the expanded runs `raw`, `base` with those values,
+    method multidiffusion and `control` set to the name. `window` (pixels) sizes them:
+    diffusers_default uses the uniform kernel at overlap window - window // 8 (stride window / 8,
+    diffusers' default plan); single_window a canvas of window x window pixels (one view)."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for name in controls:
+        for d in raw:
+            c = copy.deepcopy(base)
+            for k in CONTROL_KEYS[name]:
+                if k in d:
+                    c[k] = copy.deepcopy(d[k])
+            c.pop("global_pass", None)  # the legacy switch is a method
+            c["method"] = {"name": "multidiffusion"}
+            tiling = dict(c.get("tiling") or {})
+            if name == "diffusers_default":
+                tiling.pop("kernel_params", None)
+                tiling.update(kernel="uniform", overlap=window - window // 8)
+            else:
+                c["canvas"] = {"height": window, "width": window}
+            c["tiling"] = tiling
+            c["control"] = name
+            key = json.dumps(c, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                out.append(c)
+    return out
+
+
+def one_pass_evaluations(height: int, width: int, window: int | tuple[int, int], steps: int, guidance: float) -> int:
+    """Model evaluations of one pass over non-overlapping windows covering a `height` x `width`
+    canvas (pixels) for `steps` steps (2 per window and step with CFG, guidance > 1): the unit of
+    redundancy = a run's evaluations (count.model_evaluations, every stage) / this."""
+    wh, ww = (window, window) if isinstance(window, int) else window
+    return math.ceil(height / wh) * math.ceil(width / ww) * steps * (2 if guidance > 1 else 1)
+
+
+def _control_window(base: dict[str, Any], where: str) -> int:
+    """The window (pixels) the control runs are sized by: base tiling.window, else the model's own."""
+    window = (base.get("tiling") or {}).get("window") if isinstance(base.get("tiling"), dict) else None
+    if window is None:
+        try:
+            window = read_model_configs(base.get("model", "toy"), base.get("checkpoint_config")).native
+        except ConfigError as e:
+            raise ConfigError(f"{where}base.model: {e}") from None
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise ConfigError(f"{where}controls: need the window in pixels; the model's cannot be read from its "
+                          f"configs, so set base.tiling.window, e.g. window: 512")
+    return window
 
 
 def prepare_run(cfg: RunConfig, scale: int, native: int | None, *, cfg_passes: int | None = None) -> tuple[Any, Any]:
@@ -527,7 +622,15 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{p}: unknown top-level key(s) {sorted(unknown)}; valid keys: {sorted(_TOP_KEYS)}")
     if not isinstance(spec.get("name"), str) or not spec["name"]:
         raise ConfigError(f"{p}: name: required, a short identifier such as 'overlap_kernel'")
-    raw, swept = expand(spec, where=f"{p.name}: ")
-    runs = validate_runs(raw, where=f"{p.name}: ")
+    where = f"{p.name}: "
+    controls = check_controls(spec.get("controls"), where=where)
+    raw, swept = expand(spec, where=where)
+    if any("control" in d for d in raw):
+        raise ConfigError(f"{where}control: set by the top-level controls list, not in base, sweep or zip; "
+                          f"e.g. controls: [{', '.join(CONTROLS)}]")
+    if controls:
+        raw += control_runs(spec.get("base") or {}, raw, controls, _control_window(spec.get("base") or {}, where))
+        swept += ["control"]
+    runs = validate_runs(raw, where=where)
     return Experiment(name=spec["name"], description=spec.get("description", ""), path=str(p), runs=runs,
-                      swept_keys=swept)
+                      swept_keys=swept, controls=controls)

@@ -72,7 +72,8 @@ def execute(
     if dry_run:
         for rid, c in todo:
             flat = c.flat()
-            log(f"  {rid}  " + ", ".join(f"{k}={flat.get(k)}" for k in exp.swept_keys if flat.get(k) is not None))
+            # an ordinary run's empty `control` is left out: only control rows say control=<name>
+            log(f"  {rid}  " + ", ".join(f"{k}={flat.get(k)}" for k in exp.swept_keys if flat.get(k) not in (None, "")))
         return build_table(out_dir) if done else pd.DataFrame()
     sweep = Sweep(exp, out_dir, len(todo), progress=progress, log=log)
     sweep.fingerprints = fingerprints
