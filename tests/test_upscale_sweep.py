@@ -58,6 +58,17 @@ def test_bad_blocks_are_named(tmp_path, upscale, match):
         _load(tmp_path, base={"upscale": {"downsample": 2, **upscale}})
 
 
+def test_model_options_are_checked_and_leave_old_run_ids_alone(tmp_path):
+    with pytest.raises(ConfigError, match="upscale.model_options"):
+        _load(tmp_path, base={"upscale": {"downsample": 2, "model_options": {"true_cfg_scalez": 4.0}}})
+    with pytest.raises(ConfigError, match="model_options go to the latent img2img"):
+        _load(tmp_path, base={"method": {"name": "usdu"}, "tiling": {"overlap": 0},
+                              "upscale": {"downsample": 2, "model_options": {"max_sequence_length": 16}}})
+    plain = _load(tmp_path).runs[0].run_id()
+    assert _load(tmp_path, base={"upscale": {"downsample": 2, "model_options": None}}).runs[0].run_id() == plain
+    assert _load(tmp_path, base={"upscale": {"downsample": 2, "model_options": {"max_sequence_length": 16}}}).runs[0].run_id() != plain
+
+
 def test_methods_without_img2img_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="demofusion.*does not support img2img"):
         _load(tmp_path, base={"method": {"name": "demofusion"}})

@@ -177,6 +177,7 @@ class UpscaleConfig(_Strict):
     controlnet: Optional[str] = None  # an embedded ControlNet name ('toy-scenes-tile') or a folder
     controlnet_conditioning_scale: float = Field(default=1.0, ge=0)
     control_mode: Optional[int] = Field(default=None, ge=0)  # a Union ControlNet's control type (tile: 6 for promax); with controlnet only
+    model_options: Optional[dict[str, Any]] = None  # md.upscale's model_options (the model kind's options, e.g. {true_cfg_scale: 4.0})
 
     @field_validator("downsample_filter")
     @classmethod
@@ -197,6 +198,16 @@ class UpscaleConfig(_Strict):
     def _color_fix(cls, v: Optional[str]) -> Optional[str]:
         if v is not None and v not in COLOR_FIXES:
             raise ValueError(f"must be one of {list(COLOR_FIXES)} or null, got {v!r}")
+        return v
+
+    @field_validator("model_options")
+    @classmethod
+    def _model_options(cls, v: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        from ..models import MODEL_OPTIONS
+
+        bad = sorted(set(v or {}) - set(MODEL_OPTIONS))
+        if bad:
+            raise ValueError(f"unknown key(s) {bad}; valid keys: {sorted(MODEL_OPTIONS)}")
         return v
 
     @field_validator("noise_inversion")
@@ -304,6 +315,8 @@ class RunConfig(_Strict):
             d["vae"].pop("park", None)
         if d.get("upscale") is None:
             d.pop("upscale", None)
+        elif d["upscale"].get("model_options") is None:
+            d["upscale"].pop("model_options", None)
         if not d.get("control"):
             d.pop("control", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))

@@ -82,9 +82,13 @@ def check_upscale_run(cfg: RunConfig, scale: int, native: int | None, patch: int
     src = np.zeros((h // up.downsample, w // up.downsample, 3), dtype=np.uint8)  # sizes only: the truth is made at run time
     kw = upscale_kwargs(cfg, cfg.prompt)
     try:
-        return check_upscale(src, **kw, vae_scale_factor=scale, size_multiple=scale * patch, native_window=native or 512)
+        chk = check_upscale(src, **kw, vae_scale_factor=scale, size_multiple=scale * patch, native_window=native or 512)
     except ConfigError as e:
         raise ConfigError(f"upscale: {e}") from None
+    if up.model_options and chk.image_space:
+        raise ConfigError(f"upscale.model_options go to the latent img2img; method {kw['method']!r} runs its own "
+                          "per-tile img2img without them: drop upscale.model_options or use a latent method such as mixture")
+    return chk
 
 
 def run_upscale(md: Any, cfg: RunConfig) -> tuple[np.ndarray, Any, dict[str, Any], np.ndarray]:
@@ -97,6 +101,8 @@ def run_upscale(md: Any, cfg: RunConfig) -> tuple[np.ndarray, Any, dict[str, Any
         extra = {"controlnet": up.controlnet, "controlnet_conditioning_scale": up.controlnet_conditioning_scale}
         if up.control_mode is not None:
             extra["control_mode"] = up.control_mode
+    if up.model_options:
+        extra["model_options"] = dict(up.model_options)
     res = md.upscale(source, **upscale_kwargs(cfg, prompt), seed=cfg.seed, progress=False,
                      vae_tiling=cfg.vae.model_dump(), **extra)
     out = res.tensor[0].permute(1, 2, 0).numpy()
