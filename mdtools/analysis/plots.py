@@ -13,7 +13,21 @@ import numpy as np
 import pandas as pd
 
 from ..stats import summarize_groups
-from .tables import COST, EVALS, SEAM, clean_timings, cost_column, label_extra, method_label, ok_runs, with_derived, with_method_label
+from .tables import (
+    COST,
+    EVALS,
+    SEAM,
+    SINGLE_WINDOW,
+    clean_timings,
+    control_column,
+    cost_column,
+    label_extra,
+    method_label,
+    ok_runs,
+    plain_runs,
+    with_derived,
+    with_method_label,
+)
 
 
 def _mean_ci(df: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
@@ -24,7 +38,7 @@ def _mean_ci(df: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
 def _lines(df: pd.DataFrame, inner: str = "tiling.kernel") -> list[tuple[str, pd.DataFrame]]:
     """One line per method setting, canvas and `inner` value, never pooled: [(label, rows)]. A method setting is its
     `method.label` without the x-axis (overlap); the label names only what varies (a single-method, single-canvas
-    table keeps the plain kernel name)."""
+    table keeps the plain kernel name). A control's runs are a line of their own ("diffusers default", ...)."""
     df = df.copy()
     if "method.name" in df and len(df):
         extra = [k for k in label_extra(df) if k != "tiling.overlap"]
@@ -107,8 +121,8 @@ def cost_vs_overlap(df: pd.DataFrame) -> plt.Figure:
 
 def memory_time_vs_size(df: pd.DataFrame) -> plt.Figure:
     """Peak memory per phase and time (clean wall times only) against canvas size (megapixels): means over the
-    runs at each size, no interval (n in the titles)."""
-    df = with_derived(ok_runs(df))
+    runs at each size, no interval (n in the titles). Control runs are left out (they are not points of the size sweep)."""
+    df = with_derived(plain_runs(ok_runs(df)))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     s = df.groupby("megapixels").mean(numeric_only=True).reset_index()
     n_mem = df.groupby("megapixels").size()
@@ -134,8 +148,9 @@ def memory_time_vs_size(df: pd.DataFrame) -> plt.Figure:
 
 
 def cost_vs_aspect(df: pd.DataFrame) -> plt.Figure:
-    """Model evaluations and redundancy against aspect ratio (log scale), wide vs tall: both fixed by the plan (n runs in the title)."""
-    df = with_derived(ok_runs(df))
+    """Model evaluations and redundancy against aspect ratio (log scale), wide vs tall: both fixed by the plan (n runs in the
+    title). Control runs are left out (they are not points of the aspect sweep)."""
+    df = with_derived(plain_runs(ok_runs(df)))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     n = _n_label(df.groupby("aspect").size())
     s = df.groupby("aspect").mean(numeric_only=True).reset_index().sort_values("aspect")
@@ -175,8 +190,10 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
     every plan and method tried: one line per MultiDiffusion kernel (over overlaps) and one series per
     other method. Cost is the run's measured UNet-forward equivalents where recorded (SyncDiffusion's
     gradients and decodes included), else model evaluations. Diffusers' default plan (uniform weights,
-    stride = window / 8) is marked with a star."""
+    stride = window / 8) is marked with a star; the diffusers-default control runs are a series of their own and the
+    single-window control is left out (one window has no seams)."""
     df = ok_runs(df)
+    df = df[control_column(df) != SINGLE_WINDOW]
     df = df if "method.label" in df else with_method_label(df)
     cost = cost_column(df)
     name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
