@@ -182,3 +182,29 @@ def test_plots_never_pool_a_control_with_its_method(data):
     assert any(lab.startswith("diffusers default") for lab in labels)
     assert not any("single window" in lab for lab in labels)
     plt.close(fig)
+
+
+def test_pricing_says_how_the_cost_was_priced(data, tmp_path):
+    df, _ = data
+    md = next(lab for lab in tables.with_method_label(df, tables.label_extra(df))["method.label"] if lab.startswith("multidiffusion"))
+    seconds = df.assign(**{"cost.unet_equivalents": df["cost.unet_equivalents"] + df["seed"]})  # load-dependent prices
+    for name, t in (("s", seconds), ("f", df.assign(**{"cost.pricing": "flops"}))):
+        (tmp_path / name).mkdir()
+        t.to_parquet(tmp_path / name / "runs.parquet")
+    r = findings.Renderer(tmp_path)
+    assert r.render(f'{{{{ pricing s "method.label={md}" plan.width=512 }}}}') == (
+        "Its `unet_equivalents` price these with each run's own seconds, so they follow the machine's load: 210-217 over 8 runs "
+        "of identical work; no cost ratio is stated from them")
+    assert r.render(f'{{{{ pricing f "method.label={md}" plan.width=512 }}}}').endswith("by their FLOPs, whatever the machine's "
+                                                                                       "load: 210 on each of 8 runs")
+
+
+def test_report_writes_control_rows_as_their_own_rows(data, tmp_path):
+    from mdtools.analysis.report import report
+
+    df, _ = data
+    df.to_parquet(tmp_path / "runs.parquet")
+    summary, _ = report(tmp_path, make_plots=False)
+    m = pd.read_csv(tmp_path / "methods.csv", keep_default_na=False)
+    assert set(m.loc[m["control"] != "", "method.label"]) == {"diffusers default", "single window"}
+    assert len(m) == 2 * 3 + 1 and set(summary["control"]) == {"", "diffusers_default", "single_window"}

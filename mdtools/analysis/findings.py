@@ -25,6 +25,8 @@ Functions (EXP: a folder of results/ with runs.parquet; FILE: a CSV under result
 - `controls NAME EXP [metrics=m1,m2] [excess=m1,m2]`: the comparisons with the experiment's controls
   (`default_family`, `cost_ratios`, `single_window_excess`), declaring family NAME; where the
   table has no control runs, the sentence that says the controls are not in these results.
+- `pricing EXP [filters]`: how the runs' `cost.unet_equivalents` was priced (FLOPs, or older records' seconds)
+  and its range.
 - `cmp NAME METRIC SETTING CANVAS [part=text|verdict|interval|ni]`: one comparison of a family
   (`verdicts.Comparison`), in the fixed wording.
 - `const NAME`: a named threshold of the analysis (VISIBLE_SEAM, SEAM_MARGIN, MIN_PAIRS, ALPHA).
@@ -396,6 +398,19 @@ class Renderer:
         else:
             parts.append(missing_controls_note(d, (SINGLE_WINDOW,), where))
         return "\n\n".join(parts)
+
+    def f_pricing(self, pos: list[str], o: dict[str, str], flt: list) -> str:
+        """How the selected runs' `cost.unet_equivalents` was priced, with its range: by FLOPs (`cost.pricing` "flops":
+        identical work, identical cost), or, in older records, with each run's own seconds (then no ratio is stated)."""
+        (exp,) = pos
+        d = _select(self.table(exp), flt, f"pricing {exp}", [COST])
+        v = d[COST].dropna()
+        lo, hi, n = float(v.min()), float(v.max()), len(v)
+        span = f"{lo:.0f} on each of {n} runs" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f} over {n} runs"
+        if cost_column(d) == COST:
+            return f"Its `unet_equivalents` price these by their FLOPs, whatever the machine's load: {span}"
+        return (f"Its `unet_equivalents` price these with each run's own seconds, so they follow the machine's load: "
+                f"{span} of identical work; no cost ratio is stated from them")
 
     def f_cmp(self, pos: list[str], o: dict[str, str], flt: list) -> str:
         name, metric, setting, canvas = pos

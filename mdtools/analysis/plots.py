@@ -90,7 +90,8 @@ def seam_vs_overlap(df: pd.DataFrame, *, metric: str = SEAM, ax: Any = None) -> 
     df = ok_runs(df)
     fig, ax = _fig(ax)
     for label, sub in _lines(df):
-        _ci_errorbar(ax, "tiling.overlap", _mean_ci(sub, ["tiling.overlap"], metric).sort_values("tiling.overlap"), label)
+        if metric in sub and sub[metric].notna().any():  # a line without the metric (one window has no seams) is left out
+            _ci_errorbar(ax, "tiling.overlap", _mean_ci(sub, ["tiling.overlap"], metric).sort_values("tiling.overlap"), label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="overlap (px)", ylabel=f"{metric.split('.')[-1]} (score, 1 = no seam)", title=f"Seam strength vs overlap\n({CI_NOTE})")
     _legend_outside(ax, "kernel (seeds)")
