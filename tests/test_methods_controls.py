@@ -141,6 +141,8 @@ def test_excess_over_the_single_window_pairs_across_canvases(data):
     tv = t[t["metric"] == "metric.tv"]
     assert tv["excess"].to_numpy() == pytest.approx(np.full(6, 0.05))
     assert t["p_holm"].to_numpy() == pytest.approx(stats.holm(t["p"].to_numpy()))
+    assert list(t["setting"][:2]) == ["diffusers default"] * 2 and list(t["canvas"][:2]) == ["256x256"] * 2
+    assert list(t["metric"][:2]) == ["metric.intra_color", "metric.tv"], "narrow canvas first, the default first, metrics in order"
 
 
 def test_renderer_controls_and_family_leave_controls_out(data, tmp_path):
