@@ -15,6 +15,7 @@ import pandas as pd
 from ..stats import summarize_groups
 from .tables import (
     COST,
+    DIFFUSERS_DEFAULT,
     EVALS,
     SEAM,
     SINGLE_WINDOW,
@@ -191,15 +192,16 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
     every plan and method tried: one line per MultiDiffusion kernel (over overlaps) and one series per
     other method. Cost is the run's measured UNet-forward equivalents where recorded (SyncDiffusion's
     gradients and decodes included), else model evaluations. Diffusers' default plan (uniform weights,
-    stride = window / 8) is marked with a star; the diffusers-default control runs are a series of their own and the
-    single-window control is left out (one window has no seams)."""
+    stride = window / 8) is marked with a star, whether swept or the diffusers-default control (then with its interval);
+    the single-window control is left out (one window has no seams)."""
     df = ok_runs(df)
     df = df[control_column(df) != SINGLE_WINDOW]
     df = df if "method.label" in df else with_method_label(df)
     cost = cost_column(df)
     name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
     md_rows = df[(name == "multidiffusion") & (df["method.label"].str.startswith("multidiffusion"))]
-    other = df.drop(md_rows.index)
+    control = df[control_column(df) == DIFFUSERS_DEFAULT]
+    other = df.drop(md_rows.index.union(control.index))
     fig, ax = _fig(None)
     s = pd.DataFrame()
     if len(md_rows):
@@ -224,6 +226,13 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
             ax.scatter(ref["evals"], ref["seam"], marker="*", s=250, color="k", zorder=5,
                        label="diffusers default (uniform, stride 1/8)")
             ax.axhline(float(ref["seam"].iloc[0]), color="k", lw=0.6, ls=":")
+    if len(control):  # the diffusers-default control runs: the same star, with their interval and n
+        c = _mean_ci(control, ["control"], metric).iloc[0]
+        x = float(control[cost].mean())
+        ax.errorbar([x], [c["mean"]], yerr=np.nan_to_num([[c["mean"] - c["ci_lo"]], [c["ci_hi"] - c["mean"]]]), marker="*",
+                    ms=16, color="k", ls="none", capsize=3, zorder=5,
+                    label=f"diffusers default (control: uniform, stride 1/8) (n={int(c['n'])})")
+        ax.axhline(float(c["mean"]), color="k", lw=0.6, ls=":")
     xl = "UNet-forward equivalents, measured (log)" if cost == COST else "model evaluations (log)"
     ax.set(xscale="log", xlabel=xl, ylabel=f"{metric.split('.')[-1]} (score, 1 = no seam)", title=f"Seam quality per cost\n({CI_NOTE})")
     _legend_outside(ax, None, fontsize=7)
