@@ -180,12 +180,20 @@ def nb_methods() -> list:
            "SyncDiffusion, SpotDiffusion, the global low-res pass and DemoFusion on the same loop (docs/methods.md), "
            "each at its default and at a cost-matched setting, on a 1:4 panorama (128 x 512 px) and a 2x2-window "
            "square (256 x 256 px), 8 seeds, the embedded toy model (128 px window) on CPU. Cost is the run's measured "
-           "UNet-forward equivalents (SyncDiffusion's gradients, backward passes, decodes and loss priced with the "
-           "run's own seconds per evaluation, so it follows the machine's load; the findings state counts instead). "
+           "UNet-forward equivalents (`cost.unet_equivalents`: records with `cost.pricing` = flops price SyncDiffusion's "
+           "gradients, backward passes, decodes and loss by their FLOPs, the same for identical work; older records "
+           "priced them with the run's own seconds, so their cost follows the machine's load and the findings state "
+           "counts instead). "
            "Intervals: 95% expanded bootstrap over seeds, printed with n and method (docs/statistics.md); comparisons "
            "are paired on seeds, and the notebook's family of comparisons (every setting against the reference on "
-           "every canvas, for seam_structure, seam_score and intra_color) is Holm-corrected together."),
-        code(SETUP + "\nfrom mdtools.analysis.tables import methods_table, label_extra\n"
+           "every canvas, for seam_structure, seam_score and intra_color) is Holm-corrected together.\n\n"
+           "Controls (`controls:` in the experiment file, column `control`): the diffusers default (MultiDiffusion, "
+           "uniform kernel, stride = window / 8) and the single window (one 128 x 128 window per seed). Tables and "
+           "plots label their runs \"diffusers default\" and \"single window\", never as the MultiDiffusion they run; "
+           "the reference family above leaves them out. Two more Holm families: every setting against the diffusers "
+           "default (seam_structure, seam_score; the cost ratio `cost.unet_equivalents` beside each), and every setting's "
+           "excess over the single window (intra_color, tv)."),
+        code(SETUP + "\nfrom mdtools.analysis.tables import has_controls, label_extra, methods_table, missing_controls_note, plain_runs\n"
              "m = plots.with_method_label(plots.with_derived(load_table(R / 'methods')), label_extra(load_table(R / 'methods')))"),
         code('t = methods_table(m)\n'
              'cols = ["method.label", "plan.width", "plan.height", "n", "metric.seam_structure", "metric.seam_structure.ci", '
@@ -193,13 +201,27 @@ def nb_methods() -> list:
              't[[c for c in cols if c in t]]'),
         code("fig = plots.methods_bars(m)"),
         code('for (h, w), sub in m[m["status"] == "ok"].groupby(["plan.height", "plan.width"]):\n'
+             '    if plain_runs(sub).empty:  # the single window\'s own canvas: no methods to compare\n        continue\n'
              '    fig = plots.frontier(sub)\n    fig.axes[0].set_title(f"{w} x {h} px: seam score per measured cost")'),
         code('from mdtools.analysis.findings import family_table\n'
              'ref = "multidiffusion(gaussian, steps=15, overlap=64)"\n'
              'pd.set_option("display.max_colwidth", 80)\n'
              '# the notebook\'s family: every setting against the reference, every canvas, three metrics; Holm over all rows\n'
-             'fam = family_table(m, ref, ["metric.seam_structure", "metric.seam_score", "metric.intra_color"])\n'
+             'fam = family_table(plain_runs(m), ref, ["metric.seam_structure", "metric.seam_score", "metric.intra_color"])\n'
              'fam.round(4)'),
+        code('# the controls: every setting against the diffusers default (one Holm family: seam_structure, seam_score),\n'
+             '# its cost ratio, and every setting\'s excess over the single window (one Holm family: intra_color, tv)\n'
+             'from mdtools.analysis.coherence import comparisons_table\n'
+             'from mdtools.analysis.findings import cost_ratios, default_family, single_window_excess\n'
+             'from mdtools.analysis.tables import DIFFUSERS_DEFAULT, SINGLE_WINDOW\n'
+             'if has_controls(m):\n'
+             '    fam_d = default_family(m)\n'
+             '    display(comparisons_table(fam_d).round(4) if fam_d else missing_controls_note(m, (DIFFUSERS_DEFAULT,), "results/methods"))\n'
+             '    display(cost_ratios(m).drop(columns="text", errors="ignore").round(3))\n'
+             '    ex = single_window_excess(m)\n'
+             '    display(ex.round(4) if len(ex) else missing_controls_note(m, (SINGLE_WINDOW,), "results/methods"))\n'
+             'else:\n'
+             '    print(missing_controls_note(m, where="results/methods"))'),
         code('import io\nfrom PIL import Image as PILImage\n'
              'for name in ("method_images_512x128", "method_images_256x256"):\n'
              '    png = R / "methods" / "plots" / f"{name}.png"  # written by mdtools report (previews of seed 0)\n'

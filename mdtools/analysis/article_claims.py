@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import ALPHA, DEFAULT_METHOD, MIN_PAIRS, Interval, bootstrap_ci, holm, non_inferior, paired_difference, pairing_keys, verdict
-from .tables import EVALS, SEAM, load_table, ok_runs, with_derived
+from .tables import EVALS, SEAM, load_table, ok_runs, plain_runs, with_derived
 from .verdicts import MARGINS
 
 #: A structural seam score above this is called "visible": the p95 of the score on
@@ -49,6 +49,12 @@ class Verdict:
         d = asdict(self)
         d.pop("numbers")
         return d
+
+
+def _runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished ordinary runs a claim is judged on: control runs (`control` set) are never pooled with the
+    experiment's own settings (a diffusers-default control runs MultiDiffusion, a single window is not a panorama)."""
+    return plain_runs(ok_runs(df))
 
 
 def _window_px(df: pd.DataFrame) -> int:
@@ -107,7 +113,7 @@ def claim_c1(df: pd.DataFrame, *, kernel: str = "gaussian") -> Verdict:
     seam score's interval lies above VISIBLE_SEAM; larger overlaps "only cost time" when the
     1/8-window overlap is as good as each of them within SEAM_MARGIN (paired on seeds).
     """
-    df = ok_runs(df)
+    df = _runs(df)
     win = _window_px(df)
     k = df[df["tiling.kernel"] == kernel]
     if not (k["tiling.overlap"] == 0).any():  # without overlap the kernel changes nothing
@@ -173,7 +179,7 @@ def claim_c2(df: pd.DataFrame) -> Verdict:
     Each kernel against uniform averaging, per seed the mean seam score over the overlaps > 0
     both were run at, paired on seeds; holds when gaussian and cosine are both better.
     """
-    df = ok_runs(df)
+    df = _runs(df)
     stitched = _per_seed(df[df["tiling.overlap"] == 0]) if (df["tiling.overlap"] == 0).any() else None
     df = df[df["tiling.overlap"] > 0]
     level_ci = {k: _ci(_per_seed(df[df["tiling.kernel"] == k])) for k in sorted(df["tiling.kernel"].unique())}
@@ -219,7 +225,7 @@ def claim_frontier(df: pd.DataFrame) -> Verdict:
     Bonferroni level 1 - (1 - LEVEL) / (number of plans): picking the best of many does not
     turn noise into a win.
     """
-    df = ok_runs(df)
+    df = _runs(df)
     win = _window_px(df)
     o_ref = win - win // 8
     statement = ("Performance goal: at the seam score of diffusers' default plan (uniform kernel, stride 1/8 window), "
@@ -262,7 +268,7 @@ def claim_frontier(df: pd.DataFrame) -> Verdict:
 
 def claim_c3(df: pd.DataFrame) -> Verdict:
     """C3: a 16x-area canvas (2048^2 vs 512^2 for SD) costs 4-6x the time of one window."""
-    df = with_derived(ok_runs(df))
+    df = with_derived(_runs(df))
     g = df.groupby("megapixels")[["time.total", "time.denoise", "count.model_evaluations"]].median().sort_index()
     small, big = g.iloc[0], g.iloc[-1]
     area = g.index[-1] / g.index[0]
@@ -280,7 +286,7 @@ def claim_c3(df: pd.DataFrame) -> Verdict:
 
 def claim_c4(df_scaling: pd.DataFrame, vae_bench: pd.DataFrame | None) -> Verdict:
     """C4: tiled VAE keeps 8K within 8-12 GB vs > 24 GB without; the decode is the memory killer."""
-    df = with_derived(ok_runs(df_scaling))
+    df = with_derived(_runs(df_scaling))
     big = df[df["megapixels"] == df["megapixels"].max()]
     den = big["mem.peak_rss.denoise"].median() / 2**20 if "mem.peak_rss.denoise" in big else float("nan")
     dec = big["mem.peak_rss.decode"].median() / 2**20 if "mem.peak_rss.decode" in big else float("nan")
@@ -443,7 +449,7 @@ def claim_c5(df: pd.DataFrame) -> Verdict:
     The cost is fixed by the plan (the same evaluation count on every seed), so it is compared
     exactly; seam scores of the extremes against the near-square canvas are paired on seeds.
     """
-    df = with_derived(ok_runs(df))
+    df = with_derived(_runs(df))
     g = df.groupby("aspect")[["plan.redundancy", EVALS, SEAM]].mean().sort_index()
     fixed = bool((df.groupby("aspect")[EVALS].nunique() <= 1).all())
     sq_a = g.index[np.abs(np.log(g.index)).argmin()]
@@ -484,7 +490,7 @@ def claim_c6(df: pd.DataFrame) -> Verdict:
     Per prompt, the consistency score with the pass minus without it, paired on seeds; holds
     when the pass is better for every prompt.
     """
-    df = ok_runs(df)
+    df = _runs(df)
     col = "metric.intra_color" if "metric.intra_color" in df else SEAM
     on_ = df["global_pass.enabled"].astype(bool)
     ev, diffs = [], {}
@@ -526,7 +532,7 @@ def claim_c6_scenes(df: pd.DataFrame) -> Verdict:
     MultiDiffusion on the coherence metrics (duplicated suns, horizon breaks at seams, sky drift),
     paired on (prompt, seed) per canvas. Holds when the pass is better on at least one metric and
     worse on none, on every canvas."""
-    df = with_derived(ok_runs(df))
+    df = with_derived(_runs(df))
     name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
     on = pairing_keys(df)
     cols = [c for c in COHERENCE if c in df and df[c].notna().any()]

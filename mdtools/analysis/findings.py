@@ -20,7 +20,13 @@ Functions (EXP: a folder of results/ with runs.parquet; FILE: a CSV under result
 - `csvratio FILE COL a:filters b:filters [agg]`.
 - `family NAME EXP ref=LABEL metrics=m1,m2 [label=COL] [filters]`: declares a Holm family (every
   setting against LABEL on every canvas and metric; `label=COL` compares the values of COL, each
-  seed's rows averaged); renders a sentence that says what was corrected over.
+  seed's rows averaged); renders a sentence that says what was corrected over. Control runs are
+  left out unless LABEL is a control's label (their comparisons are the `controls` placeholder's).
+- `controls NAME EXP [metrics=m1,m2] [excess=m1,m2]`: the comparisons with the experiment's controls
+  (`default_family`, `cost_ratios`, `single_window_excess`), declaring family NAME; where the
+  table has no control runs, the sentence that says the controls are not in these results.
+- `pricing EXP [filters]`: how the runs' `cost.unet_equivalents` was priced (FLOPs, or older records' seconds)
+  and its range.
 - `cmp NAME METRIC SETTING CANVAS [part=text|verdict|interval|ni]`: one comparison of a family
   (`verdicts.Comparison`), in the fixed wording.
 - `const NAME`: a named threshold of the analysis (VISIBLE_SEAM, SEAM_MARGIN, MIN_PAIRS, ALPHA).
@@ -42,12 +48,28 @@ import pandas as pd
 
 from .. import stats
 from ..errors import ConfigError
-from .tables import label_extra, load_table, paired_vs, with_derived, with_method_label
-from .verdicts import Comparison, canvas_name
+from .tables import (
+    CONTROL_LABELS,
+    CONTROLS,
+    COST,
+    DIFFUSERS_DEFAULT,
+    EVALS,
+    SEAM,
+    SINGLE_WINDOW,
+    control_column,
+    has_controls,
+    label_extra,
+    load_table,
+    missing_controls_note,
+    paired_vs,
+    with_derived,
+    with_method_label,
+)
+from .verdicts import Comparison, canvas_name, short
 
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.S)
 _KEY = re.compile(r"^([A-Za-z_][\w.:]*)(!=|>=|<=|=|>|<)")  # a filter or option: column, operator; other words are positional
-_OPTIONS = {"fmt", "agg", "part", "per_seed", "groupby", "ref", "metrics", "label", "scale"}
+_OPTIONS = {"fmt", "agg", "part", "per_seed", "groupby", "ref", "metrics", "label", "scale", "excess"}
 _SCALES = {"gib": 1 / 2**30, "mib": 1 / 2**20}
 
 
@@ -83,6 +105,111 @@ def family_table(df: pd.DataFrame, reference: str, metrics: Sequence[str]) -> pd
              "verdict": c.text().split(" on ", 1)[0], "ci_method": f"{c.diff.method}, 95%; Holm over {c.family_size}"}
             for c in family(df, reference, metrics).values()]
     return pd.DataFrame(rows)
+
+
+#: The comparisons with the diffusers-default control (notebook 06): seams; the cost is a ratio beside them.
+DEFAULT_METRICS = (SEAM, "metric.seam_score")
+#: The single-window control is the reference level of these (each setting's excess over it, paired).
+EXCESS_METRICS = ("metric.intra_color", "metric.tv")
+#: How the excess prints each metric (default ".2f"): total variation is a few hundredths per pixel.
+EXCESS_FORMATS = {"metric.tv": ".3f"}
+DEFAULT_LABEL, SINGLE_LABEL = CONTROL_LABELS[DIFFUSERS_DEFAULT], CONTROL_LABELS[SINGLE_WINDOW]
+
+
+def _labelled(df: pd.DataFrame) -> pd.DataFrame:
+    return df if "method.label" in df else with_method_label(with_derived(df), label_extra(df))
+
+
+def default_family(df: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[tuple[str, str, str], Comparison]:
+    """Every ordinary setting and the single window left out against the diffusers-default control on every
+    canvas, for `metrics`, paired on (seed, prompt): one Holm family (`family`); {} when the table has no
+    diffusers-default run."""
+    df = _labelled(df)
+    c = control_column(df)
+    if not (c == DIFFUSERS_DEFAULT).any():
+        return {}
+    return family(df[c != SINGLE_WINDOW], DEFAULT_LABEL, metrics)
+
+
+def _pairs(df: pd.DataFrame, ref: pd.DataFrame, col: str) -> pd.DataFrame:
+    keys = [k for k in ("prompt", "seed") if k in df and k in ref]
+    return df[[*keys, col]].merge(ref[[*keys, col]], on=keys, suffixes=("", ".ref"))
+
+
+def cost_column(df: pd.DataFrame) -> str:
+    """The cost a ratio is taken of: `cost.unet_equivalents` where every run priced it by FLOPs (`cost.pricing`
+    "flops", independent of the machine's load), else the model evaluations (older records priced other work
+    with the run's own seconds)."""
+    flops = "cost.pricing" in df and COST in df and bool((df["cost.pricing"] == "flops").all())
+    return COST if flops else EVALS
+
+
+def cost_ratios(df: pd.DataFrame, col: str | None = None) -> pd.DataFrame:
+    """Per ordinary setting and canvas: the mean over (seed, prompt) pairs of its cost `col` (default
+    `cost_column`) divided by the diffusers default's on the same canvas, with its expanded bootstrap
+    interval, n pairs, the method and the column (`cost`). Empty when the table has no diffusers-default run."""
+    df = _labelled(df)
+    c = control_column(df)
+    if not (c == DIFFUSERS_DEFAULT).any():
+        return pd.DataFrame()
+    col = col or cost_column(df[df["status"] == "ok"] if "status" in df else df)
+    if col not in df:
+        raise ConfigError(f"cost_ratios: no column {col!r}; the records of `mdtools run` carry {COST!r}")
+    rows = []
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    for (h, w), sub in ok[c.loc[ok.index] != SINGLE_WINDOW].groupby(["plan.height", "plan.width"]):
+        ref = sub[control_column(sub) == DIFFUSERS_DEFAULT]
+        for label, other in sub[control_column(sub) == ""].groupby("method.label", sort=False):
+            m = _pairs(other, ref, col)
+            iv = stats.bootstrap_ci((m[col] / m[f"{col}.ref"]).to_numpy(dtype=float))
+            rows.append({"setting": label, "canvas": canvas_name(h, w), "ratio": iv.estimate, "lo": iv.lo, "hi": iv.hi,
+                         "n": iv.n, "ci_method": f"{stats.method_label()}, over (seed, prompt) pairs", "cost": col,
+                         "text": format(iv, ".2f")})
+    return pd.DataFrame(rows)
+
+
+#: The excess over the single window in words: neither metric is better or worse when lower, so it reads higher / lower.
+def _reading(metric: str, iv: stats.Interval, p_holm: float) -> str:
+    word = {"worse": "higher", "better": "lower"}.get(stats.verdict(iv, higher_is_better=False, p_adjusted=p_holm))
+    if word:
+        return f"{word} {short(metric)} than the {SINGLE_LABEL}"
+    after = " after Holm correction" if stats.verdict(iv, higher_is_better=False) != "no difference shown" else ""
+    return f"no difference shown from the {SINGLE_LABEL}{after}"
+
+
+def _canvas_order(setting: str, canvas: str) -> tuple[int, int, str]:
+    """Narrow canvases first, the diffusers default first on each, then settings by name."""
+    return int(canvas.split("x")[0]), 0 if setting == DEFAULT_LABEL else 1, setting
+
+
+def single_window_excess(df: pd.DataFrame, metrics: Sequence[str] = EXCESS_METRICS) -> pd.DataFrame:
+    """Every setting (the diffusers default included) minus the single-window control, per canvas and metric,
+    paired on (seed, prompt): the mean difference with its expanded interval, n pairs, p, Holm's p over the
+    table's rows (one family) and the `reading` (higher / lower than the single window, or no difference shown;
+    `stats.verdict` with Holm's p decides). Empty when the table has no single-window run."""
+    df = _labelled(df)
+    c = control_column(df)
+    if not (c == SINGLE_WINDOW).any():
+        return pd.DataFrame()
+    for m in metrics:
+        if m not in df:
+            raise ConfigError(f"single_window_excess: no column {m!r}; use metrics from {[x for x in df if x.startswith('metric.')]}")
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    single = ok[c.loc[ok.index] == SINGLE_WINDOW]
+    on = stats.pairing_keys(ok)
+    rows, ivs = [], []
+    for (label, h, w), sub in ok[c.loc[ok.index] != SINGLE_WINDOW].groupby(["method.label", "plan.height", "plan.width"], sort=False):
+        for m in metrics:
+            iv = stats.paired_difference(single, sub, on=on, value=m)
+            ivs.append(iv)
+            rows.append({"setting": label, "canvas": canvas_name(h, w), "metric": m, "excess": iv.estimate, "lo": iv.lo,
+                         "hi": iv.hi, "n": iv.n, "p": iv.p})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = stats.holm(out["p"].to_numpy())
+    out["reading"] = [_reading(m, iv, ph) for m, iv, ph in zip(out["metric"], ivs, out["p_holm"])]
+    out["ci_method"] = f"paired {stats.method_label()}; Holm over {len(out)}"
+    order = sorted(range(len(out)), key=lambda i: (*_canvas_order(out["setting"][i], out["canvas"][i]), metrics.index(out["metric"][i])))
+    return out.iloc[order].reset_index(drop=True)
 
 
 def _value(v: str) -> Any:
@@ -148,6 +275,10 @@ def _agg(values: pd.Series, how: str) -> float:
     return float(fns[how](v))
 
 
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def _num(x: float, fmt: str) -> str:
     return "n/a" if isinstance(x, float) and math.isnan(x) else format(x, fmt)
 
@@ -161,11 +292,15 @@ class Renderer:
         self._csvs: dict[str, pd.DataFrame] = {}
         self.families: dict[str, dict[tuple[str, str, str], Comparison]] = {}
         self._claims: pd.DataFrame | None = None
+        self._before_controls: set[str] = set()  # experiments whose table has no `control` column
 
     def table(self, exp: str) -> pd.DataFrame:
         if exp not in self._tables:
             raw = load_table(self.results / exp)
             df = with_method_label(with_derived(raw), label_extra(raw)) if "method.name" in raw else with_derived(raw)
+            if "control" not in df:
+                self._before_controls.add(exp)
+            df["control"] = control_column(df)  # "" in a table made before controls, so filters on it work there too
             self._tables[exp] = df[df["status"] == "ok"]
         return self._tables[exp]
 
@@ -228,6 +363,8 @@ class Renderer:
         name, exp = pos
         metrics = o["metrics"].split(",")
         df = _select(self.table(exp), flt, f"family {name}") if flt else self.table(exp)
+        if o["ref"] not in CONTROL_LABELS.values():  # the experiment's own settings; the controls have `controls`
+            df = df[df["control"] == ""]
         if "label" in o:
             keys = [k for k in ("plan.height", "plan.width", "prompt", "seed") if k in df]
             df = df.assign(**{"method.label": df[o["label"]].astype(str)})
@@ -236,6 +373,62 @@ class Renderer:
         n = len(self.families[name])
         return (f"{n} paired comparisons (every setting against {o['ref']}, on every canvas, for "
                 f"{', '.join(m.split('.', 1)[-1] for m in metrics)}), Holm-corrected together")
+
+    def f_controls(self, pos: list[str], o: dict[str, str], flt: list) -> str:
+        """The controls' comparisons as Markdown: every setting against the diffusers default (family NAME) with its
+        cost ratio, and each setting's excess over the single window; or what is not in these results."""
+        name, exp = pos
+        d = self.table(exp)
+        where = f"results/{exp}"
+        if not has_controls(d):
+            return missing_controls_note(d.drop(columns="control") if exp in self._before_controls else d, CONTROLS, where)
+        parts = []
+        metrics = o.get("metrics", ",".join(DEFAULT_METRICS)).split(",")
+        fam = default_family(d, metrics)
+        if fam:
+            self.families[name] = fam
+            ratios = cost_ratios(d)
+            ratio = {(r["setting"], r["canvas"]): r for r in ratios.to_dict("records")}
+            what = short(str(ratios["cost"].iloc[0])) if len(ratios) else short(COST)
+            head = (f"Against the {DEFAULT_LABEL}: {len(fam)} paired comparisons (every setting, on every canvas, for "
+                    f"{', '.join(short(m) for m in metrics)}; setting minus the {DEFAULT_LABEL}), Holm-corrected together; "
+                    f"beside each, the ratio of its cost ({what}) to the {DEFAULT_LABEL}'s on the same seeds:")
+            lines = []
+            for (setting, canvas) in sorted(dict.fromkeys((k[1], k[2]) for k in fam), key=lambda k: _canvas_order(*k)):
+                texts = "; ".join(fam[(m, setting, canvas)].text() for m in metrics if (m, setting, canvas) in fam)
+                r = ratio.get((setting, canvas))
+                cost = f"; cost ratio {r['text']}" if r else ""
+                lines.append(f"- {setting}, {canvas}: {texts}{cost}")
+            parts.append(head + "\n\n" + "\n".join(lines))
+        else:
+            parts.append(missing_controls_note(d, (DIFFUSERS_DEFAULT,), where))
+        t = single_window_excess(d, o.get("excess", ",".join(EXCESS_METRICS)).split(","))
+        if len(t):
+            head = (f"Over the {SINGLE_LABEL} (the level one window of the model reaches alone): {len(t)} paired differences "
+                    f"(setting minus the {SINGLE_LABEL}, on (seed, prompt)), Holm-corrected together:")
+            lines = []
+            for r in t.to_dict("records"):
+                f = EXCESS_FORMATS.get(r["metric"], ".2f")
+                lines.append(f"- {r['setting']}, {r['canvas']}, {short(r['metric'])}: {r['reading']}: {r['excess']:+{f}} "
+                             f"[{r['lo']:{f}}, {r['hi']:{f}}] (n={r['n']}, paired {stats.method_label()}; "
+                             f"Holm p {_p(r['p_holm'])} over {len(t)})")
+            parts.append(head + "\n\n" + "\n".join(lines))
+        else:
+            parts.append(missing_controls_note(d, (SINGLE_WINDOW,), where))
+        return "\n\n".join(parts)
+
+    def f_pricing(self, pos: list[str], o: dict[str, str], flt: list) -> str:
+        """How the selected runs' `cost.unet_equivalents` was priced, with its range: by FLOPs (`cost.pricing` "flops":
+        identical work, identical cost), or, in older records, with each run's own seconds (then no ratio is stated)."""
+        (exp,) = pos
+        d = _select(self.table(exp), flt, f"pricing {exp}", [COST])
+        v = d[COST].dropna()
+        lo, hi, n = float(v.min()), float(v.max()), len(v)
+        span = f"{lo:.0f} on each of {n} runs" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f} over {n} runs"
+        if cost_column(d) == COST:
+            return f"Its `unet_equivalents` price these by their FLOPs, whatever the machine's load: {span}"
+        return (f"Its `unet_equivalents` price these with each run's own seconds, so they follow the machine's load: "
+                f"{span} of identical work; no cost ratio is stated from them")
 
     def f_cmp(self, pos: list[str], o: dict[str, str], flt: list) -> str:
         name, metric, setting, canvas = pos

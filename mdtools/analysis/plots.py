@@ -13,7 +13,22 @@ import numpy as np
 import pandas as pd
 
 from ..stats import summarize_groups
-from .tables import COST, EVALS, SEAM, clean_timings, cost_column, label_extra, method_label, ok_runs, with_derived, with_method_label
+from .tables import (
+    COST,
+    DIFFUSERS_DEFAULT,
+    EVALS,
+    SEAM,
+    SINGLE_WINDOW,
+    clean_timings,
+    control_column,
+    cost_column,
+    label_extra,
+    method_label,
+    ok_runs,
+    plain_runs,
+    with_derived,
+    with_method_label,
+)
 
 
 def _mean_ci(df: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
@@ -24,7 +39,7 @@ def _mean_ci(df: pd.DataFrame, by: list[str], y: str) -> pd.DataFrame:
 def _lines(df: pd.DataFrame, inner: str = "tiling.kernel") -> list[tuple[str, pd.DataFrame]]:
     """One line per method setting, canvas and `inner` value, never pooled: [(label, rows)]. A method setting is its
     `method.label` without the x-axis (overlap); the label names only what varies (a single-method, single-canvas
-    table keeps the plain kernel name)."""
+    table keeps the plain kernel name). A control's runs are a line of their own ("diffusers default", ...)."""
     df = df.copy()
     if "method.name" in df and len(df):
         extra = [k for k in label_extra(df) if k != "tiling.overlap"]
@@ -76,7 +91,8 @@ def seam_vs_overlap(df: pd.DataFrame, *, metric: str = SEAM, ax: Any = None) -> 
     df = ok_runs(df)
     fig, ax = _fig(ax)
     for label, sub in _lines(df):
-        _ci_errorbar(ax, "tiling.overlap", _mean_ci(sub, ["tiling.overlap"], metric).sort_values("tiling.overlap"), label)
+        if metric in sub and sub[metric].notna().any():  # a line without the metric (one window has no seams) is left out
+            _ci_errorbar(ax, "tiling.overlap", _mean_ci(sub, ["tiling.overlap"], metric).sort_values("tiling.overlap"), label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="overlap (px)", ylabel=f"{metric.split('.')[-1]} (score, 1 = no seam)", title=f"Seam strength vs overlap\n({CI_NOTE})")
     _legend_outside(ax, "kernel (seeds)")
@@ -107,8 +123,8 @@ def cost_vs_overlap(df: pd.DataFrame) -> plt.Figure:
 
 def memory_time_vs_size(df: pd.DataFrame) -> plt.Figure:
     """Peak memory per phase and time (clean wall times only) against canvas size (megapixels): means over the
-    runs at each size, no interval (n in the titles)."""
-    df = with_derived(ok_runs(df))
+    runs at each size, no interval (n in the titles). Control runs are left out (they are not points of the size sweep)."""
+    df = with_derived(plain_runs(ok_runs(df)))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     s = df.groupby("megapixels").mean(numeric_only=True).reset_index()
     n_mem = df.groupby("megapixels").size()
@@ -134,8 +150,9 @@ def memory_time_vs_size(df: pd.DataFrame) -> plt.Figure:
 
 
 def cost_vs_aspect(df: pd.DataFrame) -> plt.Figure:
-    """Model evaluations and redundancy against aspect ratio (log scale), wide vs tall: both fixed by the plan (n runs in the title)."""
-    df = with_derived(ok_runs(df))
+    """Model evaluations and redundancy against aspect ratio (log scale), wide vs tall: both fixed by the plan (n runs in the
+    title). Control runs are left out (they are not points of the aspect sweep)."""
+    df = with_derived(plain_runs(ok_runs(df)))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     n = _n_label(df.groupby("aspect").size())
     s = df.groupby("aspect").mean(numeric_only=True).reset_index().sort_values("aspect")
@@ -175,13 +192,16 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
     every plan and method tried: one line per MultiDiffusion kernel (over overlaps) and one series per
     other method. Cost is the run's measured UNet-forward equivalents where recorded (SyncDiffusion's
     gradients and decodes included), else model evaluations. Diffusers' default plan (uniform weights,
-    stride = window / 8) is marked with a star."""
+    stride = window / 8) is marked with a star, whether swept or the diffusers-default control (then with its interval);
+    the single-window control is left out (one window has no seams)."""
     df = ok_runs(df)
+    df = df[control_column(df) != SINGLE_WINDOW]
     df = df if "method.label" in df else with_method_label(df)
     cost = cost_column(df)
     name = df["method.name"].fillna("multidiffusion") if "method.name" in df else pd.Series("multidiffusion", index=df.index)
     md_rows = df[(name == "multidiffusion") & (df["method.label"].str.startswith("multidiffusion"))]
-    other = df.drop(md_rows.index)
+    control = df[control_column(df) == DIFFUSERS_DEFAULT]
+    other = df.drop(md_rows.index.union(control.index))
     fig, ax = _fig(None)
     s = pd.DataFrame()
     if len(md_rows):
@@ -206,6 +226,13 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
             ax.scatter(ref["evals"], ref["seam"], marker="*", s=250, color="k", zorder=5,
                        label="diffusers default (uniform, stride 1/8)")
             ax.axhline(float(ref["seam"].iloc[0]), color="k", lw=0.6, ls=":")
+    if len(control):  # the diffusers-default control runs: the same star, with their interval and n
+        c = _mean_ci(control, ["control"], metric).iloc[0]
+        x = float(control[cost].mean())
+        ax.errorbar([x], [c["mean"]], yerr=np.nan_to_num([[c["mean"] - c["ci_lo"]], [c["ci_hi"] - c["mean"]]]), marker="*",
+                    ms=16, color="k", ls="none", capsize=3, zorder=5,
+                    label=f"diffusers default (control: uniform, stride 1/8) (n={int(c['n'])})")
+        ax.axhline(float(c["mean"]), color="k", lw=0.6, ls=":")
     xl = "UNet-forward equivalents, measured (log)" if cost == COST else "model evaluations (log)"
     ax.set(xscale="log", xlabel=xl, ylabel=f"{metric.split('.')[-1]} (score, 1 = no seam)", title=f"Seam quality per cost\n({CI_NOTE})")
     _legend_outside(ax, None, fontsize=7)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from . import plots
-from .tables import EVALS, label_extra, load_table, methods_table, summarize, swept_keys, with_derived, with_method_label
+from .tables import EVALS, control_column, label_extra, load_table, methods_table, summarize, swept_keys, with_derived, with_method_label
 
 #: What the "methods" figure of a coherence experiment shows (docs/metrics.md): suns, horizon, sky, Intra-LPIPS / -Style.
 COHERENCE_FIGURES = ("metric.disc_error", "metric.one_disc", "metric.horizon_continuity", "metric.sky_consistency",
@@ -56,6 +56,8 @@ def report(out_dir: str | Path, *, make_plots: bool = True) -> tuple[pd.DataFram
         figures = [*coherence, EVALS] if coherence else [plots.SEAM, plots.COST, "time.denoise"]
         todo.append(("methods", lambda d: plots.methods_bars(lab, metrics=figures)))
         for (h, w), sub in lab.groupby(["plan.height", "plan.width"]):
+            if not (control_column(sub) == "").any():  # a control's own canvas (the single window): no methods to compare
+                continue
             todo.append((f"frontier_methods_{w}x{h}", lambda d, sub=sub: plots.frontier(sub, metric=seam or plots.SEAM)))
             if "preview" in sub and sub["preview"].notna().any() and (out_dir / "images").is_dir():
                 todo.append((f"method_images_{w}x{h}", lambda d, sub=sub: plots.method_images(sub, out_dir / "images",

@@ -15,11 +15,50 @@ import pandas as pd
 from .. import stats
 from ..errors import ConfigError
 from ..methods import METHODS
+from ..sweep.config import CONTROLS
 from ..sweep.records import build_table
 from .verdicts import MARGINS
 
 SEAM = "metric.seam_structure"  # the structural seam score (docs/metrics.md)
 EVALS = "count.model_evaluations"
+#: How tables, plots and findings name a control's rows (records' `control` column, names of `sweep.config.CONTROLS`):
+#: "diffusers default", "single window"; an ordinary run has control "" and is labelled by its method.
+CONTROL_LABELS = {c: c.replace("_", " ") for c in CONTROLS}
+DIFFUSERS_DEFAULT, SINGLE_WINDOW = CONTROLS  # the names, from the one choice list
+
+
+def control_column(df: pd.DataFrame) -> pd.Series:
+    """The `control` column with "" for ordinary runs (a table made before controls has no column: "" everywhere);
+    ConfigError naming an unknown value."""
+    c = df["control"].fillna("").astype(str) if "control" in df else pd.Series("", index=df.index, dtype=object)
+    bad = sorted(set(c) - {"", *CONTROLS})
+    if bad:
+        raise ConfigError(f"control: unknown value(s) {bad}; use one of {['', *CONTROLS]}")
+    return c
+
+
+def has_controls(df: pd.DataFrame) -> bool:
+    """Whether the table holds a control run (a `control` column with a non-empty value)."""
+    return bool((control_column(df) != "").any())
+
+
+def plain_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The experiment's ordinary runs: rows whose `control` is "" (every row of a table without the column)."""
+    return df[control_column(df) == ""]
+
+
+def missing_controls_note(df: pd.DataFrame, which: Sequence[str] = CONTROLS, where: str = "this table") -> str:
+    """The sentence printed where a control is not in the results (ConfigError for a name not in CONTROLS)."""
+    unknown = [w for w in which if w not in CONTROLS]
+    if unknown:
+        raise ConfigError(f"missing_controls_note: unknown control(s) {unknown}; use names of {list(CONTROLS)}")
+    names = " and the ".join(CONTROL_LABELS[w] for w in which)
+    c = control_column(df)
+    why = "has no `control` column" if "control" not in df else "has no run with control = " + " or ".join(
+        w for w in which if not (c == w).any())
+    noun = "controls are" if len(which) > 1 else "control is"
+    return (f"The {names} {noun} not in these results ({where} {why}); re-run the experiment with "
+            f"`controls: [{', '.join(which)}]` to compare with them.")
 
 
 def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +98,13 @@ COST = "cost.unet_equivalents"  # measured cost of a run in no-grad UNet evaluat
 def method_label(row: pd.Series, extra: Sequence[str] = ()) -> str:
     """'multidiffusion(gaussian)', 'syncdiffusion(gaussian, sync_steps=3)': the method, its kernel when it
     fuses with the call's kernel, the method parameters the run set, and the `extra` columns
-    (e.g. swept `sampler.steps`) as short key=value."""
+    (e.g. swept `sampler.steps`) as short key=value. A control run (`control` set) is labelled by its control
+    alone ("diffusers default", "single window"; `CONTROL_LABELS`), never as the method it runs."""
+    ctrl = row.get("control")
+    if isinstance(ctrl, str) and ctrl:
+        if ctrl not in CONTROL_LABELS:
+            raise ConfigError(f"control: unknown value {ctrl!r}; use one of {['', *CONTROLS]}")
+        return CONTROL_LABELS[ctrl]
     name = row.get("method.name")
     name = "multidiffusion" if name is None or (isinstance(name, float) and np.isnan(name)) else str(name)
     if str(row.get("global_pass.enabled")) == "True":
@@ -85,6 +130,7 @@ def _short(v: Any) -> Any:
 def with_method_label(df: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
     """Add a `method.label` column (see `method_label`)."""
     df = df.copy()
+    control_column(df)  # one clear error for an unknown control before labelling
     df["method.label"] = [method_label(r, extra) for _, r in df.iterrows()] if len(df) else []
     return df
 
@@ -129,6 +175,9 @@ def summarize(df: pd.DataFrame, *, level: float = 0.95, n_boot: int = 10_000, se
     df = with_derived(df)
     by = [k for k in swept_keys(df) if k != "seed" and k in df.columns] or ["config.model"]
     by = [b for b in by if b in df.columns]
+    if has_controls(df):  # control runs are rows of their own, never pooled with the method they run
+        df["control"] = control_column(df)
+        by = [*(b for b in by if b != "control"), "control"]
     cols = [c for c in SUMMARY_COLUMNS if c in df.columns and df[c].notna().any()]
     ok = df[df["status"] == "ok"]
     if not by:
@@ -168,8 +217,8 @@ METHOD_COLUMNS = ["metric.seam_structure", "metric.seam_score", "metric.intra_co
 def label_extra(df: pd.DataFrame) -> list[str]:
     """Swept keys that distinguish settings of one method beyond its parameters (steps, overlap, ...):
     not the seed, the canvas or the method block itself."""
-    return [k for k in swept_keys(df) if k in df and k != "seed" and not k.startswith(("method", "canvas."))
-            and k != "tiling.kernel"]
+    return [k for k in swept_keys(df) if k in df and k not in ("seed", "control", "tiling.kernel")
+            and not k.startswith(("method", "canvas."))]
 
 
 def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "plan.width"), level: float = 0.95,
@@ -177,9 +226,13 @@ def methods_table(df: pd.DataFrame, *, by: tuple[str, ...] = ("plan.height", "pl
     """One row per method setting and canvas: n seeds, runs failed, and per figure the mean with its
     interval (`<col>` and `<col>.ci`; `ci_method` names it: the expanded bootstrap, `mdtools.stats.DEFAULT_METHOD`)
     for seams, coherence metrics, measured cost (UNet-forward equivalents), time and peak memory
-    (GB; `peak_gb.sync` is SyncDiffusion's gradient phase)."""
+    (GB; `peak_gb.sync` is SyncDiffusion's gradient phase). Control runs are rows of their own ("diffusers default",
+    "single window"; a `control` column names them when the table has controls)."""
     df = with_derived(df)
     df = df if "method.label" in df else with_method_label(df, label_extra(df))
+    if has_controls(df):
+        df["control"] = control_column(df)
+        by = ("control", *by)
     if "mem.peak_allocated.sync" in df or "mem.peak_rss.sync" in df:
         alloc, rss = df.get("mem.peak_allocated.sync"), df.get("mem.peak_rss.sync")
         df["peak_gb.sync"] = (alloc if alloc is not None and alloc.notna().any() else rss) / 2**30
@@ -221,6 +274,8 @@ def paired_vs(df: pd.DataFrame, reference: str, metric: str, *, higher_is_better
     on = stats.pairing_keys(ok)
     for canvas, sub in ok.groupby(keys):
         ref = sub[sub["method.label"] == reference]
+        if ref.empty:  # e.g. the single window's own canvas: nothing there to pair with
+            continue
         for label, other in sub.groupby("method.label", sort=False):
             if label == reference:
                 continue
