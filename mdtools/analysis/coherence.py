@@ -26,14 +26,11 @@ from .. import stats
 from ..errors import ConfigError
 from ..methods import METHODS
 from .findings import Renderer, family
-from .tables import label_extra, load_table, with_derived
+from .tables import CONTROL_LABELS, DIFFUSERS_DEFAULT, SINGLE_WINDOW, control_column, label_extra, load_table, with_derived
 from .verdicts import Comparison, canvas_name, margin, short
 
-#: The contract's control names (records' `control` column) and the labels tables print for them.
-#: TODO(lead): import the choice list from sweep.config once the controls land there (one definition).
-DIFFUSERS_DEFAULT, SINGLE_WINDOW = "diffusers_default", "single_window"
-DEFAULT_LABEL, SINGLE_LABEL = "diffusers default", "single window"
-CONTROL_LABELS = {DIFFUSERS_DEFAULT: DEFAULT_LABEL, SINGLE_WINDOW: SINGLE_LABEL}
+#: The control names (records' `control` column, one choice list in sweep.config) and the labels tables print.
+DEFAULT_LABEL, SINGLE_LABEL = CONTROL_LABELS[DIFFUSERS_DEFAULT], CONTROL_LABELS[SINGLE_WINDOW]
 #: Metrics of the comparisons with the diffusers default (those a table lacks are left out and named).
 DEFAULT_METRICS = ("metric.one_disc", "metric.seam_structure", "metric.horizon_breaks", "metric.sky_consistency",
                    "metric.intra_lpips_featnet", "metric.intra_style_featnet")
@@ -57,13 +54,8 @@ def _short(v: object) -> object:
 
 
 def controls(df: pd.DataFrame) -> pd.Series:
-    """The `control` column with "" for ordinary runs (old tables without the column: "" everywhere);
-    ConfigError naming an unknown value."""
-    c = df["control"].fillna("").astype(str) if "control" in df else pd.Series("", index=df.index)
-    bad = sorted(set(c) - {"", *CONTROL_LABELS})
-    if bad:
-        raise ConfigError(f"control: unknown value(s) {bad}; use one of {['', *CONTROL_LABELS]}")
-    return c
+    """The `control` column with "" for ordinary runs (tables.control_column)."""
+    return control_column(df)
 
 
 def _stage(name: str, params: dict[str, object]) -> tuple[str | None, dict[str, object]]:

@@ -29,7 +29,9 @@ import pandas as pd
 from .. import stats
 from ..errors import ConfigError, check_positive_int
 from ..metrics.functional.protocol import PROTOCOL_SEED, kernel_distance, protocol_crops, protocol_features
-from .tables import label_extra, load_table, with_method_label
+from .coherence import setting_labels
+from .tables import load_table
+from .verdicts import canvas_name
 
 #: The control whose images are the reference set (the contract of issue #24).
 REFERENCE_CONTROL = "single_window"
@@ -120,8 +122,8 @@ def protocol_table(runs: pd.DataFrame, image_dir: str | Path, *, size: int | Non
     gen = df[df["control"] != REFERENCE_CONTROL]
     if gen.empty:
         raise ConfigError("runs has no ok run outside the single_window reference to score")
-    gen = gen if "method.label" in gen else with_method_label(gen, label_extra(gen))
-    gen = gen.assign(label=np.where(gen["control"] != "", gen["control"], gen["method.label"]))
+    # the labels of notebook 07's tables (one labelling: analysis.coherence.setting_labels, over all ok runs)
+    gen = gen.assign(label=setting_labels(df).loc[gen.index])
     if extractor is None:
         from ..metrics.functional.protocol import featnet_extractor
 
@@ -133,7 +135,7 @@ def protocol_table(runs: pd.DataFrame, image_dir: str | Path, *, size: int | Non
         grp = grp.sort_values("run_id")
         imgs = _load([_image_path(image_dir, p, r) for p, r in zip(grp["preview"], grp["run_id"])])
         side = size or imgs[0].shape[0]
-        row: dict[str, Any] = {"method.label": label, "plan.height": h, "plan.width": w, "n": len(imgs),
+        row: dict[str, Any] = {"method.label": label, "canvas": canvas_name(h, w), "plan.height": h, "plan.width": w, "n": len(imgs),
                                "n_reference": len(ref_imgs), "crop": side, "seed": seed, "resize": resize,
                                "backbone": getattr(extractor, "backbone", "custom"),
                                "ci_method": f"{stats.method_label(level=level)} over panoramas, reference fixed"}
