@@ -28,8 +28,14 @@ TOY_SCENES_MODEL_DIR: Path = TOY_MODEL_DIR.parent / "toy-scenes"
 #: the model, not its weights, so switching the default needs those experiments re-run first.
 TOY_V2_MODEL_DIR: Path = TOY_MODEL_DIR.parent / "toy-sd-v2"
 
+#: Folder of the retrained scenes model (2026-12-08, issue 24 item 6: 8 latent channels, longer UNet training;
+#: MODEL_CARD.md there). The coherence experiments use it; the tile ControlNet and the upscale results
+#: stay on `toy-scenes`, whose UNet they were trained and measured with.
+TOY_SCENES_V2_MODEL_DIR: Path = TOY_MODEL_DIR.parent / "toy-scenes-v2"
+
 #: Names accepted wherever a model is given (`from_pretrained`, `--model`, `model:` in configs) -> folder.
-EMBEDDED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "toy-v2": TOY_V2_MODEL_DIR, "toy-scenes": TOY_SCENES_MODEL_DIR}
+EMBEDDED_MODELS: dict[str, Path] = {"toy": TOY_MODEL_DIR, "toy-v2": TOY_V2_MODEL_DIR, "toy-scenes": TOY_SCENES_MODEL_DIR,
+                                   "toy-scenes-v2": TOY_SCENES_V2_MODEL_DIR}
 
 #: Folder of the shipped tile ControlNet for the scenes model (issue 22; diffusers ControlNetModel layout,
 #: safetensors only, trained by `python -m mdtools.toy.train_controlnet`; MODEL_CARD.md there).
@@ -127,6 +133,7 @@ __all__ = [
     "REQUIRED_FILES",
     "TOY_MODEL_DIR",
     "TOY_SCENES_MODEL_DIR",
+    "TOY_SCENES_V2_MODEL_DIR",
     "TOY_V2_MODEL_DIR",
     "ToyModelError",
     "load_toy_pipeline",
