@@ -35,6 +35,26 @@ def test_shipped_scenes_folder_is_complete_small_and_safetensors_only():
     assert info["prompts"] == list(SCENE_PROMPTS)
 
 
+def test_scenes_v2_folder_is_complete_small_and_its_card_quotes_its_quality_json():
+    from mdtools.toy import TOY_SCENES_V2_MODEL_DIR, toy_model_dir
+
+    assert EMBEDDED_MODELS["toy-scenes-v2"] == TOY_SCENES_V2_MODEL_DIR
+    toy_model_dir(TOY_SCENES_V2_MODEL_DIR)  # every required file, readable safetensors
+    files = [p for p in TOY_SCENES_V2_MODEL_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 1024 * 1024
+    assert not [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    info = json.loads((TOY_SCENES_V2_MODEL_DIR / "training_info.json").read_text())
+    assert info["config"]["latent_channels"] == 8 and info["prompts"] == list(SCENE_PROMPTS)
+    q = json.loads((TOY_SCENES_V2_MODEL_DIR / "quality.json").read_text())
+    card = (TOY_SCENES_V2_MODEL_DIR / "MODEL_CARD.md").read_text()
+    assert (q["steps"], q["guidance_scale"], q["generated"]["n"]) == (25, 7.5, 192)
+    one = q["generated"]["one_disc"]
+    lo, hi = (100 * v for v in one["ci95"])
+    assert f"**65.1 %** [{lo:.1f}, {hi:.1f}]" in card and round(100 * one["share"], 1) == 65.1
+    assert f"**VAE PSNR {q['vae_psnr_db']:.1f} dB**" in card
+    assert f"**Time: {info['wall_time_s']['total'] / 60:.1f} min wall**" in card
+
+
 def test_from_pretrained_toy_scenes_loads_offline_and_generates(monkeypatch):
     from mdtools import MultiDiffusionPipeline
     from mdtools.pipeline import resolve_model_path
