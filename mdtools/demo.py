@@ -89,7 +89,7 @@ SCENES_EXPERIMENT = "experiments/quickstart_scenes.yaml"
 
 #: The committed sweep that the demo's scene seed is chosen from, and the comparison it shows.
 SCENES_SOURCE = "results/coherence"
-SCENES_PAIR = ("multidiffusion", "global_pass")
+SCENES_PAIR = ("multidiffusion", "demofusion")  # the fewest suns on 1:8 in results/coherence (notebook 07)
 SCENES_CANVAS = (128, 1024)
 
 
@@ -132,7 +132,7 @@ def scene_seed_note(experiment: str, source: str = SCENES_SOURCE) -> str:
 
 
 def run_scenes(experiment: str, out_dir: Path, demo: Path) -> list[Item]:
-    """A scenes panorama two ways (multidiffusion vs the global pass) with the number of suns."""
+    """A scenes panorama two ways (SCENES_PAIR: multidiffusion vs demofusion) with the number of suns."""
     exp = load_experiment(experiment)
     execute(exp, out_dir)
     items = collect_images(out_dir, demo, lambda cfg: cfg.get("method", {}).get("name", "multidiffusion"), "scenes_",

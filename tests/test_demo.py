@@ -1,8 +1,9 @@
-"""`make demo`'s upscale part: one 4x upscale of a scene beside bicubic and Ultimate SD Upscale, with its figures."""
+"""`make demo`: its upscale part (one 4x upscale of a scene beside bicubic and Ultimate SD Upscale) and the choice of its scene seed."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,9 +53,11 @@ def test_upscale_demo_prints_paths_and_figures(upscaled, capsys):
 def _scene_runs(diffs: dict[int, int], control_rows: bool = True):
     import pandas as pd
 
+    from mdtools.demo import SCENES_PAIR
+
     rows = []
     for seed, d in diffs.items():
-        rows.append({"status": "ok", "canvas.height": 128, "canvas.width": 1024, "method.name": "global_pass", "seed": seed,
+        rows.append({"status": "ok", "canvas.height": 128, "canvas.width": 1024, "method.name": SCENES_PAIR[1], "seed": seed,
                      "metric.disc_count": 1.0, "control": ""})
         rows.append({"status": "ok", "canvas.height": 128, "canvas.width": 1024, "method.name": "multidiffusion", "seed": seed,
                      "metric.disc_count": 1.0 + d, "control": ""})
@@ -77,4 +80,18 @@ def test_median_seed_refuses_an_empty_comparison():
     from mdtools.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no seed has both"):
-        median_seed(_scene_runs({0: 1}).query("`method.name` != 'global_pass'"))
+        median_seed(_scene_runs({0: 1}).query("`method.name` != 'demofusion'"))
+
+
+def test_the_demo_scene_seed_is_the_median_seed_of_the_committed_coherence_sweep():
+    import pandas as pd
+
+    from mdtools.demo import SCENES_EXPERIMENT, SCENES_SOURCE, median_seed
+    from mdtools.sweep import load_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    exp = load_experiment(root / SCENES_EXPERIMENT)
+    seed, _, n = median_seed(pd.read_parquet(root / SCENES_SOURCE / "runs.parquet"))
+    assert {r.seed for r in exp.runs} == {seed} and n >= 6
+    coherence = load_experiment(root / "experiments" / "coherence.yaml")
+    assert {r.model for r in exp.runs} == {coherence.runs[0].model}  # the same model as the sweep it is chosen from

@@ -173,7 +173,7 @@ def test_toy_scenes_is_accepted_by_experiment_configs_and_the_cli(tmp_path: Path
     from PIL import Image
 
     assert Image.open(out).size == (256, 128)
-    with pytest.raises(ConfigError, match=r"or one of \['toy', 'toy-scenes', 'toy-v2'\]"):
+    with pytest.raises(ConfigError, match=r"or one of \['toy', 'toy-scenes', 'toy-scenes-v2', 'toy-v2'\]"):
         validate_runs([{"model": "toy-scenery", "prompt": "x"}])
 
 

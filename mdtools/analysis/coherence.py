@@ -208,7 +208,10 @@ def excess_table(df: pd.DataFrame, metrics: Sequence[str] = EXCESS_METRICS) -> p
     out["p_holm"] = stats.holm(out["p"].to_numpy())
     out["verdict"] = [stats.verdict(iv, higher_is_better=margin(f"metric.{m}").higher_is_better, p_adjusted=ph)
                       for iv, m, ph in zip(ivs, out["metric"], out["p_holm"])]
-    out["reading"] = [_READING.get((m, v), f"no difference shown from the {SINGLE_LABEL}") for m, v in zip(out["metric"], out["verdict"])]
+    raw = [stats.verdict(iv, higher_is_better=margin(f"metric.{m}").higher_is_better) for iv, m in zip(ivs, out["metric"])]
+    out["reading"] = [_READING.get((m, v)) or (f"no difference shown from the {SINGLE_LABEL} after Holm correction (p_Holm {ph:.2g})"
+                                                 if r != v else f"no difference shown from the {SINGLE_LABEL}")
+                      for m, v, r, ph in zip(out["metric"], out["verdict"], raw, out["p_holm"])]
     out["ci_method"] = f"paired {stats.method_label()}; Holm over {len(out)}"
     return ordered(out)
 

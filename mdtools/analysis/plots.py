@@ -74,7 +74,7 @@ def _legend_outside(ax: Any, title: str | None = None, **kw: Any) -> None:
 def _ci_errorbar(ax: Any, x: str, s: pd.DataFrame, label: str) -> None:
     """Mean with its interval as asymmetric error bars; the label says how many seeds."""
     yerr = np.vstack([s["mean"] - s["ci_lo"], s["ci_hi"] - s["mean"]])
-    ax.errorbar(s[x], s["mean"], yerr=np.nan_to_num(yerr), marker="o", capsize=3, label=f"{label} ({_n_label(s['n'])})")
+    ax.errorbar(s[x], s["mean"], yerr=np.clip(np.nan_to_num(yerr), 0, None), marker="o", capsize=3, label=f"{label} ({_n_label(s['n'])})")
 
 
 def _n_label(n: pd.Series) -> str:
@@ -217,7 +217,7 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
                     on=["method.label", "tiling.overlap"])
         for label, sub in o.groupby("method.label"):
             yerr = np.vstack([sub["mean"] - sub["ci_lo"], sub["ci_hi"] - sub["mean"]])
-            ax.errorbar(sub["evals"], sub["mean"], yerr=np.nan_to_num(yerr), marker="s", ls="none", capsize=3,
+            ax.errorbar(sub["evals"], sub["mean"], yerr=np.clip(np.nan_to_num(yerr), 0, None), marker="s", ls="none", capsize=3,
                         label=f"{label} ({_n_label(sub['n'])})")
     win = window_px or _window(df)
     if win and len(s):
@@ -229,7 +229,7 @@ def frontier(df: pd.DataFrame, *, metric: str = SEAM, window_px: int | None = No
     if len(control):  # the diffusers-default control runs: the same star, with their interval and n
         c = _mean_ci(control, ["control"], metric).iloc[0]
         x = float(control[cost].mean())
-        ax.errorbar([x], [c["mean"]], yerr=np.nan_to_num([[c["mean"] - c["ci_lo"]], [c["ci_hi"] - c["mean"]]]), marker="*",
+        ax.errorbar([x], [c["mean"]], yerr=np.clip(np.nan_to_num([[c["mean"] - c["ci_lo"]], [c["ci_hi"] - c["mean"]]]), 0, None), marker="*",
                     ms=16, color="k", ls="none", capsize=3, zorder=5,
                     label=f"diffusers default (control: uniform, stride 1/8) (n={int(c['n'])})")
         ax.axhline(float(c["mean"]), color="k", lw=0.6, ls=":")
@@ -270,7 +270,8 @@ def methods_bars(df: pd.DataFrame, *, metrics: Sequence[str] = (SEAM, COST, "tim
                     continue
                 r = r.iloc[0]
                 err = [[r["mean"] - r["ci_lo"]], [r["ci_hi"] - r["mean"]]]
-                ax.barh(ypos, r["mean"], xerr=np.nan_to_num(err), color=f"C{ci}", alpha=0.75, capsize=2)
+                # clipped at 0: identical values (FLOP-priced cost) give an interval equal to the mean up to rounding
+                ax.barh(ypos, r["mean"], xerr=np.clip(np.nan_to_num(err), 0, None), color=f"C{ci}", alpha=0.75, capsize=2)
                 canvas_txt = f" [{'x'.join(str(int(v)) for v in (canvas if isinstance(canvas, tuple) else (canvas,)))}]" if canvas is not None else ""
                 ticks.append((ypos, f"{lab}{canvas_txt} (n={int(r['n'])})"))
                 ypos += 1

@@ -30,7 +30,7 @@ def frontier_figure(df: pd.DataFrame, canvas: str) -> plt.Figure:
         for i, r in enumerate(t.to_dict("records")):
             yerr = np.array([[r[k] - r[f"{k}.lo"]], [r[f"{k}.hi"] - r[k]]])
             default = r["setting"] == DEFAULT_LABEL
-            ax.errorbar([r["cost"]], [r[k]], yerr=np.nan_to_num(yerr), ls="none", capsize=3,
+            ax.errorbar([r["cost"]], [r[k]], yerr=np.clip(np.nan_to_num(yerr), 0, None), ls="none", capsize=3,
                         marker="*" if default else _MARKERS[i % len(_MARKERS)], ms=13 if default else 7,
                         color="k" if default else None,
                         label=f"{r['setting']} (n={r['n']}, redundancy {r['redundancy']:.2f})")
