@@ -480,10 +480,16 @@ class CoherenceRenderer(Renderer):
             return f"Intra-LPIPS and Intra-Style: not in these results (results/{exp} has neither column)."
         t = mean_table(d, ms)
         out = []
+        skipped = []
         for r in t.to_dict("records"):
             parts = [f"{short(m)} {_iv(r[short(m)], r[short(m) + '.lo'], r[short(m) + '.hi'], '.3g')} (n={r[short(m) + '.n']})"
-                     for m in present(d, ms)]
+                     for m in present(d, ms) if r[short(m) + ".n"]]
+            if not parts:  # a canvas of one window has no pair of crops to compare
+                skipped.append(f"{r['setting']} ({r['canvas']})")
+                continue
             out.append(f"- {r['setting']}, {r['canvas']}: " + "; ".join(parts) + f" ({r['ci_method']})")
+        if skipped:
+            out.append(f"- not measured (one window: no two crops to compare): {', '.join(skipped)}")
         return "\n".join(out)
 
     def f_kid(self, pos: list[str], o: dict[str, str], flt: list) -> str:
