@@ -100,11 +100,10 @@ def median_seed(runs, pair: tuple[str, str] = SCENES_PAIR, canvas: tuple[int, in
     Ordinary runs only (control == ""). With an even number of seeds the lower of the two middle
     differences is taken; ties go to the smallest seed. Returns (seed, its difference, n seeds).
     """
+    from .analysis.tables import plain_runs
     from .errors import ConfigError
 
-    df = runs[(runs["status"] == "ok") & (runs["canvas.height"] == canvas[0]) & (runs["canvas.width"] == canvas[1])]
-    if "control" in df:
-        df = df[df["control"].fillna("") == ""]
+    df = plain_runs(runs[(runs["status"] == "ok") & (runs["canvas.height"] == canvas[0]) & (runs["canvas.width"] == canvas[1])])
     by = {m: df[df["method.name"] == m].set_index("seed")[metric] for m in pair}
     for m, s in by.items():
         if s.index.has_duplicates:

@@ -25,8 +25,9 @@ import pandas as pd
 from .. import stats
 from ..errors import ConfigError
 from ..methods import METHODS
+from ..sweep.config import one_pass_evaluations
 from .findings import Renderer, family
-from .tables import CONTROL_LABELS, DIFFUSERS_DEFAULT, SINGLE_WINDOW, control_column, label_extra, load_table, with_derived
+from .tables import CONTROL_LABELS, DIFFUSERS_DEFAULT, SINGLE_WINDOW, control_column, label_extra, load_table, missing_controls_note, with_derived
 from .verdicts import Comparison, canvas_name, margin, short
 
 #: The control names (records' `control` column, one choice list in sweep.config) and the labels tables print.
@@ -53,11 +54,6 @@ def _short(v: object) -> object:
     return int(v) if isinstance(v, (float, np.floating)) and float(v).is_integer() else v
 
 
-def controls(df: pd.DataFrame) -> pd.Series:
-    """The `control` column with "" for ordinary runs (tables.control_column)."""
-    return control_column(df)
-
-
 def _stage(name: str, params: dict[str, object]) -> tuple[str | None, dict[str, object]]:
     """A composed method's inner method (a parameter whose value names a registered method) and the rest."""
     inner = [k for k, v in params.items() if isinstance(v, str) and v in METHODS and k != "loss"]
@@ -71,7 +67,7 @@ def setting_labels(df: pd.DataFrame) -> pd.Series:
     "multidiffusion ov=16", "global_pass(spotdiffusion, s=0.8) ov=0", "syncdiffusion(loss=lpips_featnet,
     sync_steps=5) ov=64". The kernel is named when the table's ordinary runs use several; swept keys that
     set more (e.g. `sampler.steps`) are appended as key=value."""
-    ctrl = controls(df)
+    ctrl = control_column(df)
     plain = df[ctrl == ""]
     several_kernels = "tiling.kernel" in plain and plain["tiling.kernel"].nunique() > 1
     extra = [k for k in label_extra(plain) if k not in ("tiling.overlap", "control")]
@@ -108,9 +104,10 @@ def redundancy(df: pd.DataFrame) -> pd.Series:
     miss = [c for c in _REDUNDANCY_COLUMNS if c not in df]
     if miss:
         raise ConfigError(f"redundancy: the table lacks {miss}; records of `mdtools run` carry {list(_REDUNDANCY_COLUMNS)}")
-    tiles = np.ceil(df["plan.height"] / df["plan.window_h"]) * np.ceil(df["plan.width"] / df["plan.window_w"])
-    cfg = np.where(df["sampler.guidance"].astype(float) > 1, 2, 1)
-    return df[EVALS].astype(float) / (tiles * df["sampler.steps"].astype(float) * cfg)
+    one_pass = [one_pass_evaluations(int(h), int(w), (int(wh), int(ww)), int(s), float(g)) for h, w, wh, ww, s, g in
+                zip(df["plan.height"], df["plan.width"], df["plan.window_h"], df["plan.window_w"], df["sampler.steps"],
+                    df["sampler.guidance"])]
+    return df[EVALS].astype(float) / pd.Series(one_pass, index=df.index, dtype=float)
 
 
 def prepare(raw: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +117,7 @@ def prepare(raw: pd.DataFrame) -> pd.DataFrame:
     if "status" not in raw or "seed" not in raw:
         raise ConfigError(f"prepare: a runs table needs columns 'status' and 'seed'; it has {list(raw.columns)[:20]}")
     df = with_derived(raw[raw["status"] == "ok"])
-    df["control"] = controls(df)
+    df["control"] = control_column(df)
     df["setting"] = setting_labels(df)
     df["canvas"] = [canvas_name(h, w) for h, w in zip(df["plan.height"], df["plan.width"])]
     if "metric.disc_count" in df:
@@ -141,13 +138,12 @@ def pair_keys(df: pd.DataFrame) -> list[str]:
 
 
 def has_control(df: pd.DataFrame, which: str) -> bool:
-    return "control" in df and bool((controls(df) == which).any())
+    return bool((control_column(df) == which).any())
 
 
 def missing_note(df: pd.DataFrame, which: str, exp: str = "this table") -> str:
-    """The sentence a notebook prints where a control is not in the results."""
-    why = "has no `control` column" if "control" not in df else f"has no run with control = {which}"
-    return f"The {CONTROL_LABELS[which]} control is not in these results ({exp} {why}); re-run the sweep with `controls:`."
+    """The sentence a notebook prints where a control is not in the results (tables.missing_controls_note)."""
+    return missing_controls_note(df, (which,), exp)
 
 
 def ordered(t: pd.DataFrame) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from .. import stats
 from ..errors import ConfigError, check_positive_int
 from ..metrics.functional.protocol import PROTOCOL_SEED, kernel_distance, protocol_crops, protocol_features
 from .coherence import setting_labels
-from .tables import load_table
+from .tables import control_column, load_table
 from .verdicts import canvas_name
 
 #: The control whose images are the reference set (the contract of issue #24).
@@ -114,7 +114,7 @@ def protocol_table(runs: pd.DataFrame, image_dir: str | Path, *, size: int | Non
     if not image_dir.is_dir():
         raise ConfigError(f"image_dir={image_dir} is not a folder; pass results/<experiment>/images")
     df = runs[runs["status"] == "ok"].copy()
-    df["control"] = df["control"].fillna("").astype(str) if "control" in df else ""
+    df["control"] = control_column(df)
     ref = df[df["control"] == REFERENCE_CONTROL].sort_values("run_id")
     if len(ref) < 2:
         raise ConfigError(f"the reference set needs at least 2 ok runs with control == {REFERENCE_CONTROL!r}; got {len(ref)} "
